@@ -1,0 +1,327 @@
+#include "hsm/pkcs11_hsm.h"
+
+#include <cstdlib>
+
+#include "hsm/internal/pkcs11.h"
+#include "hsm/internal/pkcs11_module.h"
+#include "vault/base/random.h"
+#include "vault/base/scope_guard.h"
+
+namespace tokenvault::hsm {
+
+using internal::StatusFromCkr;
+
+#ifndef TOKENVAULT_DEFAULT_PKCS11_MODULE
+#define TOKENVAULT_DEFAULT_PKCS11_MODULE "/usr/lib/softhsm/libsofthsm2.so"
+#endif
+
+const char* DefaultModulePath() { return TOKENVAULT_DEFAULT_PKCS11_MODULE; }
+
+std::string KekRef::Label() const {
+  return "tokenvault/kek/" + merchant + "/v" + std::to_string(version);
+}
+
+namespace {
+
+constexpr unsigned long kKekBytes = 32;
+// A wrapped key is a DEK or similar secret: bound the size we accept before calling the HSM.
+constexpr size_t kMaxWrappedSize = 1024;
+
+struct BoolAttr {
+  unsigned long type;
+  bool expected;
+  const char* name;
+};
+
+// What CreateKek sets and every use re-checks: a KEK found by label that is extractable or
+// readable (planted, or made by a careless operator) is refused rather than used.
+constexpr BoolAttr kKekPolicy[] = {
+    {CKA_TOKEN, true, "CKA_TOKEN"},           {CKA_PRIVATE, true, "CKA_PRIVATE"},
+    {CKA_SENSITIVE, true, "CKA_SENSITIVE"},   {CKA_EXTRACTABLE, false, "CKA_EXTRACTABLE"},
+    {CKA_ENCRYPT, true, "CKA_ENCRYPT"},       {CKA_DECRYPT, true, "CKA_DECRYPT"},
+    {CKA_WRAP, false, "CKA_WRAP"},            {CKA_UNWRAP, false, "CKA_UNWRAP"},
+    {CKA_SIGN, false, "CKA_SIGN"},            {CKA_DERIVE, false, "CKA_DERIVE"},
+    {CKA_ALWAYS_SENSITIVE, true, "CKA_ALWAYS_SENSITIVE"},
+    {CKA_NEVER_EXTRACTABLE, true, "CKA_NEVER_EXTRACTABLE"},
+};
+
+Status CheckKekAttributes(ck_function_list* fn, ck_session_handle_t session,
+                          ck_object_handle_t handle, const std::string& label) {
+  ck_key_type_t key_type = 0;
+  unsigned long value_len = 0;
+  ck_attribute sized[] = {{CKA_KEY_TYPE, &key_type, sizeof(key_type)},
+                          {CKA_VALUE_LEN, &value_len, sizeof(value_len)}};
+  ck_rv_t rv = fn->C_GetAttributeValue(session, handle, sized, 2);
+  if (rv != CKR_OK) return StatusFromCkr(rv, "C_GetAttributeValue(KEK)");
+  if (key_type != CKK_AES || value_len != kKekBytes) {
+    return FailedPreconditionError(kReasonKeyPolicy, "KEK " + label + " is not an AES-256 key");
+  }
+  for (const BoolAttr& attr : kKekPolicy) {
+    unsigned char v = 0;
+    ck_attribute a{attr.type, &v, sizeof(v)};
+    rv = fn->C_GetAttributeValue(session, handle, &a, 1);
+    if (rv != CKR_OK) return StatusFromCkr(rv, "C_GetAttributeValue(KEK)");
+    if ((v != 0) != attr.expected) {
+      return FailedPreconditionError(kReasonKeyPolicy, "KEK " + label + " has " + attr.name +
+                                                           (attr.expected ? "=false" : "=true"));
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+StatusOr<std::unique_ptr<Pkcs11Hsm>> Pkcs11Hsm::Open(const Pkcs11Config& config,
+                                                     const SecretBytes& pin) {
+  if (!config.softhsm2_conf.empty()) {
+    // Read by SoftHSM in C_Initialize. Set before any thread of ours uses the module.
+    setenv("SOFTHSM2_CONF", config.softhsm2_conf.c_str(), 1);
+  }
+  const std::string path = config.module_path.empty() ? DefaultModulePath() : config.module_path;
+  TV_ASSIGN_OR_RETURN(std::unique_ptr<internal::Pkcs11Module> module,
+                      internal::Pkcs11Module::Load(path));
+  TV_ASSIGN_OR_RETURN(ck_slot_id_t slot, module->FindSlotByTokenLabel(config.token_label));
+  TV_ASSIGN_OR_RETURN(std::unique_ptr<internal::SessionPool> pool,
+                      internal::SessionPool::Create(module->fn(), slot, pin, config.max_sessions));
+  return std::unique_ptr<Pkcs11Hsm>(new Pkcs11Hsm(std::move(module), std::move(pool), slot));
+}
+
+Pkcs11Hsm::Pkcs11Hsm(std::unique_ptr<internal::Pkcs11Module> module,
+                     std::unique_ptr<internal::SessionPool> pool, unsigned long slot)
+    : module_(std::move(module)), pool_(std::move(pool)), slot_(slot) {}
+
+Pkcs11Hsm::~Pkcs11Hsm() {
+  pool_.reset();  // close sessions before C_Finalize
+}
+
+StatusOr<unsigned long> Pkcs11Hsm::KekHandle(unsigned long session, const KekRef& kek) {
+  const std::string label = kek.Label();
+  {
+    std::lock_guard<std::mutex> lock(handles_mu_);
+    auto it = kek_handles_.find(label);
+    if (it != kek_handles_.end()) return it->second;
+  }
+  ck_object_class_t cls = CKO_SECRET_KEY;
+  unsigned char token = 1;
+  ck_attribute templ[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                          {CKA_TOKEN, &token, sizeof(token)},
+                          {CKA_LABEL, const_cast<char*>(label.data()), label.size()}};
+  TV_ASSIGN_OR_RETURN(std::vector<ck_object_handle_t> found,
+                      internal::FindObjects(module_->fn(), session, templ, 3, 2));
+  if (found.empty()) return NotFoundError(kReasonKeyNotFound, "no KEK labelled " + label);
+  if (found.size() > 1) {
+    return FailedPreconditionError(kReasonKeyPolicy, "more than one KEK labelled " + label);
+  }
+  TV_RETURN_IF_ERROR(CheckKekAttributes(module_->fn(), session, found[0], label));
+  std::lock_guard<std::mutex> lock(handles_mu_);
+  kek_handles_[label] = found[0];
+  return found[0];
+}
+
+void Pkcs11Hsm::ForgetKekHandle(const KekRef& kek) {
+  std::lock_guard<std::mutex> lock(handles_mu_);
+  kek_handles_.erase(kek.Label());
+}
+
+// Runs op(session, kek_handle). A stale cached handle (the object was destroyed and recreated by
+// another process) is looked up again once.
+template <typename Op>
+auto Pkcs11Hsm::WithKek(const KekRef& kek, Op op) -> decltype(op(0ul, 0ul)) {
+  TV_ASSIGN_OR_RETURN(internal::SessionPool::Lease lease, pool_->Acquire());
+  for (int attempt = 0;; ++attempt) {
+    auto handle = KekHandle(lease.handle(), kek);
+    if (!handle.ok()) {
+      if (handle.status().IsRetryable()) lease.MarkBroken();
+      return handle.status();
+    }
+    auto result = op(lease.handle(), *handle);
+    if (!result.ok() && result.status().code() == StatusCode::kNotFound && attempt == 0) {
+      ForgetKekHandle(kek);
+      continue;
+    }
+    if (!result.ok() && result.status().code() != StatusCode::kDataLoss) lease.MarkBroken();
+    return result;
+  }
+}
+
+Status Pkcs11Hsm::CreateKek(const KekRef& kek) {
+  std::lock_guard<std::mutex> create_lock(create_mu_);
+  Status exists = FindKek(kek);
+  if (exists.ok()) return AlreadyExistsError(kReasonKeyExists, kek.Label() + " exists");
+  if (exists.code() != StatusCode::kNotFound) return exists;
+
+  TV_ASSIGN_OR_RETURN(internal::SessionPool::Lease lease, pool_->Acquire());
+  const std::string label = kek.Label();
+  ck_object_class_t cls = CKO_SECRET_KEY;
+  ck_key_type_t key_type = CKK_AES;
+  unsigned long value_len = kKekBytes;
+  unsigned char yes = 1, no = 0;
+  ck_attribute templ[] = {
+      {CKA_CLASS, &cls, sizeof(cls)},
+      {CKA_KEY_TYPE, &key_type, sizeof(key_type)},
+      {CKA_VALUE_LEN, &value_len, sizeof(value_len)},
+      {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
+      {CKA_ID, const_cast<char*>(label.data()), label.size()},
+      {CKA_TOKEN, &yes, 1},
+      {CKA_PRIVATE, &yes, 1},
+      {CKA_SENSITIVE, &yes, 1},
+      {CKA_EXTRACTABLE, &no, 1},
+      {CKA_ENCRYPT, &yes, 1},
+      {CKA_DECRYPT, &yes, 1},
+      {CKA_WRAP, &no, 1},
+      {CKA_UNWRAP, &no, 1},
+      {CKA_SIGN, &no, 1},
+      {CKA_VERIFY, &no, 1},
+      {CKA_DERIVE, &no, 1},
+      {CKA_MODIFIABLE, &no, 1},
+  };
+  ck_mechanism mech{CKM_AES_KEY_GEN, nullptr, 0};
+  ck_object_handle_t handle = CK_INVALID_HANDLE;
+  ck_function_list* fn = module_->fn();
+  ck_rv_t rv = fn->C_GenerateKey(lease.handle(), &mech, templ, sizeof(templ) / sizeof(templ[0]),
+                                 &handle);
+  if (rv != CKR_OK) {
+    if (internal::IsDeviceFailure(rv)) lease.MarkBroken();
+    return StatusFromCkr(rv, "C_GenerateKey(KEK)");
+  }
+  // Verify what the HSM made, not what we asked for; destroy it if it is not what we asked for.
+  Status checked = CheckKekAttributes(fn, lease.handle(), handle, label);
+  if (!checked.ok()) {
+    fn->C_DestroyObject(lease.handle(), handle);
+    return checked;
+  }
+  std::lock_guard<std::mutex> lock(handles_mu_);
+  kek_handles_[label] = handle;
+  return Status::Ok();
+}
+
+Status Pkcs11Hsm::DestroyKek(const KekRef& kek) {
+  TV_ASSIGN_OR_RETURN(internal::SessionPool::Lease lease, pool_->Acquire());
+  const std::string label = kek.Label();
+  ck_object_class_t cls = CKO_SECRET_KEY;
+  unsigned char token = 1;
+  ck_attribute templ[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                          {CKA_TOKEN, &token, sizeof(token)},
+                          {CKA_LABEL, const_cast<char*>(label.data()), label.size()}};
+  // Destroy every object with the label, checked or not: destruction must not be blocked by a
+  // key whose attributes we would refuse to use.
+  TV_ASSIGN_OR_RETURN(std::vector<ck_object_handle_t> found,
+                      internal::FindObjects(module_->fn(), lease.handle(), templ, 3, 16));
+  ForgetKekHandle(kek);
+  if (found.empty()) return NotFoundError(kReasonKeyNotFound, "no KEK labelled " + label);
+  for (ck_object_handle_t h : found) {
+    const ck_rv_t rv = module_->fn()->C_DestroyObject(lease.handle(), h);
+    if (rv != CKR_OK) {
+      if (internal::IsDeviceFailure(rv)) lease.MarkBroken();
+      return StatusFromCkr(rv, "C_DestroyObject(KEK)");
+    }
+  }
+  return Status::Ok();
+}
+
+Status Pkcs11Hsm::FindKek(const KekRef& kek) {
+  TV_ASSIGN_OR_RETURN(internal::SessionPool::Lease lease, pool_->Acquire());
+  StatusOr<unsigned long> handle = KekHandle(lease.handle(), kek);
+  if (!handle.ok() && handle.status().IsRetryable()) lease.MarkBroken();
+  return handle.status();
+}
+
+StatusOr<Bytes> Pkcs11Hsm::Wrap(const KekRef& kek, const SecretBytes& key, ByteView aad) {
+  if (key.empty() || key.size() > kMaxWrappedSize) {
+    return InvalidArgumentError("bad_key_size", "key to wrap has an unsupported size");
+  }
+  TV_ASSIGN_OR_RETURN(GcmNonce iv, RandomNonce());
+  ck_function_list* fn = module_->fn();
+  return WithKek(kek, [&](unsigned long session, unsigned long handle) -> StatusOr<Bytes> {
+    ck_gcm_params params{};
+    params.iv_ptr = iv.data();
+    params.iv_len = iv.size();
+    params.iv_bits = iv.size() * 8;
+    params.aad_ptr = const_cast<uint8_t*>(aad.data());
+    params.aad_len = aad.size();
+    params.tag_bits = kWrapTagSize * 8;
+    ck_mechanism mech{CKM_AES_GCM, &params, sizeof(params)};
+    ck_rv_t rv = fn->C_EncryptInit(session, &mech, handle);
+    if (rv != CKR_OK) return StatusFromCkr(rv, "C_EncryptInit(AES-GCM)");
+    Bytes out(kWrapIvSize + key.size() + kWrapTagSize);
+    std::copy(iv.begin(), iv.end(), out.begin());
+    unsigned long out_len = key.size() + kWrapTagSize;
+    rv = fn->C_Encrypt(session, const_cast<uint8_t*>(key.data()), key.size(),
+                       out.data() + kWrapIvSize, &out_len);
+    if (rv != CKR_OK) return StatusFromCkr(rv, "C_Encrypt(AES-GCM)");
+    if (out_len != key.size() + kWrapTagSize) {
+      return InternalError("hsm_error", "C_Encrypt(AES-GCM) returned an unexpected length");
+    }
+    return out;
+  });
+}
+
+StatusOr<SecretBytes> Pkcs11Hsm::Unwrap(const KekRef& kek, ByteView wrapped, ByteView aad) {
+  if (wrapped.size() <= kWrapIvSize + kWrapTagSize || wrapped.size() > kMaxWrappedSize) {
+    return DataLossError(kReasonIntegrity, "wrapped key has an impossible length");
+  }
+  ck_function_list* fn = module_->fn();
+  return WithKek(kek, [&](unsigned long session, unsigned long handle) -> StatusOr<SecretBytes> {
+    ck_gcm_params params{};
+    params.iv_ptr = const_cast<uint8_t*>(wrapped.data());
+    params.iv_len = kWrapIvSize;
+    params.iv_bits = kWrapIvSize * 8;
+    params.aad_ptr = const_cast<uint8_t*>(aad.data());
+    params.aad_len = aad.size();
+    params.tag_bits = kWrapTagSize * 8;
+    ck_mechanism mech{CKM_AES_GCM, &params, sizeof(params)};
+    ck_rv_t rv = fn->C_DecryptInit(session, &mech, handle);
+    if (rv != CKR_OK) return StatusFromCkr(rv, "C_DecryptInit(AES-GCM)");
+    const size_t ct_len = wrapped.size() - kWrapIvSize;
+    // Some modules want room for the whole input, tag included, before they strip the tag.
+    SecretBytes out(ct_len);
+    unsigned long out_len = ct_len;
+    rv = fn->C_Decrypt(session, const_cast<uint8_t*>(wrapped.data() + kWrapIvSize), ct_len,
+                       out.data(), &out_len);
+    if (rv != CKR_OK) {
+      out.Wipe();
+      if (rv == CKR_GENERAL_ERROR || rv == CKR_FUNCTION_FAILED) {
+        // SoftHSM2 reports a GCM tag mismatch as CKR_GENERAL_ERROR. Tell it apart from a device
+        // fault by asking the same session a question that needs a working device: if the HSM
+        // answers, the failure was the data's, not the device's.
+        ck_session_info info{};
+        if (fn->C_GetSessionInfo(session, &info) == CKR_OK) {
+          return DataLossError(kReasonIntegrity,
+                               "wrapped key failed authentication under " + kek.Label());
+        }
+      }
+      return StatusFromCkr(rv, "C_Decrypt(AES-GCM)");
+    }
+    if (out_len != ct_len - kWrapTagSize) {
+      return DataLossError(kReasonIntegrity, "unwrapped key has an unexpected length");
+    }
+    out.Truncate(out_len);
+    return out;
+  });
+}
+
+Status Pkcs11Hsm::GenerateRandom(uint8_t* out, size_t size) {
+  TV_ASSIGN_OR_RETURN(internal::SessionPool::Lease lease, pool_->Acquire());
+  const ck_rv_t rv = module_->fn()->C_GenerateRandom(lease.handle(), out, size);
+  if (rv != CKR_OK) {
+    lease.MarkBroken();
+    return StatusFromCkr(rv, "C_GenerateRandom");
+  }
+  return Status::Ok();
+}
+
+Status Pkcs11Hsm::Ping() {
+  ck_token_info info{};
+  ck_rv_t rv = module_->fn()->C_GetTokenInfo(slot_, &info);
+  if (rv != CKR_OK) return StatusFromCkr(rv, "C_GetTokenInfo");
+  TV_ASSIGN_OR_RETURN(internal::SessionPool::Lease lease, pool_->Acquire());
+  ck_session_info session_info{};
+  rv = module_->fn()->C_GetSessionInfo(lease.handle(), &session_info);
+  if (rv != CKR_OK) {
+    lease.MarkBroken();
+    return StatusFromCkr(rv, "C_GetSessionInfo");
+  }
+  return Status::Ok();
+}
+
+}  // namespace tokenvault::hsm
