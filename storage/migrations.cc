@@ -1,0 +1,94 @@
+#include "storage/migrations.h"
+
+#include <string>
+
+namespace tokenvault::storage {
+namespace {
+
+// 001: merchants, their wrapped data keys, and tokens. The audit trail and idempotency keys
+// arrive as later migrations of their own.
+constexpr char kMigration001[] = R"sql(
+CREATE TABLE merchants (
+  id                  TEXT PRIMARY KEY NOT NULL,
+  created_at          INTEGER NOT NULL,
+  kek_version         INTEGER NOT NULL CHECK (kek_version > 0),
+  current_dek_version INTEGER NOT NULL CHECK (current_dek_version > 0)
+) WITHOUT ROWID;
+
+-- DEKs exist here only wrapped by the merchant's KEK (docs/formats.md).
+CREATE TABLE data_keys (
+  merchant_id          TEXT NOT NULL REFERENCES merchants(id),
+  version              INTEGER NOT NULL CHECK (version > 0),
+  kek_version          INTEGER NOT NULL CHECK (kek_version > 0),
+  wrapped              BLOB NOT NULL,
+  state                TEXT NOT NULL CHECK (state IN ('active', 'retired')),
+  created_at           INTEGER NOT NULL,
+  encryptions_reserved INTEGER NOT NULL DEFAULT 0 CHECK (encryptions_reserved >= 0),
+  PRIMARY KEY (merchant_id, version)
+) WITHOUT ROWID;
+
+-- Rows append in rowid order (the table's b-tree grows at its end, which group commit rewards);
+-- only the narrow token index takes random inserts. Never a plaintext value: the sealed value is
+-- nonce + ciphertext + tag, all NULL once the token is deleted (later migrations use that).
+CREATE TABLE tokens (
+  id             INTEGER PRIMARY KEY,
+  token          TEXT NOT NULL,
+  merchant_id    TEXT NOT NULL REFERENCES merchants(id),
+  type           TEXT NOT NULL,
+  format         TEXT NOT NULL,
+  record_version INTEGER NOT NULL,
+  dek_version    INTEGER NOT NULL,
+  nonce          BLOB CHECK (nonce IS NULL OR length(nonce) = 12),
+  ciphertext     BLOB,
+  tag            BLOB CHECK (tag IS NULL OR length(tag) = 16),
+  created_at     INTEGER NOT NULL,
+  expires_at     INTEGER,
+  deleted_at     INTEGER,
+  CHECK ((nonce IS NULL) = (ciphertext IS NULL) AND (nonce IS NULL) = (tag IS NULL))
+);
+CREATE UNIQUE INDEX tokens_by_token ON tokens(token);
+CREATE INDEX tokens_by_merchant_dek ON tokens(merchant_id, dek_version);
+)sql";
+
+constexpr Migration kMigrations[] = {
+    {1, "merchants, data keys, tokens", kMigration001},
+};
+
+StatusOr<int64_t> CurrentVersion(Database& db) {
+  TV_RETURN_IF_ERROR(db.Exec(
+      "CREATE TABLE IF NOT EXISTS schema_migrations ("
+      " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)"));
+  TV_ASSIGN_OR_RETURN(Statement stmt,
+                      db.Prepare("SELECT COALESCE(MAX(version), 0) FROM schema_migrations"));
+  TV_ASSIGN_OR_RETURN(bool row, stmt.Step());
+  if (!row) return InternalError("storage_error", "cannot read schema version");
+  return stmt.ColumnInt(0);
+}
+
+}  // namespace
+
+std::span<const Migration> AllMigrations() { return kMigrations; }
+
+Status ApplyMigrations(Database& db) {
+  TV_ASSIGN_OR_RETURN(int64_t current, CurrentVersion(db));
+  const int latest = kMigrations[std::size(kMigrations) - 1].version;
+  if (current > latest) {
+    return FailedPreconditionError("schema_too_new",
+                                   "database schema version " + std::to_string(current) +
+                                       " is newer than this tokenvault (" + std::to_string(latest) + ")");
+  }
+  for (const Migration& m : kMigrations) {
+    if (m.version <= current) continue;
+    TV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db));
+    TV_RETURN_IF_ERROR(db.Exec(m.sql));
+    TV_ASSIGN_OR_RETURN(
+        Statement record,
+        db.Prepare("INSERT INTO schema_migrations (version, name, applied_at) "
+                   "VALUES (?1, ?2, CAST(strftime('%s','now') AS INTEGER) * 1000)"));
+    TV_RETURN_IF_ERROR(record.Bind(1, int64_t{m.version}).Bind(2, std::string_view(m.name)).Run());
+    TV_RETURN_IF_ERROR(txn.Commit());
+  }
+  return Status::Ok();
+}
+
+}  // namespace tokenvault::storage

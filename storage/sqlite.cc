@@ -1,0 +1,214 @@
+#include "storage/sqlite.h"
+
+#include <fcntl.h>
+#include <sqlite3.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace tokenvault::storage {
+namespace {
+
+Status StatusFromRc(int rc, std::string_view what, const char* detail) {
+  std::string message = std::string(what) + ": " + sqlite3_errstr(rc);
+  if (detail != nullptr && std::strcmp(detail, sqlite3_errstr(rc)) != 0) {
+    message += " (";
+    message += detail;
+    message += ")";
+  }
+  switch (rc & 0xff) {
+    case SQLITE_CONSTRAINT:
+      return AlreadyExistsError(kReasonConstraint, std::move(message));
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB:
+      return DataLossError(kReasonStorageCorrupt, std::move(message));
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+    case SQLITE_IOERR:
+    case SQLITE_FULL:
+    case SQLITE_CANTOPEN:
+    case SQLITE_READONLY:
+    case SQLITE_NOMEM:
+    case SQLITE_PROTOCOL:
+      return UnavailableError(kReasonStorageUnavailable, std::move(message));
+    default:
+      return InternalError("storage_error", std::move(message));
+  }
+}
+
+}  // namespace
+
+Statement::~Statement() {
+  if (stmt_ != nullptr) {
+    sqlite3_reset(stmt_);
+    sqlite3_clear_bindings(stmt_);
+  }
+}
+
+Statement& Statement::Bind(int index, int64_t v) {
+  const int rc = sqlite3_bind_int64(stmt_, index, v);
+  if (rc != SQLITE_OK && bind_error_.ok()) bind_error_ = StatusFromRc(rc, "bind", nullptr);
+  return *this;
+}
+
+Statement& Statement::Bind(int index, std::string_view v) {
+  const int rc = sqlite3_bind_text(stmt_, index, v.data(), static_cast<int>(v.size()),
+                                   SQLITE_TRANSIENT);
+  if (rc != SQLITE_OK && bind_error_.ok()) bind_error_ = StatusFromRc(rc, "bind", nullptr);
+  return *this;
+}
+
+Statement& Statement::Bind(int index, ByteView v) {
+  // A zero-length blob must still be a blob, not NULL: pass a non-null pointer.
+  static const uint8_t kEmpty = 0;
+  const int rc = sqlite3_bind_blob(stmt_, index, v.empty() ? &kEmpty : v.data(),
+                                   static_cast<int>(v.size()), SQLITE_TRANSIENT);
+  if (rc != SQLITE_OK && bind_error_.ok()) bind_error_ = StatusFromRc(rc, "bind", nullptr);
+  return *this;
+}
+
+Statement& Statement::BindNull(int index) {
+  const int rc = sqlite3_bind_null(stmt_, index);
+  if (rc != SQLITE_OK && bind_error_.ok()) bind_error_ = StatusFromRc(rc, "bind", nullptr);
+  return *this;
+}
+
+StatusOr<bool> Statement::Step() {
+  if (!bind_error_.ok()) return bind_error_;
+  const int rc = sqlite3_step(stmt_);
+  if (rc == SQLITE_ROW) return true;
+  if (rc == SQLITE_DONE) return false;
+  return StatusFromRc(rc, "sqlite3_step", sqlite3_errmsg(sqlite3_db_handle(stmt_)));
+}
+
+Status Statement::Run() {
+  TV_ASSIGN_OR_RETURN(bool row, Step());
+  if (row) return InternalError("storage_error", "statement returned a row where none was expected");
+  return Status::Ok();
+}
+
+int64_t Statement::ColumnInt(int col) const { return sqlite3_column_int64(stmt_, col); }
+
+std::string Statement::ColumnText(int col) const {
+  const unsigned char* text = sqlite3_column_text(stmt_, col);
+  const int n = sqlite3_column_bytes(stmt_, col);
+  return text == nullptr ? std::string() : std::string(reinterpret_cast<const char*>(text), n);
+}
+
+Bytes Statement::ColumnBlob(int col) const {
+  const auto* blob = static_cast<const uint8_t*>(sqlite3_column_blob(stmt_, col));
+  const int n = sqlite3_column_bytes(stmt_, col);
+  return blob == nullptr ? Bytes() : Bytes(blob, blob + n);
+}
+
+bool Statement::ColumnIsNull(int col) const {
+  return sqlite3_column_type(stmt_, col) == SQLITE_NULL;
+}
+
+StatusOr<std::unique_ptr<Database>> Database::Open(const std::string& path,
+                                                   const Options& options) {
+  if (!options.read_only) {
+    // Create the file ourselves so that it, and the -wal and -shm files SQLite derives from it,
+    // are private to the vault's user.
+    const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) {
+      return UnavailableError(kReasonStorageUnavailable,
+                              "cannot open database " + path + ": " + std::strerror(errno));
+    }
+    close(fd);
+  }
+  sqlite3* raw = nullptr;
+  const int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_NOFOLLOW;
+  const int rc = sqlite3_open_v2(path.c_str(), &raw, flags, nullptr);
+  if (rc != SQLITE_OK) {
+    Status s = StatusFromRc(rc, "sqlite3_open_v2", raw ? sqlite3_errmsg(raw) : nullptr);
+    sqlite3_close_v2(raw);
+    return s;
+  }
+  std::unique_ptr<Database> db(new Database(raw));
+  sqlite3_extended_result_codes(raw, 1);
+  sqlite3_busy_timeout(raw, options.busy_timeout_ms);
+  // An acknowledged write survives power loss: WAL with a sync on every commit.
+  TV_RETURN_IF_ERROR(db->Exec(
+      "PRAGMA journal_mode=WAL;"
+      "PRAGMA synchronous=FULL;"
+      "PRAGMA foreign_keys=ON;"
+      "PRAGMA secure_delete=ON;"
+      "PRAGMA trusted_schema=OFF;"
+      "PRAGMA cell_size_check=ON;"));
+  {
+    TV_ASSIGN_OR_RETURN(Statement mode, db->Prepare("PRAGMA journal_mode"));
+    TV_ASSIGN_OR_RETURN(bool row, mode.Step());
+    if (!row || mode.ColumnText(0) != "wal") {
+      return UnavailableError(kReasonStorageUnavailable, "database " + path + " refused WAL mode");
+    }
+  }
+  if (options.read_only) TV_RETURN_IF_ERROR(db->Exec("PRAGMA query_only=ON;"));
+  return db;
+}
+
+Database::~Database() {
+  for (auto& [sql, stmt] : cache_) sqlite3_finalize(stmt);
+  sqlite3_close_v2(db_);
+}
+
+StatusOr<Statement> Database::Prepare(std::string_view sql) {
+  auto it = cache_.find(std::string(sql));
+  if (it != cache_.end()) return Statement(it->second);
+  sqlite3_stmt* stmt = nullptr;
+  const int rc = sqlite3_prepare_v3(db_, sql.data(), static_cast<int>(sql.size()),
+                                    SQLITE_PREPARE_PERSISTENT, &stmt, nullptr);
+  if (rc != SQLITE_OK) return LastError(rc, "sqlite3_prepare_v3");
+  cache_.emplace(std::string(sql), stmt);
+  return Statement(stmt);
+}
+
+Status Database::Exec(std::string_view sql) {
+  char* err = nullptr;
+  const int rc = sqlite3_exec(db_, std::string(sql).c_str(), nullptr, nullptr, &err);
+  if (rc != SQLITE_OK) {
+    Status s = StatusFromRc(rc, "sqlite3_exec", err);
+    sqlite3_free(err);
+    return s;
+  }
+  return Status::Ok();
+}
+
+int64_t Database::Changes() const { return sqlite3_changes64(db_); }
+
+Status Database::LastError(int rc, std::string_view what) const {
+  return StatusFromRc(rc, what, sqlite3_errmsg(db_));
+}
+
+StatusOr<Transaction> Transaction::Begin(Database& db) {
+  TV_RETURN_IF_ERROR(db.Exec("BEGIN IMMEDIATE"));
+  return Transaction(&db);
+}
+
+Transaction::~Transaction() {
+  if (db_ != nullptr) db_->Exec("ROLLBACK").IgnoreError();  // nothing more to do if it fails
+}
+
+Status Transaction::Commit() {
+  Database* db = std::exchange(db_, nullptr);
+  Status s = db->Exec("COMMIT");
+  if (!s.ok()) db->Exec("ROLLBACK").IgnoreError();
+  return s;
+}
+
+StatusOr<Savepoint> Savepoint::Begin(Database& db) {
+  TV_RETURN_IF_ERROR(db.Exec("SAVEPOINT op"));
+  return Savepoint(&db);
+}
+
+Savepoint::~Savepoint() {
+  if (db_ != nullptr) {
+    db_->Exec("ROLLBACK TO op").IgnoreError();
+    db_->Exec("RELEASE op").IgnoreError();
+  }
+}
+
+Status Savepoint::Release() { return std::exchange(db_, nullptr)->Exec("RELEASE op"); }
+
+}  // namespace tokenvault::storage

@@ -1,0 +1,125 @@
+// Thin RAII layer over SQLite: a connection, cached prepared statements, transactions.
+// Internal to storage/: no other module sees SQLite. SQL is always a literal; input only ever
+// reaches SQLite through bind parameters.
+#ifndef TOKENVAULT_STORAGE_SQLITE_H_
+#define TOKENVAULT_STORAGE_SQLITE_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+
+#include "vault/base/bytes.h"
+#include "vault/base/status.h"
+
+struct sqlite3;
+struct sqlite3_stmt;
+
+namespace tokenvault::storage {
+
+// Reasons (Status::reason()) of storage errors.
+inline constexpr char kReasonStorageUnavailable[] = "storage_unavailable";  // kUnavailable
+inline constexpr char kReasonStorageCorrupt[] = "storage_corrupt";          // kDataLoss
+inline constexpr char kReasonConstraint[] = "constraint";                   // kAlreadyExists
+
+// A prepared statement leased from a Database's cache. Reset and unbound when destroyed.
+// Column and parameter indexes: parameters from 1, columns from 0 (SQLite's convention).
+class Statement {
+ public:
+  Statement(Statement&& other) noexcept : stmt_(std::exchange(other.stmt_, nullptr)) {}
+  Statement& operator=(Statement&&) = delete;
+  ~Statement();
+
+  Statement& Bind(int index, int64_t v);
+  Statement& Bind(int index, std::string_view v);
+  Statement& Bind(int index, ByteView v);
+  Statement& BindNull(int index);
+  Statement& Bind(int index, std::optional<int64_t> v) {
+    return v ? Bind(index, *v) : BindNull(index);
+  }
+
+  // true: a row is ready; false: done. Errors map to Status (constraint -> kAlreadyExists).
+  StatusOr<bool> Step();
+  // Step() expecting no row (INSERT/UPDATE/DELETE).
+  Status Run();
+
+  int64_t ColumnInt(int col) const;
+  std::string ColumnText(int col) const;
+  Bytes ColumnBlob(int col) const;
+  bool ColumnIsNull(int col) const;
+
+ private:
+  friend class Database;
+  explicit Statement(sqlite3_stmt* stmt) : stmt_(stmt) {}
+  sqlite3_stmt* stmt_;
+  Status bind_error_;
+};
+
+class Database {
+ public:
+  struct Options {
+    bool read_only = false;  // PRAGMA query_only: the connection can never write
+    int busy_timeout_ms = 5000;
+  };
+
+  // Opens (creating if needed, with mode 0600) the database at 'path' with the pragmas of a
+  // durable store: WAL, synchronous=FULL, foreign_keys=ON, secure_delete=ON, busy timeout.
+  static StatusOr<std::unique_ptr<Database>> Open(const std::string& path, const Options& options);
+  ~Database();
+  Database(const Database&) = delete;
+  Database& operator=(const Database&) = delete;
+
+  // A statement for 'sql', prepared once per connection and cached.
+  // REQUIRES: 'sql' is a literal, never built from input.
+  StatusOr<Statement> Prepare(std::string_view sql);
+
+  // Runs one or more statements without parameters (pragmas, DDL, BEGIN/COMMIT).
+  Status Exec(std::string_view sql);
+
+  // Rows changed by the last INSERT/UPDATE/DELETE.
+  int64_t Changes() const;
+
+  // Maps the connection's last error to a Status.
+  Status LastError(int rc, std::string_view what) const;
+
+ private:
+  explicit Database(sqlite3* db) : db_(db) {}
+  sqlite3* db_;
+  std::unordered_map<std::string, sqlite3_stmt*> cache_;
+};
+
+// BEGIN IMMEDIATE ... COMMIT. Rolls back on destruction unless committed.
+class Transaction {
+ public:
+  static StatusOr<Transaction> Begin(Database& db);
+  Transaction(Transaction&& other) noexcept
+      : db_(std::exchange(other.db_, nullptr)) {}
+  Transaction& operator=(Transaction&&) = delete;
+  ~Transaction();
+  Status Commit();
+
+ private:
+  explicit Transaction(Database* db) : db_(db) {}
+  Database* db_;
+};
+
+// SAVEPOINT ... RELEASE, nested inside a transaction; rolls back to the savepoint on destruction
+// unless released. Lets one operation of a group commit fail without undoing the others.
+class Savepoint {
+ public:
+  static StatusOr<Savepoint> Begin(Database& db);
+  Savepoint(Savepoint&& other) noexcept : db_(std::exchange(other.db_, nullptr)) {}
+  Savepoint& operator=(Savepoint&&) = delete;
+  ~Savepoint();
+  Status Release();
+
+ private:
+  explicit Savepoint(Database* db) : db_(db) {}
+  Database* db_;
+};
+
+}  // namespace tokenvault::storage
+
+#endif  // TOKENVAULT_STORAGE_SQLITE_H_

@@ -1,0 +1,404 @@
+#include "storage/sqlite_store.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <future>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "storage/migrations.h"
+#include "storage/sqlite.h"
+
+namespace tokenvault::storage {
+namespace {
+
+constexpr std::string_view StateName(DataKeyState s) {
+  return s == DataKeyState::kActive ? "active" : "retired";
+}
+
+// An exclusive advisory lock held for the life of the store: two vault processes writing one
+// database would break the encryption counters' invariant (each assumes it alone reserves).
+class FileLock {
+ public:
+  static StatusOr<FileLock> Acquire(const std::string& path) {
+    const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) {
+      return UnavailableError(kReasonStorageUnavailable,
+                              "cannot open " + path + ": " + std::strerror(errno));
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+      close(fd);
+      return FailedPreconditionError("store_locked",
+                                     "the database is in use by another tokenvault (" + path + ")");
+    }
+    return FileLock(fd);
+  }
+  FileLock(FileLock&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+  FileLock& operator=(FileLock&&) = delete;
+  ~FileLock() {
+    if (fd_ >= 0) close(fd_);  // releases the lock
+  }
+
+ private:
+  explicit FileLock(int fd) : fd_(fd) {}
+  int fd_;
+};
+
+// A fixed set of read-only connections, leased one per read.
+class ReadPool {
+ public:
+  ReadPool(std::string path, size_t size) : path_(std::move(path)), max_(size == 0 ? 1 : size) {}
+
+  class Lease {
+   public:
+    Lease(ReadPool* pool, std::unique_ptr<Database> db) : pool_(pool), db_(std::move(db)) {}
+    Lease(Lease&& other) noexcept
+        : pool_(std::exchange(other.pool_, nullptr)), db_(std::move(other.db_)) {}
+    Lease& operator=(Lease&&) = delete;
+    ~Lease() {
+      if (pool_ != nullptr) pool_->Release(std::move(db_));
+    }
+    Database& db() { return *db_; }
+
+   private:
+    ReadPool* pool_;
+    std::unique_ptr<Database> db_;
+  };
+
+  StatusOr<Lease> Acquire() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return !idle_.empty() || open_ < max_; });
+    if (!idle_.empty()) {
+      std::unique_ptr<Database> db = std::move(idle_.back());
+      idle_.pop_back();
+      return Lease(this, std::move(db));
+    }
+    ++open_;
+    lock.unlock();
+    Database::Options options;
+    options.read_only = true;
+    StatusOr<std::unique_ptr<Database>> db = Database::Open(path_, options);
+    if (!db.ok()) {
+      lock.lock();
+      --open_;
+      cv_.notify_one();
+      return db.status();
+    }
+    return Lease(this, std::move(db).value());
+  }
+
+  void Clear() {
+    std::lock_guard<std::mutex> lock(mu_);
+    idle_.clear();
+  }
+
+ private:
+  void Release(std::unique_ptr<Database> db) {
+    std::lock_guard<std::mutex> lock(mu_);
+    idle_.push_back(std::move(db));
+    cv_.notify_one();
+  }
+
+  const std::string path_;
+  const size_t max_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::unique_ptr<Database>> idle_;  // GUARDED_BY(mu_)
+  size_t open_ = 0;                              // GUARDED_BY(mu_)
+};
+
+StatusOr<TokenRecord> ReadToken(Statement& stmt) {
+  TokenRecord r;
+  r.token = stmt.ColumnText(0);
+  r.merchant = stmt.ColumnText(1);
+  r.type = stmt.ColumnText(2);
+  r.format = stmt.ColumnText(3);
+  r.record_version = static_cast<uint32_t>(stmt.ColumnInt(4));
+  r.dek_version = static_cast<uint32_t>(stmt.ColumnInt(5));
+  r.nonce = stmt.ColumnBlob(6);
+  r.ciphertext = stmt.ColumnBlob(7);
+  r.tag = stmt.ColumnBlob(8);
+  r.created_at_ms = stmt.ColumnInt(9);
+  if (!stmt.ColumnIsNull(10)) r.expires_at_ms = stmt.ColumnInt(10);
+  if (!stmt.ColumnIsNull(11)) r.deleted_at_ms = stmt.ColumnInt(11);
+  return r;
+}
+
+Status InsertDataKey(Database& db, const DataKeyRecord& dek) {
+  TV_ASSIGN_OR_RETURN(
+      Statement stmt,
+      db.Prepare("INSERT INTO data_keys (merchant_id, version, kek_version, wrapped, state, "
+                 "created_at, encryptions_reserved) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"));
+  return stmt.Bind(1, std::string_view(dek.merchant))
+      .Bind(2, int64_t{dek.version})
+      .Bind(3, int64_t{dek.kek_version})
+      .Bind(4, ByteView(dek.wrapped))
+      .Bind(5, StateName(dek.state))
+      .Bind(6, dek.created_at_ms)
+      .Bind(7, static_cast<int64_t>(dek.encryptions_reserved))
+      .Run();
+}
+
+}  // namespace
+
+class SqliteStore::Impl {
+ public:
+  Impl(FileLock lock, std::unique_ptr<Database> writer, const SqliteStoreOptions& options)
+      : lock_(std::move(lock)),
+        writer_(std::move(writer)),
+        readers_(options.path, options.read_connections),
+        max_batch_(options.max_batch == 0 ? 1 : options.max_batch),
+        thread_([this] { WriterLoop(); }) {}
+
+  ~Impl() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+    readers_.Clear();
+  }
+
+  Status Write(std::function<Status(Database&)> op) {
+    Pending pending{std::move(op), {}};
+    std::future<Status> done = pending.result.get_future();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stopping_) return UnavailableError(kReasonStorageUnavailable, "the store is closing");
+      queue_.push_back(std::move(pending));
+    }
+    cv_.notify_one();
+    return done.get();
+  }
+
+  StatusOr<ReadPool::Lease> Reader() { return readers_.Acquire(); }
+
+  Stats GetStats() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return stats_;
+  }
+
+  size_t PendingWrites() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return queue_.size();
+  }
+
+ private:
+  struct Pending {
+    std::function<Status(Database&)> op;
+    std::promise<Status> result;
+  };
+
+  void WriterLoop() {
+    std::vector<Pending> batch;
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+        if (queue_.empty()) return;  // stopping and drained
+        // Whatever queued while the previous batch was committing goes into this one: under load
+        // batches grow by themselves, with no timer adding latency when the vault is idle.
+        while (!queue_.empty() && batch.size() < max_batch_) {
+          batch.push_back(std::move(queue_.front()));
+          queue_.pop_front();
+        }
+      }
+      CommitBatch(batch);
+      batch.clear();
+    }
+  }
+
+  void CommitBatch(std::vector<Pending>& batch) {
+    std::vector<Status> results(batch.size());
+    StatusOr<Transaction> txn = Transaction::Begin(*writer_);
+    if (!txn.ok()) {
+      for (Pending& p : batch) p.result.set_value(txn.status());
+      return;
+    }
+    for (size_t i = 0; i < batch.size(); ++i) {
+      StatusOr<Savepoint> sp = Savepoint::Begin(*writer_);
+      if (!sp.ok()) {
+        results[i] = sp.status();
+        continue;
+      }
+      results[i] = batch[i].op(*writer_);
+      if (results[i].ok()) results[i] = sp->Release();
+      // else: the savepoint's destructor rolls this operation back, leaving the others.
+    }
+    const Status commit = txn->Commit();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++stats_.transactions;
+      stats_.operations += batch.size();
+    }
+    for (size_t i = 0; i < batch.size(); ++i) {
+      // An operation is only OK if its transaction is durably committed.
+      batch[i].result.set_value(commit.ok() ? results[i] : commit);
+    }
+  }
+
+  FileLock lock_;
+  std::unique_ptr<Database> writer_;  // used by the writer thread only
+  ReadPool readers_;
+  const size_t max_batch_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Pending> queue_;  // GUARDED_BY(mu_)
+  bool stopping_ = false;      // GUARDED_BY(mu_)
+  Stats stats_;                // GUARDED_BY(mu_)
+  std::thread thread_;         // last: starts once everything above is built
+};
+
+StatusOr<std::unique_ptr<SqliteStore>> SqliteStore::Open(const SqliteStoreOptions& options) {
+  if (options.path.empty()) {
+    return InvalidArgumentError("bad_config", "no database path configured");
+  }
+  TV_ASSIGN_OR_RETURN(FileLock lock, FileLock::Acquire(options.path + ".lock"));
+  TV_ASSIGN_OR_RETURN(std::unique_ptr<Database> writer, Database::Open(options.path, {}));
+  TV_RETURN_IF_ERROR(ApplyMigrations(*writer));
+  return std::unique_ptr<SqliteStore>(
+      new SqliteStore(std::make_unique<Impl>(std::move(lock), std::move(writer), options)));
+}
+
+SqliteStore::SqliteStore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+SqliteStore::~SqliteStore() = default;
+
+Status SqliteStore::Write(std::function<Status(Database&)> op) { return impl_->Write(std::move(op)); }
+
+SqliteStore::Stats SqliteStore::GetStats() const { return impl_->GetStats(); }
+
+size_t SqliteStore::PendingWrites() const { return impl_->PendingWrites(); }
+
+Status SqliteStore::InsertMerchant(const MerchantRecord& merchant,
+                                   const DataKeyRecord& first_dek) {
+  return Write([&](Database& db) -> Status {
+    TV_ASSIGN_OR_RETURN(Statement stmt,
+                        db.Prepare("INSERT INTO merchants (id, created_at, kek_version, "
+                                   "current_dek_version) VALUES (?1, ?2, ?3, ?4)"));
+    TV_RETURN_IF_ERROR(stmt.Bind(1, std::string_view(merchant.id))
+                           .Bind(2, merchant.created_at_ms)
+                           .Bind(3, int64_t{merchant.kek_version})
+                           .Bind(4, int64_t{merchant.current_dek_version})
+                           .Run());
+    return InsertDataKey(db, first_dek);
+  });
+}
+
+StatusOr<MerchantRecord> SqliteStore::GetMerchant(std::string_view id) {
+  TV_ASSIGN_OR_RETURN(ReadPool::Lease lease, impl_->Reader());
+  TV_ASSIGN_OR_RETURN(Statement stmt,
+                      lease.db().Prepare("SELECT id, created_at, kek_version, current_dek_version "
+                                         "FROM merchants WHERE id = ?1"));
+  stmt.Bind(1, id);
+  TV_ASSIGN_OR_RETURN(bool row, stmt.Step());
+  if (!row) return NotFoundError("merchant_not_found", "no such merchant");
+  MerchantRecord r;
+  r.id = stmt.ColumnText(0);
+  r.created_at_ms = stmt.ColumnInt(1);
+  r.kek_version = static_cast<uint32_t>(stmt.ColumnInt(2));
+  r.current_dek_version = static_cast<uint32_t>(stmt.ColumnInt(3));
+  return r;
+}
+
+StatusOr<DataKeyRecord> SqliteStore::GetDataKey(std::string_view merchant, uint32_t version) {
+  TV_ASSIGN_OR_RETURN(ReadPool::Lease lease, impl_->Reader());
+  TV_ASSIGN_OR_RETURN(
+      Statement stmt,
+      lease.db().Prepare("SELECT merchant_id, version, kek_version, wrapped, state, created_at, "
+                         "encryptions_reserved FROM data_keys WHERE merchant_id = ?1 AND version = ?2"));
+  stmt.Bind(1, merchant).Bind(2, int64_t{version});
+  TV_ASSIGN_OR_RETURN(bool row, stmt.Step());
+  if (!row) return NotFoundError("dek_not_found", "no such data key version");
+  DataKeyRecord r;
+  r.merchant = stmt.ColumnText(0);
+  r.version = static_cast<uint32_t>(stmt.ColumnInt(1));
+  r.kek_version = static_cast<uint32_t>(stmt.ColumnInt(2));
+  r.wrapped = stmt.ColumnBlob(3);
+  r.state = stmt.ColumnText(4) == "active" ? DataKeyState::kActive : DataKeyState::kRetired;
+  r.created_at_ms = stmt.ColumnInt(5);
+  r.encryptions_reserved = static_cast<uint64_t>(stmt.ColumnInt(6));
+  return r;
+}
+
+Status SqliteStore::AddDataKeyVersion(const DataKeyRecord& dek) {
+  return Write([&](Database& db) -> Status {
+    TV_ASSIGN_OR_RETURN(Statement bump,
+                        db.Prepare("UPDATE merchants SET current_dek_version = ?2 "
+                                   "WHERE id = ?1 AND current_dek_version = ?3"));
+    TV_RETURN_IF_ERROR(bump.Bind(1, std::string_view(dek.merchant))
+                           .Bind(2, int64_t{dek.version})
+                           .Bind(3, int64_t{dek.version} - 1)
+                           .Run());
+    if (db.Changes() != 1) {
+      return FailedPreconditionError("dek_version_conflict",
+                                     "the merchant's current DEK version changed concurrently");
+    }
+    TV_ASSIGN_OR_RETURN(Statement retire,
+                        db.Prepare("UPDATE data_keys SET state = 'retired' "
+                                   "WHERE merchant_id = ?1 AND version = ?2"));
+    TV_RETURN_IF_ERROR(
+        retire.Bind(1, std::string_view(dek.merchant)).Bind(2, int64_t{dek.version} - 1).Run());
+    return InsertDataKey(db, dek);
+  });
+}
+
+Status SqliteStore::ReserveEncryptions(std::string_view merchant, uint32_t version,
+                                       uint64_t reserved) {
+  return Write([&](Database& db) -> Status {
+    TV_ASSIGN_OR_RETURN(Statement stmt,
+                        db.Prepare("UPDATE data_keys SET encryptions_reserved = "
+                                   "MAX(encryptions_reserved, ?3) "
+                                   "WHERE merchant_id = ?1 AND version = ?2 AND state = 'active'"));
+    TV_RETURN_IF_ERROR(
+        stmt.Bind(1, merchant).Bind(2, int64_t{version}).Bind(3, static_cast<int64_t>(reserved)).Run());
+    if (db.Changes() != 1) {
+      return FailedPreconditionError("dek_not_active", "the data key version is not active");
+    }
+    return Status::Ok();
+  });
+}
+
+Status SqliteStore::InsertToken(const TokenRecord& t) {
+  return Write([&](Database& db) -> Status {
+    TV_ASSIGN_OR_RETURN(
+        Statement stmt,
+        db.Prepare("INSERT INTO tokens (token, merchant_id, type, format, record_version, "
+                   "dek_version, nonce, ciphertext, tag, created_at, expires_at, deleted_at) "
+                   "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"));
+    return stmt.Bind(1, std::string_view(t.token))
+        .Bind(2, std::string_view(t.merchant))
+        .Bind(3, std::string_view(t.type))
+        .Bind(4, std::string_view(t.format))
+        .Bind(5, int64_t{t.record_version})
+        .Bind(6, int64_t{t.dek_version})
+        .Bind(7, ByteView(t.nonce))
+        .Bind(8, ByteView(t.ciphertext))
+        .Bind(9, ByteView(t.tag))
+        .Bind(10, t.created_at_ms)
+        .Bind(11, t.expires_at_ms)
+        .Bind(12, t.deleted_at_ms)
+        .Run();
+  });
+}
+
+StatusOr<TokenRecord> SqliteStore::FindToken(std::string_view token) {
+  TV_ASSIGN_OR_RETURN(ReadPool::Lease lease, impl_->Reader());
+  TV_ASSIGN_OR_RETURN(
+      Statement stmt,
+      lease.db().Prepare("SELECT token, merchant_id, type, format, record_version, dek_version, "
+                         "nonce, ciphertext, tag, created_at, expires_at, deleted_at "
+                         "FROM tokens WHERE token = ?1"));
+  stmt.Bind(1, token);
+  TV_ASSIGN_OR_RETURN(bool row, stmt.Step());
+  if (!row) return NotFoundError("token_not_found", "no such token");
+  return ReadToken(stmt);
+}
+
+}  // namespace tokenvault::storage

@@ -1,0 +1,68 @@
+// The embedded default store: one SQLite file in WAL mode.
+//
+// Writes go through a single writer thread that commits concurrent callers' operations together
+// (group commit: one BEGIN IMMEDIATE ... COMMIT, so one fsync, per batch). Each operation runs in
+// its own savepoint, so one failing operation (a duplicate token, say) does not undo the others.
+// Reads use a small pool of read-only connections, which WAL lets run beside the writer.
+// One process owns a database at a time (an exclusive lock on "<path>.lock").
+#ifndef TOKENVAULT_STORAGE_SQLITE_STORE_H_
+#define TOKENVAULT_STORAGE_SQLITE_STORE_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "storage/store.h"
+
+namespace tokenvault::storage {
+
+class Database;
+
+struct SqliteStoreOptions {
+  std::string path;
+  size_t read_connections = 4;
+  // Operations committed together at most. Larger batches amortise the fsync further but make
+  // the first caller of a batch wait for the last.
+  size_t max_batch = 256;
+};
+
+class SqliteStore final : public Store {
+ public:
+  // Opens or creates the database, applies migrations, starts the writer thread.
+  // kFailedPrecondition (store_locked) if another SqliteStore holds the file.
+  static StatusOr<std::unique_ptr<SqliteStore>> Open(const SqliteStoreOptions& options);
+  // Finishes queued writes, stops the writer, closes every connection.
+  ~SqliteStore() override;
+
+  Status InsertMerchant(const MerchantRecord& merchant, const DataKeyRecord& first_dek) override;
+  StatusOr<MerchantRecord> GetMerchant(std::string_view id) override;
+  StatusOr<DataKeyRecord> GetDataKey(std::string_view merchant, uint32_t version) override;
+  Status AddDataKeyVersion(const DataKeyRecord& dek) override;
+  Status ReserveEncryptions(std::string_view merchant, uint32_t version,
+                            uint64_t reserved) override;
+  Status InsertToken(const TokenRecord& token) override;
+  StatusOr<TokenRecord> FindToken(std::string_view token) override;
+
+  // Runs 'op' inside a write transaction shared with other callers, in its own savepoint, and
+  // returns once the transaction is durably committed (or failed). The building block of every
+  // write above; later features (audit records, batches) write through it too.
+  Status Write(std::function<Status(Database&)> op);
+
+  // Commit statistics, for tests and metrics.
+  struct Stats {
+    uint64_t transactions = 0;
+    uint64_t operations = 0;
+  };
+  Stats GetStats() const;
+  // Writes queued and not yet picked up by the writer thread.
+  size_t PendingWrites() const;
+
+ private:
+  class Impl;
+  explicit SqliteStore(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tokenvault::storage
+
+#endif  // TOKENVAULT_STORAGE_SQLITE_STORE_H_

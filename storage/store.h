@@ -1,0 +1,89 @@
+// What the vault stores, and the interface to the store. Records hold ciphertext, wrapped keys and
+// metadata only: there is no field a plaintext value or an unwrapped key could go in.
+#ifndef TOKENVAULT_STORAGE_STORE_H_
+#define TOKENVAULT_STORAGE_STORE_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "vault/base/bytes.h"
+#include "vault/base/status.h"
+
+namespace tokenvault::storage {
+
+struct MerchantRecord {
+  std::string id;
+  int64_t created_at_ms = 0;
+  uint32_t kek_version = 0;
+  uint32_t current_dek_version = 0;
+};
+
+enum class DataKeyState {
+  kActive,   // the version new values are encrypted under (one per merchant)
+  kRetired,  // decrypt only: never used to encrypt again
+};
+
+// One DEK version of a merchant, wrapped by the merchant's KEK (docs/formats.md).
+struct DataKeyRecord {
+  std::string merchant;
+  uint32_t version = 0;
+  uint32_t kek_version = 0;
+  Bytes wrapped;
+  DataKeyState state = DataKeyState::kActive;
+  int64_t created_at_ms = 0;
+  // Encryptions durably reserved under this key: an upper bound on those performed.
+  uint64_t encryptions_reserved = 0;
+};
+
+// One token and its sealed value. The AAD is not stored: it is rebuilt from these fields, which is
+// what binds the ciphertext to its row.
+struct TokenRecord {
+  std::string token;
+  std::string merchant;
+  std::string type;    // "card", "ssn", "generic"
+  std::string format;  // "random"
+  uint32_t record_version = 0;  // the ciphertext format (docs/formats.md)
+  uint32_t dek_version = 0;
+  Bytes nonce;       // 12 bytes
+  Bytes ciphertext;  // same length as the value
+  Bytes tag;         // 16 bytes
+  int64_t created_at_ms = 0;
+  std::optional<int64_t> expires_at_ms;
+  std::optional<int64_t> deleted_at_ms;
+};
+
+// Thread-safe. Every write is durable (fsync'd) when it returns OK; concurrent writes share
+// transactions (group commit), so a write may wait for others' to commit with it.
+// Errors: kUnavailable (storage_unavailable) when the disk or database cannot be used - nothing
+// was written; kDataLoss (storage_corrupt) when the database is damaged.
+class Store {
+ public:
+  virtual ~Store() = default;
+
+  // Creates a merchant and its first DEK version in one transaction. kAlreadyExists if it exists.
+  virtual Status InsertMerchant(const MerchantRecord& merchant, const DataKeyRecord& first_dek) = 0;
+  // kNotFound if there is no such merchant.
+  virtual StatusOr<MerchantRecord> GetMerchant(std::string_view id) = 0;
+
+  // kNotFound if the merchant has no such version.
+  virtual StatusOr<DataKeyRecord> GetDataKey(std::string_view merchant, uint32_t version) = 0;
+  // Adds 'dek' (version = current + 1) as the merchant's current DEK and retires the previous
+  // current version, in one transaction. kFailedPrecondition (dek_version_conflict) if the
+  // merchant's current version is not dek.version - 1.
+  virtual Status AddDataKeyVersion(const DataKeyRecord& dek) = 0;
+  // Raises the reserved-encryptions counter of a DEK version to 'reserved' (never lowers it).
+  virtual Status ReserveEncryptions(std::string_view merchant, uint32_t version,
+                                    uint64_t reserved) = 0;
+
+  // kAlreadyExists if the token string exists (in any merchant).
+  virtual Status InsertToken(const TokenRecord& token) = 0;
+  // kNotFound if there is no such token (in any merchant).
+  virtual StatusOr<TokenRecord> FindToken(std::string_view token) = 0;
+};
+
+}  // namespace tokenvault::storage
+
+#endif  // TOKENVAULT_STORAGE_STORE_H_
