@@ -1,0 +1,197 @@
+#include "vault/keyring.h"
+
+#include <algorithm>
+
+#include "vault/base/random.h"
+#include "vault/envelope.h"
+
+namespace tokenvault {
+
+namespace {
+constexpr uint32_t kFirstVersion = 1;
+}  // namespace
+
+Keyring::Keyring(hsm::Hsm& hsm, storage::Store& store, const Clock& clock,
+                 const KeyringOptions& options)
+    : hsm_(hsm),
+      store_(store),
+      clock_(clock),
+      options_(options),
+      cache_(options.dek_cache_max_entries, options.dek_cache_ttl, clock) {}
+
+std::shared_ptr<Keyring::MerchantKeys> Keyring::KeysFor(std::string_view merchant) {
+  const std::string key(merchant);
+  {
+    std::shared_lock<std::shared_mutex> lock(map_mu_);
+    auto it = merchants_.find(key);
+    if (it != merchants_.end()) return it->second;
+  }
+  std::unique_lock<std::shared_mutex> lock(map_mu_);
+  auto& slot = merchants_[key];
+  if (!slot) slot = std::make_shared<MerchantKeys>();
+  return slot;
+}
+
+StatusOr<std::pair<storage::DataKeyRecord, std::shared_ptr<const AesGcm256>>> Keyring::NewDek(
+    std::string_view merchant, uint32_t version, uint32_t kek_version) {
+  TV_ASSIGN_OR_RETURN(SecretBytes dek, RandomSecret(kAesGcmKeySize));
+  const Bytes aad =
+      envelope::DekAad(envelope::kWrappedKeyFormatV1, merchant, version, kek_version);
+  TV_ASSIGN_OR_RETURN(Bytes wrapped,
+                      hsm_.Wrap(hsm::KekRef{std::string(merchant), kek_version}, dek, aad));
+  storage::DataKeyRecord record;
+  record.merchant = std::string(merchant);
+  record.version = version;
+  record.kek_version = kek_version;
+  record.wrapped = envelope::EncodeWrappedDek(wrapped);
+  record.state = storage::DataKeyState::kActive;
+  record.created_at_ms = clock_.NowUnixMillis();
+  TV_ASSIGN_OR_RETURN(AesGcm256 aead, AesGcm256::Create(std::move(dek)));
+  return std::make_pair(std::move(record), std::make_shared<const AesGcm256>(std::move(aead)));
+}
+
+StatusOr<storage::MerchantRecord> Keyring::CreateMerchant(std::string_view merchant) {
+  std::lock_guard<std::mutex> create_lock(create_mu_);
+  StatusOr<storage::MerchantRecord> existing = store_.GetMerchant(merchant);
+  if (existing.ok()) return AlreadyExistsError("merchant_exists", "the merchant exists");
+  if (existing.status().code() != StatusCode::kNotFound) return existing.status();
+
+  const hsm::KekRef kek{std::string(merchant), kFirstVersion};
+  Status created = hsm_.CreateKek(kek);
+  if (created.code() == StatusCode::kAlreadyExists) {
+    // No merchant row, yet a KEK: an earlier creation died between the HSM and the database.
+    // Nothing was ever encrypted under it; replace it.
+    TV_RETURN_IF_ERROR(hsm_.DestroyKek(kek));
+    created = hsm_.CreateKek(kek);
+  }
+  TV_RETURN_IF_ERROR(created);
+
+  auto dek = NewDek(merchant, kFirstVersion, kFirstVersion);
+  storage::MerchantRecord record{std::string(merchant), clock_.NowUnixMillis(), kFirstVersion,
+                                 kFirstVersion};
+  Status stored = dek.ok() ? store_.InsertMerchant(record, dek->first) : dek.status();
+  if (!stored.ok()) {
+    // Leave nothing behind in the HSM for a merchant that does not exist.
+    hsm_.DestroyKek(kek).IgnoreError();
+    return stored;
+  }
+  cache_.Put(merchant, kFirstVersion, std::move(dek->second));
+  return record;
+}
+
+Status Keyring::LoadLocked(std::string_view merchant, MerchantKeys& keys) {
+  if (keys.loaded) return Status::Ok();
+  TV_ASSIGN_OR_RETURN(storage::MerchantRecord record, store_.GetMerchant(merchant));
+  TV_ASSIGN_OR_RETURN(storage::DataKeyRecord dek,
+                      store_.GetDataKey(merchant, record.current_dek_version));
+  keys.kek_version = record.kek_version;
+  keys.dek_version = record.current_dek_version;
+  std::lock_guard<std::mutex> counter(keys.counter);
+  // Whatever was reserved before a restart may have been used: count it all as used.
+  keys.used = dek.encryptions_reserved;
+  keys.reserved = dek.encryptions_reserved;
+  keys.loaded = true;
+  return Status::Ok();
+}
+
+StatusOr<uint32_t> Keyring::RotateLocked(std::string_view merchant, MerchantKeys& keys) {
+  TV_RETURN_IF_ERROR(LoadLocked(merchant, keys));
+  const uint32_t next = keys.dek_version + 1;
+  TV_ASSIGN_OR_RETURN(auto dek, NewDek(merchant, next, keys.kek_version));
+  TV_RETURN_IF_ERROR(store_.AddDataKeyVersion(dek.first));
+  keys.dek_version = next;
+  {
+    std::lock_guard<std::mutex> counter(keys.counter);
+    keys.used = 0;
+    keys.reserved = 0;
+  }
+  cache_.Put(merchant, next, std::move(dek.second));
+  return next;
+}
+
+StatusOr<uint32_t> Keyring::Rotate(std::string_view merchant) {
+  std::shared_ptr<MerchantKeys> keys = KeysFor(merchant);
+  std::unique_lock<std::shared_mutex> exclusive(keys->rotation);
+  return RotateLocked(merchant, *keys);
+}
+
+StatusOr<Keyring::EncryptLease> Keyring::ForEncrypt(std::string_view merchant) {
+  std::shared_ptr<MerchantKeys> keys = KeysFor(merchant);
+  for (;;) {
+    {
+      std::shared_lock<std::shared_mutex> shared(keys->rotation);
+      if (keys->loaded) {
+        // The key first: if the HSM is down, nothing (not even a reservation) is written.
+        const uint32_t version = keys->dek_version;
+        TV_ASSIGN_OR_RETURN(std::shared_ptr<const AesGcm256> aead, LoadDek(merchant, version));
+        bool spent = false;
+        {
+          std::lock_guard<std::mutex> counter(keys->counter);
+          if (keys->used >= options_.max_encryptions_per_dek) {
+            spent = true;
+          } else {
+            if (keys->used >= keys->reserved) {
+              const uint64_t block = std::max<uint64_t>(1, options_.reservation_block);
+              const uint64_t target =
+                  std::min(keys->used + block, options_.max_encryptions_per_dek);
+              TV_RETURN_IF_ERROR(store_.ReserveEncryptions(merchant, version, target));
+              keys->reserved = target;
+            }
+            ++keys->used;
+          }
+        }
+        if (!spent) return EncryptLease{version, std::move(aead), std::move(shared)};
+      }
+    }
+    // Not loaded yet, or the DEK is spent: take the exclusive lock and fix that, then retry.
+    std::unique_lock<std::shared_mutex> exclusive(keys->rotation);
+    Status loaded = LoadLocked(merchant, *keys);
+    if (!loaded.ok()) {
+      if (loaded.code() == StatusCode::kNotFound) {
+        // Don't let requests for merchants that do not exist grow the map.
+        std::unique_lock<std::shared_mutex> map_lock(map_mu_);
+        merchants_.erase(std::string(merchant));
+      }
+      return loaded;
+    }
+    bool spent;
+    {
+      std::lock_guard<std::mutex> counter(keys->counter);
+      spent = keys->used >= options_.max_encryptions_per_dek;
+    }
+    if (spent) TV_RETURN_IF_ERROR(RotateLocked(merchant, *keys).status());
+  }
+}
+
+StatusOr<std::shared_ptr<const AesGcm256>> Keyring::ForDecrypt(std::string_view merchant,
+                                                               uint32_t dek_version) {
+  return LoadDek(merchant, dek_version);
+}
+
+StatusOr<std::shared_ptr<const AesGcm256>> Keyring::LoadDek(std::string_view merchant,
+                                                            uint32_t version) {
+  if (auto cached = cache_.Get(merchant, version)) return cached;
+  TV_ASSIGN_OR_RETURN(storage::DataKeyRecord record, store_.GetDataKey(merchant, version));
+  TV_ASSIGN_OR_RETURN(ByteView hsm_blob, envelope::DecodeWrappedDek(record.wrapped));
+  const Bytes aad = envelope::DekAad(envelope::kWrappedKeyFormatV1, merchant, version,
+                                     record.kek_version);
+  StatusOr<SecretBytes> dek =
+      hsm_.Unwrap(hsm::KekRef{std::string(merchant), record.kek_version}, hsm_blob, aad);
+  if (!dek.ok()) {
+    if (dek.status().code() == StatusCode::kNotFound) {
+      // The row names a KEK the HSM does not have: the row was altered, or the KEK destroyed.
+      return DataLossError("integrity_failure",
+                           "the data key refers to a KEK that does not exist");
+    }
+    return dek.status();
+  }
+  if (dek->size() != kAesGcmKeySize) {
+    return DataLossError("integrity_failure", "unwrapped data key has the wrong size");
+  }
+  TV_ASSIGN_OR_RETURN(AesGcm256 aead, AesGcm256::Create(std::move(dek).value()));
+  auto shared = std::make_shared<const AesGcm256>(std::move(aead));
+  cache_.Put(merchant, version, shared);
+  return shared;
+}
+
+}  // namespace tokenvault

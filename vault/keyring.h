@@ -1,0 +1,98 @@
+// Keyring: each merchant's KEK version and DEK versions, and which DEK encrypts next.
+//
+// DEKs are 256-bit keys from the CSPRNG, stored only wrapped by the merchant's KEK inside the HSM,
+// with AAD that names merchant, DEK version and KEK version. Unwrapped DEKs are cached (DekCache).
+// Every encryption is counted against its DEK; the count is reserved durably in blocks ahead of
+// use, so that after a crash the vault resumes above any count it may have reached. When a DEK
+// reaches 'max_encryptions_per_dek' a new version is created and the old one retired: never used
+// to encrypt again, still used to decrypt.
+#ifndef TOKENVAULT_VAULT_KEYRING_H_
+#define TOKENVAULT_VAULT_KEYRING_H_
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <unordered_map>
+
+#include "hsm/hsm.h"
+#include "storage/store.h"
+#include "vault/aes_gcm.h"
+#include "vault/base/clock.h"
+#include "vault/dek_cache.h"
+
+namespace tokenvault {
+
+struct KeyringOptions {
+  size_t dek_cache_max_entries = 1024;
+  std::chrono::milliseconds dek_cache_ttl = std::chrono::minutes(10);
+  // NIST SP 800-38D caps random-nonce GCM at 2^32 encryptions per key; stay far below.
+  uint64_t max_encryptions_per_dek = uint64_t{1} << 30;
+  // Encryptions reserved per durable counter update.
+  uint64_t reservation_block = 4096;
+};
+
+// Thread-safe.
+class Keyring {
+ public:
+  // A DEK to encrypt with. While the lease lives, the merchant's DEK cannot rotate, so a value is
+  // never sealed under a version that was retired in the meantime. Hold it until the sealed value
+  // is stored.
+  struct EncryptLease {
+    uint32_t version = 0;
+    std::shared_ptr<const AesGcm256> aead;
+    std::shared_lock<std::shared_mutex> no_rotation;
+  };
+
+  Keyring(hsm::Hsm& hsm, storage::Store& store, const Clock& clock, const KeyringOptions& options);
+
+  // Creates the merchant's KEK (v1) in the HSM and its first DEK, stored wrapped.
+  // kAlreadyExists if the merchant exists. A KEK left in the HSM by an earlier attempt that died
+  // before the merchant row was committed is destroyed and replaced: no data can depend on it.
+  StatusOr<storage::MerchantRecord> CreateMerchant(std::string_view merchant);
+
+  // kNotFound (merchant_not_found) if there is no such merchant.
+  StatusOr<EncryptLease> ForEncrypt(std::string_view merchant);
+  StatusOr<std::shared_ptr<const AesGcm256>> ForDecrypt(std::string_view merchant,
+                                                        uint32_t dek_version);
+
+  // Makes a new DEK version current and retires the previous one; returns the new version.
+  StatusOr<uint32_t> Rotate(std::string_view merchant);
+
+  const DekCache& cache() const { return cache_; }
+
+ private:
+  struct MerchantKeys {
+    std::shared_mutex rotation;  // shared: encrypting; exclusive: rotating or loading
+    std::mutex counter;          // guards used and reserved
+    bool loaded = false;         // GUARDED_BY(rotation)
+    uint32_t kek_version = 0;    // GUARDED_BY(rotation)
+    uint32_t dek_version = 0;    // GUARDED_BY(rotation)
+    uint64_t used = 0;           // GUARDED_BY(counter)
+    uint64_t reserved = 0;       // GUARDED_BY(counter)
+  };
+
+  std::shared_ptr<MerchantKeys> KeysFor(std::string_view merchant);
+  // REQUIRES: 'keys.rotation' held exclusively.
+  Status LoadLocked(std::string_view merchant, MerchantKeys& keys);
+  // REQUIRES: 'keys.rotation' held exclusively.
+  StatusOr<uint32_t> RotateLocked(std::string_view merchant, MerchantKeys& keys);
+  StatusOr<std::shared_ptr<const AesGcm256>> LoadDek(std::string_view merchant, uint32_t version);
+  // A new random DEK wrapped for (merchant, version, kek_version), plus its AEAD.
+  StatusOr<std::pair<storage::DataKeyRecord, std::shared_ptr<const AesGcm256>>> NewDek(
+      std::string_view merchant, uint32_t version, uint32_t kek_version);
+
+  hsm::Hsm& hsm_;
+  storage::Store& store_;
+  const Clock& clock_;
+  const KeyringOptions options_;
+  DekCache cache_;
+  std::mutex create_mu_;  // one merchant creation at a time
+  std::shared_mutex map_mu_;
+  std::unordered_map<std::string, std::shared_ptr<MerchantKeys>> merchants_;  // GUARDED_BY(map_mu_)
+};
+
+}  // namespace tokenvault
+
+#endif  // TOKENVAULT_VAULT_KEYRING_H_

@@ -1,0 +1,134 @@
+#include "vault/vault.h"
+
+#include "vault/envelope.h"
+#include "vault/token_id.h"
+
+namespace tokenvault {
+namespace {
+
+constexpr int kTokenInsertAttempts = 3;
+constexpr std::string_view kFormatRandom = "random";
+
+Status TokenNotFound() {
+  // One status for "no such token" and "another merchant's token", so that callers cannot tell.
+  return NotFoundError(kReasonTokenNotFound, "no such token");
+}
+
+std::optional<std::string> Last4(ValueType type, const SecretBytes& v) {
+  if ((type != ValueType::kCard && type != ValueType::kSsn) || v.size() < 4) return std::nullopt;
+  return std::string(reinterpret_cast<const char*>(v.data()) + v.size() - 4, 4);
+}
+
+}  // namespace
+
+StatusOr<std::unique_ptr<Vault>> Vault::Create(std::shared_ptr<hsm::Hsm> hsm,
+                                               std::shared_ptr<storage::Store> store,
+                                               const VaultOptions& options, const Clock& clock) {
+  if (!hsm || !store) return InvalidArgumentError("bad_config", "the vault needs an HSM and a store");
+  if (options.keys.max_encryptions_per_dek == 0 ||
+      options.keys.max_encryptions_per_dek > (uint64_t{1} << 32)) {
+    return InvalidArgumentError("bad_config", "max_encryptions_per_dek must be in [1, 2^32]");
+  }
+  return std::unique_ptr<Vault>(new Vault(std::move(hsm), std::move(store), options, clock));
+}
+
+Vault::Vault(std::shared_ptr<hsm::Hsm> hsm, std::shared_ptr<storage::Store> store,
+             const VaultOptions& options, const Clock& clock)
+    : hsm_(std::move(hsm)),
+      store_(std::move(store)),
+      clock_(clock),
+      keyring_(std::make_unique<Keyring>(*hsm_, *store_, clock, options.keys)) {}
+
+Vault::~Vault() = default;
+
+StatusOr<MerchantInfo> Vault::CreateMerchant(std::string_view merchant) {
+  if (!IsValidMerchantId(merchant)) {
+    return InvalidArgumentError(kReasonInvalidMerchant, "merchant ids match ^[a-z0-9][a-z0-9_-]{0,63}$");
+  }
+  TV_ASSIGN_OR_RETURN(storage::MerchantRecord record, keyring_->CreateMerchant(merchant));
+  return MerchantInfo{record.id, record.created_at_ms, record.kek_version,
+                      record.current_dek_version};
+}
+
+StatusOr<TokenInfo> Vault::Tokenize(std::string_view merchant, ByteView value, ValueType type) {
+  if (!IsValidMerchantId(merchant)) {
+    return InvalidArgumentError(kReasonInvalidMerchant, "invalid merchant id");
+  }
+  TV_ASSIGN_OR_RETURN(SecretBytes normalized, NormalizeValue(type, value));
+  const std::string_view type_name = ValueTypeName(type);
+
+  Status last_error;
+  for (int attempt = 0; attempt < kTokenInsertAttempts; ++attempt) {
+    TV_ASSIGN_OR_RETURN(Keyring::EncryptLease lease, keyring_->ForEncrypt(merchant));
+    TV_ASSIGN_OR_RETURN(std::string token, NewRandomToken());
+    const Bytes aad = envelope::ValueAad(envelope::kValueFormatV1, merchant, token, type_name,
+                                         lease.version);
+    TV_ASSIGN_OR_RETURN(SealedBox box, lease.aead->Encrypt(normalized.view(), aad));
+
+    storage::TokenRecord record;
+    record.token = token;
+    record.merchant = std::string(merchant);
+    record.type = std::string(type_name);
+    record.format = std::string(kFormatRandom);
+    record.record_version = envelope::kValueFormatV1;
+    record.dek_version = lease.version;
+    record.nonce.assign(box.nonce.begin(), box.nonce.end());
+    record.ciphertext = std::move(box.ciphertext);
+    record.tag.assign(box.tag.begin(), box.tag.end());
+    record.created_at_ms = clock_.NowUnixMillis();
+    last_error = store_->InsertToken(record);
+    if (last_error.ok()) {
+      return TokenInfo{token, std::string(merchant), type, lease.version, record.created_at_ms,
+                       Last4(type, normalized)};
+    }
+    // A 128-bit collision is practically impossible; retrying costs nothing if it happens.
+    if (last_error.code() != StatusCode::kAlreadyExists) return last_error;
+  }
+  return last_error;
+}
+
+StatusOr<RevealedValue> Vault::Detokenize(std::string_view merchant, std::string_view token) {
+  if (!IsValidMerchantId(merchant)) return TokenNotFound();
+  if (!IsWellFormedRandomToken(token)) {
+    return InvalidArgumentError(kReasonInvalidToken, "malformed token");
+  }
+  StatusOr<storage::TokenRecord> found = store_->FindToken(token);
+  if (!found.ok()) {
+    if (found.status().code() == StatusCode::kNotFound) return TokenNotFound();
+    return found.status();
+  }
+  const storage::TokenRecord& record = *found;
+  if (record.merchant != merchant) return TokenNotFound();
+  if (record.deleted_at_ms.has_value() || record.nonce.empty()) {
+    return NotFoundError(kReasonTokenGone, "the token was deleted");
+  }
+  const std::optional<ValueType> type = ParseValueType(record.type);
+  if (!type || record.record_version != envelope::kValueFormatV1) {
+    return DataLossError(kReasonIntegrity, "the stored token has an unknown type or format");
+  }
+  StatusOr<std::shared_ptr<const AesGcm256>> aead =
+      keyring_->ForDecrypt(merchant, record.dek_version);
+  if (!aead.ok()) {
+    // The row names a DEK version its merchant never had: the row was altered.
+    if (aead.status().code() == StatusCode::kNotFound) {
+      return DataLossError(kReasonIntegrity, "the stored token refers to an unknown data key");
+    }
+    return aead.status();
+  }
+  const Bytes aad = envelope::ValueAad(record.record_version, merchant, record.token, record.type,
+                                       record.dek_version);
+  TV_ASSIGN_OR_RETURN(SecretBytes value,
+                      (*aead)->Decrypt(record.nonce, record.ciphertext, record.tag, aad));
+  return RevealedValue{*type, std::move(value)};
+}
+
+StatusOr<uint32_t> Vault::RotateDataKey(std::string_view merchant) {
+  if (!IsValidMerchantId(merchant)) {
+    return InvalidArgumentError(kReasonInvalidMerchant, "invalid merchant id");
+  }
+  return keyring_->Rotate(merchant);
+}
+
+Status Vault::CheckHsm() { return hsm_->Ping(); }
+
+}  // namespace tokenvault

@@ -1,0 +1,103 @@
+// Vault: the facade the service calls. Creates merchants, turns values into tokens and back.
+//
+// Composition: a Keyring (KEKs in the HSM, wrapped DEKs in the store, a cache of unwrapped ones)
+// and a Store for sealed values. Every value is normalised, then sealed with AES-256-GCM under the
+// merchant's current DEK, with AAD binding format, merchant, token, type and DEK version
+// (docs/formats.md). One error type for everything: Status, with the reasons below.
+#ifndef TOKENVAULT_VAULT_VAULT_H_
+#define TOKENVAULT_VAULT_VAULT_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "hsm/hsm.h"
+#include "storage/store.h"
+#include "vault/base/clock.h"
+#include "vault/base/secret_bytes.h"
+#include "vault/base/status.h"
+#include "vault/keyring.h"
+#include "vault/value_type.h"
+
+namespace tokenvault {
+
+struct VaultOptions {
+  KeyringOptions keys;
+};
+
+struct MerchantInfo {
+  std::string id;
+  int64_t created_at_ms = 0;
+  uint32_t kek_version = 0;
+  uint32_t dek_version = 0;
+};
+
+struct TokenInfo {
+  std::string token;
+  std::string merchant;
+  ValueType type = ValueType::kGeneric;
+  uint32_t dek_version = 0;
+  int64_t created_at_ms = 0;
+  std::optional<std::string> last4;  // card and ssn
+};
+
+struct RevealedValue {
+  ValueType type = ValueType::kGeneric;
+  SecretBytes value;  // normalised
+};
+
+// Status reasons the vault itself produces (others pass through from hsm/ and storage/).
+inline constexpr char kReasonInvalidMerchant[] = "invalid_merchant";
+inline constexpr char kReasonInvalidToken[] = "invalid_token";
+inline constexpr char kReasonTokenNotFound[] = "token_not_found";
+inline constexpr char kReasonTokenGone[] = "token_gone";
+inline constexpr char kReasonIntegrity[] = "integrity_failure";
+
+// Thread-safe: every method may be called from any thread.
+class Vault {
+ public:
+  // 'hsm' and 'store' must outlive the vault when passed as shared_ptr owners are elsewhere; the
+  // vault keeps them alive itself.
+  static StatusOr<std::unique_ptr<Vault>> Create(std::shared_ptr<hsm::Hsm> hsm,
+                                                 std::shared_ptr<storage::Store> store,
+                                                 const VaultOptions& options,
+                                                 const Clock& clock = Clock::Real());
+  ~Vault();
+
+  // kInvalidArgument (invalid_merchant) for a bad id, kAlreadyExists (merchant_exists).
+  StatusOr<MerchantInfo> CreateMerchant(std::string_view merchant);
+
+  // Normalises and validates 'value' for 'type' (kInvalidArgument on bad input), seals it and
+  // stores it under a new random token. kNotFound (merchant_not_found) for an unknown merchant.
+  // Returns only once the sealed value is durable.
+  StatusOr<TokenInfo> Tokenize(std::string_view merchant, ByteView value, ValueType type);
+
+  // The value behind 'token'. kInvalidArgument (invalid_token) when the token is malformed;
+  // kNotFound (token_not_found) when the token does not exist *or belongs to another merchant* -
+  // the two are indistinguishable; kNotFound (token_gone) for a deleted token; kDataLoss
+  // (integrity_failure) when the stored row or its key was altered: never a wrong value.
+  StatusOr<RevealedValue> Detokenize(std::string_view merchant, std::string_view token);
+
+  // New DEK version for new writes; older tokens still decrypt. Returns the new version.
+  StatusOr<uint32_t> RotateDataKey(std::string_view merchant);
+
+  // OK when the HSM answers.
+  Status CheckHsm();
+
+  const Keyring& keyring() const { return *keyring_; }
+
+ private:
+  Vault(std::shared_ptr<hsm::Hsm> hsm, std::shared_ptr<storage::Store> store,
+        const VaultOptions& options, const Clock& clock);
+
+  std::shared_ptr<hsm::Hsm> hsm_;
+  std::shared_ptr<storage::Store> store_;
+  const Clock& clock_;
+  std::unique_ptr<Keyring> keyring_;
+};
+
+}  // namespace tokenvault
+
+#endif  // TOKENVAULT_VAULT_VAULT_H_
