@@ -1,0 +1,228 @@
+// Pkcs11Hsm against a real SoftHSM2 token in a temp dir (its own softhsm2.conf).
+#include "hsm/pkcs11_hsm.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "tests/support/matchers.h"
+#include "tests/support/raw_pkcs11.h"
+#include "tests/support/softhsm_fixture.h"
+#include "vault/base/random.h"
+
+namespace tokenvault::hsm {
+namespace {
+
+using testing::SoftHsmToken;
+
+const Bytes kAadA = {'m', 'e', 'r', 'c', 'h', 'a', 'n', 't', 'A'};
+const Bytes kAadB = {'m', 'e', 'r', 'c', 'h', 'a', 'n', 't', 'B'};
+
+SecretBytes NewDek() { return std::move(*RandomSecret(32)); }
+
+class Pkcs11HsmTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    StatusOr<std::unique_ptr<Pkcs11Hsm>> hsm = token_.Open();
+    ASSERT_TRUE(hsm.ok()) << hsm.status().ToString();
+    hsm_ = std::move(hsm).value();
+  }
+  SoftHsmToken token_;
+  std::unique_ptr<Pkcs11Hsm> hsm_;
+};
+
+TEST_F(Pkcs11HsmTest, KekIsCreatedSensitiveAndNeverExtractable) {
+  const KekRef kek{"acme", 1};
+  TV_ASSERT_OK(hsm_->CreateKek(kek));
+  EXPECT_EQ(kek.Label(), "tokenvault/kek/acme/v1");
+  hsm_.reset();  // finalise our module; look at the token with raw PKCS#11
+
+  std::string pin(AsChars(token_.Pin().view()));
+  testing::RawPkcs11 raw(token_.token().config.module_path, token_.token().config.token_label, pin);
+  ASSERT_TRUE(raw.ready());
+  std::vector<ck_object_handle_t> found = raw.FindByLabel(kek.Label());
+  ASSERT_EQ(found.size(), 1u);
+  std::vector<unsigned char> v;
+  // Reading the key's value must fail, whoever asks.
+  EXPECT_EQ(raw.GetAttribute(found[0], CKA_VALUE, &v), static_cast<ck_rv_t>(CKR_ATTRIBUTE_SENSITIVE));
+  for (auto [attr, expected] : {std::pair<unsigned long, int>{CKA_SENSITIVE, 1},
+                                {CKA_EXTRACTABLE, 0},
+                                {CKA_NEVER_EXTRACTABLE, 1},
+                                {CKA_ALWAYS_SENSITIVE, 1},
+                                {CKA_TOKEN, 1},
+                                {CKA_PRIVATE, 1},
+                                {CKA_WRAP, 0}}) {
+    ASSERT_EQ(raw.GetAttribute(found[0], attr, &v), static_cast<ck_rv_t>(CKR_OK)) << attr;
+    ASSERT_EQ(v.size(), 1u);
+    EXPECT_EQ(v[0], expected) << "attribute 0x" << std::hex << attr;
+  }
+  ASSERT_EQ(raw.GetAttribute(found[0], CKA_VALUE_LEN, &v), static_cast<ck_rv_t>(CKR_OK));
+  unsigned long len = 0;
+  std::memcpy(&len, v.data(), sizeof(len));
+  EXPECT_EQ(len, 32u);
+  // Nor can it be made extractable afterwards.
+  unsigned char yes = 1;
+  ck_attribute make_extractable{CKA_EXTRACTABLE, &yes, 1};
+  EXPECT_NE(raw.fn()->C_SetAttributeValue(raw.session(), found[0], &make_extractable, 1),
+            static_cast<ck_rv_t>(CKR_OK));
+}
+
+TEST_F(Pkcs11HsmTest, WrapUnwrapRoundTrip) {
+  const KekRef kek{"acme", 1};
+  TV_ASSERT_OK(hsm_->CreateKek(kek));
+  SecretBytes dek = NewDek();
+  StatusOr<Bytes> wrapped = hsm_->Wrap(kek, dek, kAadA);
+  TV_ASSERT_OK(wrapped);
+  EXPECT_EQ(wrapped->size(), kWrapIvSize + 32 + kWrapTagSize);
+  // The DEK does not appear in its wrapped form.
+  EXPECT_EQ(std::search(wrapped->begin(), wrapped->end(), dek.data(), dek.data() + 8),
+            wrapped->end());
+  StatusOr<SecretBytes> back = hsm_->Unwrap(kek, *wrapped, kAadA);
+  TV_ASSERT_OK(back);
+  EXPECT_TRUE(back->Equals(dek));
+  // Two wraps of the same key differ (fresh IV).
+  EXPECT_NE(*wrapped, *hsm_->Wrap(kek, dek, kAadA));
+}
+
+TEST_F(Pkcs11HsmTest, MerchantAsWrappedDekCannotBeUnwrappedAsMerchantBs) {
+  const KekRef kek_a{"a", 1}, kek_b{"b", 1};
+  TV_ASSERT_OK(hsm_->CreateKek(kek_a));
+  TV_ASSERT_OK(hsm_->CreateKek(kek_b));
+  const Bytes wrapped_a = *hsm_->Wrap(kek_a, NewDek(), kAadA);
+  // Under B's KEK, with A's AAD or B's.
+  TV_EXPECT_ERROR(hsm_->Unwrap(kek_b, wrapped_a, kAadA), StatusCode::kDataLoss, kReasonIntegrity);
+  TV_EXPECT_ERROR(hsm_->Unwrap(kek_b, wrapped_a, kAadB), StatusCode::kDataLoss, kReasonIntegrity);
+  // Under A's own KEK but claiming to be B's key (the AAD names the merchant).
+  TV_EXPECT_ERROR(hsm_->Unwrap(kek_a, wrapped_a, kAadB), StatusCode::kDataLoss, kReasonIntegrity);
+  TV_EXPECT_OK(hsm_->Unwrap(kek_a, wrapped_a, kAadA));
+}
+
+TEST_F(Pkcs11HsmTest, AnyFlippedByteOfAWrappedKeyIsAnIntegrityFailure) {
+  const KekRef kek{"acme", 1};
+  TV_ASSERT_OK(hsm_->CreateKek(kek));
+  const Bytes wrapped = *hsm_->Wrap(kek, NewDek(), kAadA);
+  for (size_t i = 0; i < wrapped.size(); ++i) {
+    Bytes bad = wrapped;
+    bad[i] ^= 0x01;
+    TV_EXPECT_ERROR(hsm_->Unwrap(kek, bad, kAadA), StatusCode::kDataLoss, kReasonIntegrity);
+  }
+  TV_EXPECT_ERROR(hsm_->Unwrap(kek, ByteView(wrapped).subspan(0, 20), kAadA),
+                  StatusCode::kDataLoss, kReasonIntegrity);
+  // The session survived all that.
+  TV_EXPECT_OK(hsm_->Unwrap(kek, wrapped, kAadA));
+}
+
+TEST_F(Pkcs11HsmTest, KekLifecycleErrorsSayWhich) {
+  const KekRef kek{"acme", 1};
+  TV_EXPECT_ERROR(hsm_->FindKek(kek), StatusCode::kNotFound, kReasonKeyNotFound);
+  TV_EXPECT_ERROR(hsm_->Wrap(kek, NewDek(), kAadA), StatusCode::kNotFound, kReasonKeyNotFound);
+  TV_ASSERT_OK(hsm_->CreateKek(kek));
+  TV_EXPECT_ERROR(hsm_->CreateKek(kek), StatusCode::kAlreadyExists, kReasonKeyExists);
+  const Bytes wrapped = *hsm_->Wrap(kek, NewDek(), kAadA);
+  TV_ASSERT_OK(hsm_->DestroyKek(kek));
+  TV_EXPECT_ERROR(hsm_->FindKek(kek), StatusCode::kNotFound, kReasonKeyNotFound);
+  // Crypto-shredding: once the KEK is gone, nothing unwraps.
+  TV_EXPECT_ERROR(hsm_->Unwrap(kek, wrapped, kAadA), StatusCode::kNotFound, kReasonKeyNotFound);
+  TV_EXPECT_ERROR(hsm_->DestroyKek(kek), StatusCode::kNotFound, kReasonKeyNotFound);
+}
+
+TEST_F(Pkcs11HsmTest, RefusesAKekWithUnsafeAttributes) {
+  // Someone plants an extractable key under a KEK's label.
+  std::string pin(AsChars(token_.Pin().view()));
+  hsm_.reset();
+  {
+    testing::RawPkcs11 raw(token_.token().config.module_path, token_.token().config.token_label, pin);
+    ASSERT_TRUE(raw.ready());
+    std::string label = KekRef{"evil", 1}.Label();
+    ck_object_class_t cls = CKO_SECRET_KEY;
+    ck_key_type_t type = CKK_AES;
+    unsigned long len = 32;
+    unsigned char yes = 1, no = 0;
+    ck_attribute templ[] = {{CKA_CLASS, &cls, sizeof(cls)},       {CKA_KEY_TYPE, &type, sizeof(type)},
+                            {CKA_VALUE_LEN, &len, sizeof(len)},    {CKA_LABEL, label.data(), label.size()},
+                            {CKA_TOKEN, &yes, 1},                  {CKA_PRIVATE, &yes, 1},
+                            {CKA_SENSITIVE, &no, 1},               {CKA_EXTRACTABLE, &yes, 1},
+                            {CKA_ENCRYPT, &yes, 1},                {CKA_DECRYPT, &yes, 1}};
+    ck_mechanism mech{CKM_AES_KEY_GEN, nullptr, 0};
+    ck_object_handle_t h = 0;
+    ASSERT_EQ(raw.fn()->C_GenerateKey(raw.session(), &mech, templ, 10, &h), static_cast<ck_rv_t>(CKR_OK));
+  }
+  hsm_ = std::move(token_.Open()).value();
+  TV_EXPECT_ERROR(hsm_->Wrap(KekRef{"evil", 1}, NewDek(), kAadA), StatusCode::kFailedPrecondition,
+                  kReasonKeyPolicy);
+}
+
+TEST_F(Pkcs11HsmTest, ConcurrentWrapsShareTheSessionPool) {
+  const KekRef kek{"acme", 1};
+  TV_ASSERT_OK(hsm_->CreateKek(kek));
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 12; ++t) {  // more threads than sessions (8)
+    threads.emplace_back([&] {
+      for (int i = 0; i < 50; ++i) {
+        SecretBytes dek = NewDek();
+        StatusOr<Bytes> w = hsm_->Wrap(kek, dek, kAadA);
+        StatusOr<SecretBytes> u = w.ok() ? hsm_->Unwrap(kek, *w, kAadA) : w.status();
+        if (!u.ok() || !u->Equals(dek)) ++failures;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+}
+
+TEST_F(Pkcs11HsmTest, RandomAndPing) {
+  uint8_t a[32] = {}, b[32] = {};
+  TV_ASSERT_OK(hsm_->GenerateRandom(a, sizeof(a)));
+  TV_ASSERT_OK(hsm_->GenerateRandom(b, sizeof(b)));
+  EXPECT_NE(std::memcmp(a, b, sizeof(a)), 0);
+  TV_EXPECT_OK(hsm_->Ping());
+}
+
+// Wrong PIN, missing module, missing token: each its own error, and the token dir is unchanged.
+class Pkcs11HsmOpenTest : public ::testing::Test {
+ protected:
+  SoftHsmToken token_;
+};
+
+TEST_F(Pkcs11HsmOpenTest, WrongPinIsRefusedAndWritesNothing) {
+  // SoftHSM2 itself records a failed login in the token's own state file (token.object: its
+  // PIN-failure flags), as an HSM should. Nothing else may change: no object is created.
+  const auto before = testing::SnapshotTreeExcept(token_.token_dir(), "token.object");
+  ASSERT_FALSE(before.empty());
+  SecretBytes wrong = SecretBytes::CopyFrom(AsBytes("not-the-pin"));
+  TV_EXPECT_ERROR(Pkcs11Hsm::Open(token_.token().config, wrong), StatusCode::kUnauthenticated,
+                  kReasonLoginRefused);
+  EXPECT_EQ(testing::SnapshotTreeExcept(token_.token_dir(), "token.object"), before);
+  // The right PIN still works afterwards.
+  TV_EXPECT_OK(token_.Open());
+}
+
+TEST_F(Pkcs11HsmOpenTest, MissingModuleIsUnavailable) {
+  const auto before = testing::SnapshotTree(token_.token_dir());
+  Pkcs11Config config = token_.token().config;
+  config.module_path = token_.dir().Sub("no-such-module.so");
+  StatusOr<std::unique_ptr<Pkcs11Hsm>> hsm = Pkcs11Hsm::Open(config, token_.Pin());
+  TV_EXPECT_ERROR(hsm, StatusCode::kUnavailable, kReasonModuleUnavailable);
+  EXPECT_TRUE(hsm.status().IsRetryable());
+  // A file that is not a PKCS#11 module.
+  config.module_path = "libc.so.6";
+  TV_EXPECT_ERROR(Pkcs11Hsm::Open(config, token_.Pin()), StatusCode::kUnavailable,
+                  kReasonModuleUnavailable);
+  EXPECT_EQ(testing::SnapshotTree(token_.token_dir()), before);
+}
+
+TEST_F(Pkcs11HsmOpenTest, MissingTokenIsUnavailable) {
+  const auto before = testing::SnapshotTree(token_.token_dir());
+  Pkcs11Config config = token_.token().config;
+  config.token_label = "no-such-token";
+  StatusOr<std::unique_ptr<Pkcs11Hsm>> hsm = Pkcs11Hsm::Open(config, token_.Pin());
+  TV_EXPECT_ERROR(hsm, StatusCode::kUnavailable, kReasonTokenNotFound);
+  EXPECT_EQ(testing::SnapshotTree(token_.token_dir()), before);
+}
+
+}  // namespace
+}  // namespace tokenvault::hsm

@@ -1,0 +1,244 @@
+#include "storage/sqlite_store.h"
+
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <future>
+#include <thread>
+#include <vector>
+
+#include "storage/migrations.h"
+#include "storage/sqlite.h"
+#include "tests/support/matchers.h"
+#include "tests/support/temp_dir.h"
+
+namespace tokenvault::storage {
+namespace {
+
+using testing::TempDir;
+
+MerchantRecord Merchant(const std::string& id) { return MerchantRecord{id, 1000, 1, 1}; }
+
+DataKeyRecord Dek(const std::string& merchant, uint32_t version) {
+  DataKeyRecord d;
+  d.merchant = merchant;
+  d.version = version;
+  d.kek_version = 1;
+  d.wrapped = Bytes(61, 0x11);
+  d.created_at_ms = 1000;
+  return d;
+}
+
+TokenRecord Token(const std::string& token, const std::string& merchant = "acme") {
+  TokenRecord t;
+  t.token = token;
+  t.merchant = merchant;
+  t.type = "generic";
+  t.format = "random";
+  t.record_version = 1;
+  t.dek_version = 1;
+  t.nonce = Bytes(12, 0x01);
+  t.ciphertext = Bytes(5, 0x02);
+  t.tag = Bytes(16, 0x03);
+  t.created_at_ms = 1234;
+  return t;
+}
+
+class SqliteStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto store = SqliteStore::Open({dir_.Sub("t.db")});
+    ASSERT_TRUE(store.ok()) << store.status().ToString();
+    store_ = std::move(store).value();
+    TV_ASSERT_OK(store_->InsertMerchant(Merchant("acme"), Dek("acme", 1)));
+  }
+  // Occupies the writer thread until 'release' is fulfilled, so that later writes queue up.
+  // Returns once the writer is inside the blocking operation.
+  std::future<Status> BlockWriter(std::promise<void>& release) {
+    std::shared_future<void> gate = release.get_future().share();
+    auto entered = std::make_shared<std::promise<void>>();
+    std::future<void> inside = entered->get_future();
+    std::future<Status> done = std::async(std::launch::async, [this, gate, entered] {
+      return store_->Write([gate, entered](Database&) {
+        entered->set_value();
+        gate.wait();
+        return Status::Ok();
+      });
+    });
+    inside.wait();
+    return done;
+  }
+  void WaitForPending(size_t n) {
+    while (store_->PendingWrites() < n) std::this_thread::yield();
+  }
+
+  TempDir dir_;
+  std::unique_ptr<SqliteStore> store_;
+};
+
+TEST_F(SqliteStoreTest, OpensWithDurablePragmasAndPrivateFiles) {
+  auto db = Database::Open(dir_.Sub("t.db"), {});
+  TV_ASSERT_OK(db);
+  auto pragma = [&](const char* sql) {
+    auto stmt = (*db)->Prepare(sql);
+    EXPECT_TRUE(stmt.ok());
+    EXPECT_TRUE(*stmt->Step());
+    return stmt->ColumnText(0);
+  };
+  EXPECT_EQ(pragma("PRAGMA journal_mode"), "wal");
+  EXPECT_EQ(pragma("PRAGMA synchronous"), "2");  // FULL
+  EXPECT_EQ(pragma("PRAGMA foreign_keys"), "1");
+  EXPECT_EQ(pragma("PRAGMA secure_delete"), "1");
+  EXPECT_EQ(pragma("SELECT MAX(version) FROM schema_migrations"),
+            std::to_string(AllMigrations().back().version));
+  struct stat st {};
+  ASSERT_EQ(stat(dir_.Sub("t.db").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600);
+  ASSERT_EQ(stat(dir_.Sub("t.db-wal").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0077, 0);
+}
+
+TEST_F(SqliteStoreTest, InsertAndFindToken) {
+  TokenRecord t = Token("tok_a");
+  t.expires_at_ms = 99;
+  TV_ASSERT_OK(store_->InsertToken(t));
+  StatusOr<TokenRecord> found = store_->FindToken("tok_a");
+  TV_ASSERT_OK(found);
+  EXPECT_EQ(found->merchant, "acme");
+  EXPECT_EQ(found->nonce, t.nonce);
+  EXPECT_EQ(found->ciphertext, t.ciphertext);
+  EXPECT_EQ(found->tag, t.tag);
+  EXPECT_EQ(found->expires_at_ms, 99);
+  EXPECT_FALSE(found->deleted_at_ms.has_value());
+  TV_EXPECT_ERROR(store_->FindToken("tok_b"), StatusCode::kNotFound, "token_not_found");
+  TV_EXPECT_ERROR(store_->InsertToken(Token("tok_a")), StatusCode::kAlreadyExists, kReasonConstraint);
+}
+
+TEST_F(SqliteStoreTest, SchemaRefusesMalformedRows) {
+  TokenRecord bad_nonce = Token("tok_n");
+  bad_nonce.nonce = Bytes(13, 0);
+  EXPECT_FALSE(store_->InsertToken(bad_nonce).ok());
+  TokenRecord bad_tag = Token("tok_t");
+  bad_tag.tag = Bytes(8, 0);
+  EXPECT_FALSE(store_->InsertToken(bad_tag).ok());
+  // Foreign key: no such merchant.
+  EXPECT_FALSE(store_->InsertToken(Token("tok_m", "nobody")).ok());
+  TV_EXPECT_ERROR(store_->FindToken("tok_n"), StatusCode::kNotFound, "token_not_found");
+  TV_EXPECT_ERROR(store_->FindToken("tok_m"), StatusCode::kNotFound, "token_not_found");
+}
+
+TEST_F(SqliteStoreTest, ConcurrentWritesShareOneTransaction) {
+  std::promise<void> release;
+  std::future<Status> blocker = BlockWriter(release);
+  const SqliteStore::Stats before = store_->GetStats();
+  constexpr int kWriters = 50;
+  std::vector<std::future<Status>> writes;
+  for (int i = 0; i < kWriters; ++i) {
+    writes.push_back(std::async(std::launch::async, [this, i] {
+      return store_->InsertToken(Token("tok_g" + std::to_string(i)));
+    }));
+  }
+  WaitForPending(kWriters);  // all 50 queued behind the blocked batch
+  release.set_value();
+  TV_EXPECT_OK(blocker.get());
+  for (auto& w : writes) TV_EXPECT_OK(w.get());
+  const SqliteStore::Stats after = store_->GetStats();
+  // The blocked batch plus one batch for all 50 (max_batch is 256).
+  EXPECT_EQ(after.operations - before.operations, kWriters + 1u);
+  EXPECT_EQ(after.transactions - before.transactions, 2u);
+  for (int i = 0; i < kWriters; ++i) TV_EXPECT_OK(store_->FindToken("tok_g" + std::to_string(i)));
+}
+
+TEST_F(SqliteStoreTest, OneFailingWriteDoesNotUndoItsBatch) {
+  TV_ASSERT_OK(store_->InsertToken(Token("tok_dup")));
+  std::promise<void> release;
+  std::future<Status> blocker = BlockWriter(release);
+  auto ok1 = std::async(std::launch::async, [this] { return store_->InsertToken(Token("tok_x1")); });
+  WaitForPending(1);
+  auto dup = std::async(std::launch::async, [this] { return store_->InsertToken(Token("tok_dup")); });
+  WaitForPending(2);
+  auto ok2 = std::async(std::launch::async, [this] { return store_->InsertToken(Token("tok_x2")); });
+  WaitForPending(3);
+  release.set_value();
+  TV_EXPECT_OK(blocker.get());
+  TV_EXPECT_OK(ok1.get());
+  TV_EXPECT_ERROR(dup.get(), StatusCode::kAlreadyExists, kReasonConstraint);
+  TV_EXPECT_OK(ok2.get());
+  TV_EXPECT_OK(store_->FindToken("tok_x1"));
+  TV_EXPECT_OK(store_->FindToken("tok_x2"));
+}
+
+TEST_F(SqliteStoreTest, AWriteThatFailsHalfWayLeavesNothing) {
+  // The operation inserts a row and then fails: its savepoint is rolled back.
+  Status s = store_->Write([](Database& db) -> Status {
+    auto stmt = db.Prepare("INSERT INTO merchants (id, created_at, kek_version, current_dek_version) "
+                           "VALUES ('half', 1, 1, 1)");
+    TV_RETURN_IF_ERROR(stmt.status());
+    TV_RETURN_IF_ERROR(stmt->Run());
+    return UnavailableError("injected", "failure after the first statement");
+  });
+  TV_EXPECT_ERROR(s, StatusCode::kUnavailable, "injected");
+  TV_EXPECT_ERROR(store_->GetMerchant("half"), StatusCode::kNotFound, "merchant_not_found");
+}
+
+TEST_F(SqliteStoreTest, MerchantAndKeyVersions) {
+  TV_EXPECT_ERROR(store_->InsertMerchant(Merchant("acme"), Dek("acme", 1)), StatusCode::kAlreadyExists,
+                  kReasonConstraint);
+  TV_ASSERT_OK(store_->AddDataKeyVersion(Dek("acme", 2)));
+  EXPECT_EQ(store_->GetMerchant("acme")->current_dek_version, 2u);
+  EXPECT_EQ(store_->GetDataKey("acme", 1)->state, DataKeyState::kRetired);
+  EXPECT_EQ(store_->GetDataKey("acme", 2)->state, DataKeyState::kActive);
+  // Version 2 again, or skipping to 4: refused.
+  TV_EXPECT_ERROR(store_->AddDataKeyVersion(Dek("acme", 2)), StatusCode::kFailedPrecondition,
+                  "dek_version_conflict");
+  TV_EXPECT_ERROR(store_->AddDataKeyVersion(Dek("acme", 4)), StatusCode::kFailedPrecondition,
+                  "dek_version_conflict");
+  // Reservations only grow, and only on the active version.
+  TV_ASSERT_OK(store_->ReserveEncryptions("acme", 2, 100));
+  TV_ASSERT_OK(store_->ReserveEncryptions("acme", 2, 50));
+  EXPECT_EQ(store_->GetDataKey("acme", 2)->encryptions_reserved, 100u);
+  TV_EXPECT_ERROR(store_->ReserveEncryptions("acme", 1, 10), StatusCode::kFailedPrecondition,
+                  "dek_not_active");
+}
+
+TEST_F(SqliteStoreTest, OnlyOneStorePerDatabase) {
+  TV_EXPECT_ERROR(SqliteStore::Open({dir_.Sub("t.db")}), StatusCode::kFailedPrecondition,
+                  "store_locked");
+}
+
+TEST_F(SqliteStoreTest, DataSurvivesReopen) {
+  TV_ASSERT_OK(store_->InsertToken(Token("tok_keep")));
+  store_.reset();
+  auto store = SqliteStore::Open({dir_.Sub("t.db")});
+  TV_ASSERT_OK(store);
+  TV_EXPECT_OK((*store)->FindToken("tok_keep"));
+}
+
+TEST(SqliteStoreSchemaTest, RefusesADatabaseFromANewerVersion) {
+  TempDir dir;
+  { TV_ASSERT_OK(SqliteStore::Open({dir.Sub("t.db")})); }
+  {
+    auto db = Database::Open(dir.Sub("t.db"), {});
+    TV_ASSERT_OK(db);
+    TV_ASSERT_OK((*db)->Exec("INSERT INTO schema_migrations VALUES (999, 'future', 0)"));
+  }
+  TV_EXPECT_ERROR(SqliteStore::Open({dir.Sub("t.db")}), StatusCode::kFailedPrecondition,
+                  "schema_too_new");
+}
+
+TEST(SqliteStoreSchemaTest, NoColumnCanHoldAPlaintextValue) {
+  // The tokens table holds sealed values only: its columns are exactly these.
+  TempDir dir;
+  { TV_ASSERT_OK(SqliteStore::Open({dir.Sub("t.db")})); }
+  auto db = Database::Open(dir.Sub("t.db"), {});
+  TV_ASSERT_OK(db);
+  auto stmt = (*db)->Prepare("SELECT group_concat(name, ',') FROM pragma_table_info('tokens')");
+  TV_ASSERT_OK(stmt);
+  ASSERT_TRUE(*stmt->Step());
+  EXPECT_EQ(stmt->ColumnText(0),
+            "id,token,merchant_id,type,format,record_version,dek_version,nonce,ciphertext,tag,"
+            "created_at,expires_at,deleted_at");
+}
+
+}  // namespace
+}  // namespace tokenvault::storage

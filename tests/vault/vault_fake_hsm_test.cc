@@ -1,0 +1,202 @@
+// Unit tests of the vault core with an in-memory HSM (tests/fakes) and a real SQLite file.
+// The same behaviours are exercised against SoftHSM2 in vault_softhsm_test.cc.
+#include <gtest/gtest.h>
+
+#include <set>
+
+#include "storage/sqlite_store.h"
+#include "tests/fakes/fake_hsm.h"
+#include "tests/support/matchers.h"
+#include "tests/support/temp_dir.h"
+#include "vault/vault.h"
+
+namespace tokenvault {
+namespace {
+
+using testing::FakeHsm;
+using testing::TempDir;
+
+class VaultFakeHsmTest : public ::testing::Test {
+ protected:
+  void Open(const VaultOptions& options = {}) {
+    vault_.reset();
+    store_.reset();
+    storage::SqliteStoreOptions so;
+    so.path = dir_.Sub("vault.db");
+    auto store = storage::SqliteStore::Open(so);
+    ASSERT_TRUE(store.ok()) << store.status().ToString();
+    store_ = std::move(store).value();
+    auto vault = Vault::Create(hsm_, store_, options);
+    ASSERT_TRUE(vault.ok()) << vault.status().ToString();
+    vault_ = std::move(vault).value();
+  }
+  void SetUp() override { Open(); }
+
+  TempDir dir_;
+  std::shared_ptr<FakeHsm> hsm_ = std::make_shared<FakeHsm>();
+  std::shared_ptr<storage::SqliteStore> store_;
+  std::unique_ptr<Vault> vault_;
+};
+
+TEST_F(VaultFakeHsmTest, CreateMerchantValidatesAndRefusesDuplicates) {
+  StatusOr<MerchantInfo> m = vault_->CreateMerchant("acme");
+  TV_ASSERT_OK(m);
+  EXPECT_EQ(m->kek_version, 1u);
+  EXPECT_EQ(m->dek_version, 1u);
+  EXPECT_EQ(hsm_->kek_count(), 1u);
+  TV_EXPECT_ERROR(vault_->CreateMerchant("acme"), StatusCode::kAlreadyExists, "merchant_exists");
+  TV_EXPECT_ERROR(vault_->CreateMerchant("Bad Id"), StatusCode::kInvalidArgument, "invalid_merchant");
+  EXPECT_EQ(hsm_->kek_count(), 1u);
+}
+
+TEST_F(VaultFakeHsmTest, TokenizeAndDetokenizeEachType) {
+  TV_ASSERT_OK(vault_->CreateMerchant("acme"));
+  struct Case {
+    ValueType type;
+    std::string in, normalized;
+    std::optional<std::string> last4;
+  };
+  for (const Case& c : {Case{ValueType::kCard, "4111-1111-1111-1111", "4111111111111111", "1111"},
+                        Case{ValueType::kSsn, "123456789", "123-45-6789", "6789"},
+                        Case{ValueType::kGeneric, "hello", "hello", std::nullopt}}) {
+    StatusOr<TokenInfo> t = vault_->Tokenize("acme", AsBytes(c.in), c.type);
+    TV_ASSERT_OK(t);
+    EXPECT_EQ(t->last4, c.last4);
+    StatusOr<RevealedValue> v = vault_->Detokenize("acme", t->token);
+    TV_ASSERT_OK(v);
+    EXPECT_EQ(v->type, c.type);
+    EXPECT_EQ(AsChars(v->value.view()), c.normalized);
+  }
+}
+
+TEST_F(VaultFakeHsmTest, BadInputChangesNothing) {
+  TV_ASSERT_OK(vault_->CreateMerchant("acme"));
+  const auto before = store_->GetStats();
+  TV_EXPECT_ERROR(vault_->Tokenize("acme", AsBytes("4111111111111112"), ValueType::kCard),
+                  StatusCode::kInvalidArgument, "invalid_card");
+  TV_EXPECT_ERROR(vault_->Tokenize("acme", AsBytes(""), ValueType::kGeneric),
+                  StatusCode::kInvalidArgument, "invalid_value");
+  TV_EXPECT_ERROR(vault_->Tokenize("nope", AsBytes("x"), ValueType::kGeneric),
+                  StatusCode::kNotFound, "merchant_not_found");
+  TV_EXPECT_ERROR(vault_->Detokenize("acme", "tok_bad"), StatusCode::kInvalidArgument,
+                  "invalid_token");
+  EXPECT_EQ(store_->GetStats().operations, before.operations);
+}
+
+TEST_F(VaultFakeHsmTest, AnotherMerchantsTokenLooksExactlyLikeAnUnknownOne) {
+  TV_ASSERT_OK(vault_->CreateMerchant("a"));
+  TV_ASSERT_OK(vault_->CreateMerchant("b"));
+  const std::string token = vault_->Tokenize("a", AsBytes("secret"), ValueType::kGeneric)->token;
+  Status foreign = vault_->Detokenize("b", token).status();
+  Status unknown = vault_->Detokenize("b", "tok_0000000000000000000000").status();
+  Status no_merchant = vault_->Detokenize("zzz", token).status();
+  EXPECT_EQ(foreign.code(), StatusCode::kNotFound);
+  EXPECT_EQ(foreign.ToString(), unknown.ToString());
+  EXPECT_EQ(foreign.ToString(), no_merchant.ToString());
+}
+
+TEST_F(VaultFakeHsmTest, EncryptionCounterForcesNewDekVersions) {
+  VaultOptions options;
+  options.keys.max_encryptions_per_dek = 10;
+  options.keys.reservation_block = 4;
+  Open(options);
+  TV_ASSERT_OK(vault_->CreateMerchant("acme"));
+  std::vector<TokenInfo> tokens;
+  std::set<uint32_t> versions;
+  for (int i = 0; i < 35; ++i) {
+    StatusOr<TokenInfo> t =
+        vault_->Tokenize("acme", AsBytes("v" + std::to_string(i)), ValueType::kGeneric);
+    TV_ASSERT_OK(t);
+    versions.insert(t->dek_version);
+    tokens.push_back(*t);
+  }
+  // 35 encryptions at 10 per key: versions 1..4, each used at most 10 times.
+  EXPECT_EQ(versions, (std::set<uint32_t>{1, 2, 3, 4}));
+  for (uint32_t v = 1; v <= 4; ++v) {
+    EXPECT_LE(std::count_if(tokens.begin(), tokens.end(),
+                            [v](const TokenInfo& t) { return t.dek_version == v; }),
+              10);
+  }
+  EXPECT_EQ(store_->GetDataKey("acme", 1)->state, storage::DataKeyState::kRetired);
+  EXPECT_EQ(store_->GetDataKey("acme", 4)->state, storage::DataKeyState::kActive);
+  for (int i = 0; i < 35; ++i) {
+    StatusOr<RevealedValue> v = vault_->Detokenize("acme", tokens[i].token);
+    TV_ASSERT_OK(v);
+    EXPECT_EQ(AsChars(v->value.view()), "v" + std::to_string(i));
+  }
+}
+
+TEST_F(VaultFakeHsmTest, RestartResumesAboveEveryReservedCount) {
+  VaultOptions options;
+  options.keys.max_encryptions_per_dek = 10;
+  options.keys.reservation_block = 4;
+  Open(options);
+  TV_ASSERT_OK(vault_->CreateMerchant("acme"));
+  TV_ASSERT_OK(vault_->Tokenize("acme", AsBytes("x"), ValueType::kGeneric));  // reserves 4
+  EXPECT_EQ(store_->GetDataKey("acme", 1)->encryptions_reserved, 4u);
+  Open(options);  // a restart: 4 reserved counts as 4 used
+  for (int i = 0; i < 6; ++i) {
+    EXPECT_EQ(vault_->Tokenize("acme", AsBytes("y"), ValueType::kGeneric)->dek_version, 1u);
+  }
+  // 4 + 6 = 10: the next encryption must use a new key.
+  EXPECT_EQ(vault_->Tokenize("acme", AsBytes("z"), ValueType::kGeneric)->dek_version, 2u);
+}
+
+TEST_F(VaultFakeHsmTest, RotationKeepsOldTokensReadable) {
+  TV_ASSERT_OK(vault_->CreateMerchant("acme"));
+  const std::string old_token = vault_->Tokenize("acme", AsBytes("old"), ValueType::kGeneric)->token;
+  StatusOr<uint32_t> v2 = vault_->RotateDataKey("acme");
+  TV_ASSERT_OK(v2);
+  EXPECT_EQ(*v2, 2u);
+  StatusOr<TokenInfo> fresh = vault_->Tokenize("acme", AsBytes("new"), ValueType::kGeneric);
+  EXPECT_EQ(fresh->dek_version, 2u);
+  EXPECT_EQ(AsChars(vault_->Detokenize("acme", old_token)->value.view()), "old");
+  EXPECT_EQ(AsChars(vault_->Detokenize("acme", fresh->token)->value.view()), "new");
+}
+
+TEST_F(VaultFakeHsmTest, DisabledCacheAsksTheHsmEveryTime) {
+  VaultOptions options;
+  options.keys.dek_cache_max_entries = 0;
+  Open(options);
+  TV_ASSERT_OK(vault_->CreateMerchant("acme"));
+  const std::string token = vault_->Tokenize("acme", AsBytes("x"), ValueType::kGeneric)->token;
+  const int before = hsm_->unwrap_calls();
+  for (int i = 0; i < 5; ++i) TV_ASSERT_OK(vault_->Detokenize("acme", token));
+  EXPECT_EQ(hsm_->unwrap_calls() - before, 5);
+}
+
+TEST_F(VaultFakeHsmTest, EnabledCacheUnwrapsOnce) {
+  TV_ASSERT_OK(vault_->CreateMerchant("acme"));
+  const std::string token = vault_->Tokenize("acme", AsBytes("x"), ValueType::kGeneric)->token;
+  Open();  // empty cache
+  const int before = hsm_->unwrap_calls();
+  for (int i = 0; i < 5; ++i) TV_ASSERT_OK(vault_->Detokenize("acme", token));
+  EXPECT_EQ(hsm_->unwrap_calls() - before, 1);
+}
+
+TEST_F(VaultFakeHsmTest, HsmOutageFailsClosedAndWritesNothing) {
+  TV_ASSERT_OK(vault_->CreateMerchant("acme"));
+  Open();  // empty cache, so the DEK must come from the HSM
+  const auto before = store_->GetStats();
+  hsm_->SetUnavailable(true);
+  TV_EXPECT_ERROR(vault_->Tokenize("acme", AsBytes("x"), ValueType::kGeneric),
+                  StatusCode::kUnavailable, "hsm_unavailable");
+  TV_EXPECT_ERROR(vault_->CreateMerchant("other"), StatusCode::kUnavailable, "hsm_unavailable");
+  EXPECT_EQ(store_->GetStats().operations, before.operations);  // not even a reservation
+  hsm_->SetUnavailable(false);
+  EXPECT_EQ(store_->GetMerchant("other").status().code(), StatusCode::kNotFound);
+  TV_EXPECT_OK(vault_->Tokenize("acme", AsBytes("x"), ValueType::kGeneric));
+}
+
+TEST_F(VaultFakeHsmTest, OrphanKekFromACrashedCreationIsReplaced) {
+  // A previous run created the KEK and died before the merchant row was committed.
+  TV_ASSERT_OK(hsm_->CreateKek(hsm::KekRef{"acme", 1}));
+  TV_ASSERT_OK(vault_->CreateMerchant("acme"));
+  EXPECT_EQ(hsm_->kek_count(), 1u);
+  const std::string token = vault_->Tokenize("acme", AsBytes("x"), ValueType::kGeneric)->token;
+  Open();
+  TV_EXPECT_OK(vault_->Detokenize("acme", token));
+}
+
+}  // namespace
+}  // namespace tokenvault
