@@ -2,10 +2,10 @@
 
 #include <cstdlib>
 
+#include "hsm/internal/gcm.h"
 #include "hsm/internal/pkcs11.h"
 #include "hsm/internal/pkcs11_module.h"
 #include "vault/base/random.h"
-#include "vault/base/scope_guard.h"
 
 namespace tokenvault::hsm {
 
@@ -231,27 +231,11 @@ StatusOr<Bytes> Pkcs11Hsm::Wrap(const KekRef& kek, const SecretBytes& key, ByteV
     return InvalidArgumentError("bad_key_size", "key to wrap has an unsupported size");
   }
   TV_ASSIGN_OR_RETURN(GcmNonce iv, RandomNonce());
-  ck_function_list* fn = module_->fn();
   return WithKek(kek, [&](unsigned long session, unsigned long handle) -> StatusOr<Bytes> {
-    ck_gcm_params params{};
-    params.iv_ptr = iv.data();
-    params.iv_len = iv.size();
-    params.iv_bits = iv.size() * 8;
-    params.aad_ptr = const_cast<uint8_t*>(aad.data());
-    params.aad_len = aad.size();
-    params.tag_bits = kWrapTagSize * 8;
-    ck_mechanism mech{CKM_AES_GCM, &params, sizeof(params)};
-    ck_rv_t rv = fn->C_EncryptInit(session, &mech, handle);
-    if (rv != CKR_OK) return StatusFromCkr(rv, "C_EncryptInit(AES-GCM)");
-    Bytes out(kWrapIvSize + key.size() + kWrapTagSize);
-    std::copy(iv.begin(), iv.end(), out.begin());
-    unsigned long out_len = key.size() + kWrapTagSize;
-    rv = fn->C_Encrypt(session, const_cast<uint8_t*>(key.data()), key.size(),
-                       out.data() + kWrapIvSize, &out_len);
-    if (rv != CKR_OK) return StatusFromCkr(rv, "C_Encrypt(AES-GCM)");
-    if (out_len != key.size() + kWrapTagSize) {
-      return InternalError("hsm_error", "C_Encrypt(AES-GCM) returned an unexpected length");
-    }
+    TV_ASSIGN_OR_RETURN(Bytes sealed, internal::HsmGcmEncrypt(module_->fn(), session, handle, iv,
+                                                              aad, key.view()));
+    Bytes out(iv.begin(), iv.end());
+    AppendBytes(out, sealed);
     return out;
   });
 }
@@ -260,43 +244,9 @@ StatusOr<SecretBytes> Pkcs11Hsm::Unwrap(const KekRef& kek, ByteView wrapped, Byt
   if (wrapped.size() <= kWrapIvSize + kWrapTagSize || wrapped.size() > kMaxWrappedSize) {
     return DataLossError(kReasonIntegrity, "wrapped key has an impossible length");
   }
-  ck_function_list* fn = module_->fn();
   return WithKek(kek, [&](unsigned long session, unsigned long handle) -> StatusOr<SecretBytes> {
-    ck_gcm_params params{};
-    params.iv_ptr = const_cast<uint8_t*>(wrapped.data());
-    params.iv_len = kWrapIvSize;
-    params.iv_bits = kWrapIvSize * 8;
-    params.aad_ptr = const_cast<uint8_t*>(aad.data());
-    params.aad_len = aad.size();
-    params.tag_bits = kWrapTagSize * 8;
-    ck_mechanism mech{CKM_AES_GCM, &params, sizeof(params)};
-    ck_rv_t rv = fn->C_DecryptInit(session, &mech, handle);
-    if (rv != CKR_OK) return StatusFromCkr(rv, "C_DecryptInit(AES-GCM)");
-    const size_t ct_len = wrapped.size() - kWrapIvSize;
-    // Some modules want room for the whole input, tag included, before they strip the tag.
-    SecretBytes out(ct_len);
-    unsigned long out_len = ct_len;
-    rv = fn->C_Decrypt(session, const_cast<uint8_t*>(wrapped.data() + kWrapIvSize), ct_len,
-                       out.data(), &out_len);
-    if (rv != CKR_OK) {
-      out.Wipe();
-      if (rv == CKR_GENERAL_ERROR || rv == CKR_FUNCTION_FAILED) {
-        // SoftHSM2 reports a GCM tag mismatch as CKR_GENERAL_ERROR. Tell it apart from a device
-        // fault by asking the same session a question that needs a working device: if the HSM
-        // answers, the failure was the data's, not the device's.
-        ck_session_info info{};
-        if (fn->C_GetSessionInfo(session, &info) == CKR_OK) {
-          return DataLossError(kReasonIntegrity,
-                               "wrapped key failed authentication under " + kek.Label());
-        }
-      }
-      return StatusFromCkr(rv, "C_Decrypt(AES-GCM)");
-    }
-    if (out_len != ct_len - kWrapTagSize) {
-      return DataLossError(kReasonIntegrity, "unwrapped key has an unexpected length");
-    }
-    out.Truncate(out_len);
-    return out;
+    return internal::HsmGcmDecrypt(module_->fn(), session, handle, wrapped.subspan(0, kWrapIvSize),
+                                   aad, wrapped.subspan(kWrapIvSize));
   });
 }
 

@@ -3,42 +3,29 @@
 // and decrypt back; invalid ones must be rejected.
 #include <gtest/gtest.h>
 
-#include <fstream>
-#include <nlohmann/json.hpp>
-#include <string>
-
+#include "tests/support/wycheproof.h"
 #include "vault/aes_gcm.h"
 
 namespace tokenvault {
 namespace {
 
-Bytes Hex(const std::string& hex) {
-  Bytes out;
-  for (size_t i = 0; i + 1 < hex.size(); i += 2) {
-    out.push_back(static_cast<uint8_t>(std::stoi(hex.substr(i, 2), nullptr, 16)));
-  }
-  return out;
-}
+using testing::HexBytes;
 
 TEST(AesGcmWycheproofTest, AllApplicableVectors) {
-  const std::string path = std::string(TOKENVAULT_TESTDATA_DIR) + "/wycheproof/aes_gcm_test.json";
-  std::ifstream in(path);
-  ASSERT_TRUE(in) << "Wycheproof vectors not found at " << path
-                  << " (the shared/ folder must sit beside the checkout)";
-  const nlohmann::json doc = nlohmann::json::parse(in);
+  std::optional<nlohmann::json> doc = testing::LoadWycheproof("aes_gcm_test.json");
+  ASSERT_TRUE(doc.has_value()) << "Wycheproof vectors not found under " << TOKENVAULT_TESTDATA_DIR
+                               << " (the shared/ folder must sit beside the checkout)";
   int valid = 0, invalid = 0;
-  for (const auto& group : doc.at("testGroups")) {
-    if (group.at("keySize") != 256 || group.at("ivSize") != 96 || group.at("tagSize") != 128) {
-      continue;
-    }
+  for (const auto& group : doc->at("testGroups")) {
+    if (!testing::IsOurGcmGroup(group)) continue;
     for (const auto& t : group.at("tests")) {
       const int id = t.at("tcId");
-      SecretBytes key = SecretBytes::CopyFrom(Hex(t.at("key")));
-      const Bytes iv = Hex(t.at("iv"));
-      const Bytes aad = Hex(t.at("aad"));
-      const Bytes msg = Hex(t.at("msg"));
-      const Bytes ct = Hex(t.at("ct"));
-      const Bytes tag = Hex(t.at("tag"));
+      SecretBytes key = SecretBytes::CopyFrom(HexBytes(t.at("key")));
+      const Bytes iv = HexBytes(t.at("iv"));
+      const Bytes aad = HexBytes(t.at("aad"));
+      const Bytes msg = HexBytes(t.at("msg"));
+      const Bytes ct = HexBytes(t.at("ct"));
+      const Bytes tag = HexBytes(t.at("tag"));
       const std::string result = t.at("result");
       ASSERT_TRUE(result == "valid" || result == "invalid") << "tcId " << id << ": " << result;
       if (result == "valid") {
