@@ -12,7 +12,8 @@ CREATE TABLE merchants (
   id                  TEXT PRIMARY KEY NOT NULL,
   created_at          INTEGER NOT NULL,
   kek_version         INTEGER NOT NULL CHECK (kek_version > 0),
-  current_dek_version INTEGER NOT NULL CHECK (current_dek_version > 0)
+  current_dek_version INTEGER NOT NULL CHECK (current_dek_version > 0),
+  state               TEXT NOT NULL CHECK (state IN ('creating', 'active'))
 ) WITHOUT ROWID;
 
 -- DEKs exist here only wrapped by the merchant's KEK (docs/formats.md).

@@ -17,9 +17,13 @@ Status StatusFromRc(int rc, std::string_view what, const char* detail) {
     message += detail;
     message += ")";
   }
+  if (rc == SQLITE_CONSTRAINT_UNIQUE || rc == SQLITE_CONSTRAINT_PRIMARYKEY) {
+    return AlreadyExistsError(kReasonConstraint, std::move(message));
+  }
   switch (rc & 0xff) {
     case SQLITE_CONSTRAINT:
-      return AlreadyExistsError(kReasonConstraint, std::move(message));
+      // CHECK, NOT NULL, FOREIGN KEY: our own code wrote something the schema forbids.
+      return InternalError("constraint_violation", std::move(message));
     case SQLITE_CORRUPT:
     case SQLITE_NOTADB:
       return DataLossError(kReasonStorageCorrupt, std::move(message));
@@ -40,10 +44,14 @@ Status StatusFromRc(int rc, std::string_view what, const char* detail) {
 }  // namespace
 
 Statement::~Statement() {
-  if (stmt_ != nullptr) {
-    sqlite3_reset(stmt_);
-    sqlite3_clear_bindings(stmt_);
+  if (stmt_ == nullptr) return;
+  if (owned_) {
+    sqlite3_finalize(stmt_);
+    return;
   }
+  sqlite3_reset(stmt_);
+  sqlite3_clear_bindings(stmt_);
+  *in_use_ = false;
 }
 
 Statement& Statement::Bind(int index, int64_t v) {
@@ -89,6 +97,14 @@ Status Statement::Run() {
 }
 
 int64_t Statement::ColumnInt(int col) const { return sqlite3_column_int64(stmt_, col); }
+
+StatusOr<uint32_t> Statement::ColumnU32(int col) const {
+  const int64_t v = sqlite3_column_int64(stmt_, col);
+  if (sqlite3_column_type(stmt_, col) != SQLITE_INTEGER || v < 0 || v > 0xFFFFFFFFll) {
+    return DataLossError("integrity_failure", "a stored version is out of range");
+  }
+  return static_cast<uint32_t>(v);
+}
 
 std::string Statement::ColumnText(int col) const {
   const unsigned char* text = sqlite3_column_text(stmt_, col);
@@ -149,19 +165,26 @@ StatusOr<std::unique_ptr<Database>> Database::Open(const std::string& path,
 }
 
 Database::~Database() {
-  for (auto& [sql, stmt] : cache_) sqlite3_finalize(stmt);
+  for (auto& [sql, cached] : cache_) sqlite3_finalize(cached->stmt);
   sqlite3_close_v2(db_);
 }
 
 StatusOr<Statement> Database::Prepare(std::string_view sql) {
   auto it = cache_.find(std::string(sql));
-  if (it != cache_.end()) return Statement(it->second);
+  if (it != cache_.end() && !it->second->in_use) {
+    it->second->in_use = true;
+    return Statement(it->second->stmt, &it->second->in_use);
+  }
   sqlite3_stmt* stmt = nullptr;
+  const bool cache = it == cache_.end();
   const int rc = sqlite3_prepare_v3(db_, sql.data(), static_cast<int>(sql.size()),
-                                    SQLITE_PREPARE_PERSISTENT, &stmt, nullptr);
+                                    cache ? SQLITE_PREPARE_PERSISTENT : 0, &stmt, nullptr);
   if (rc != SQLITE_OK) return LastError(rc, "sqlite3_prepare_v3");
-  cache_.emplace(std::string(sql), stmt);
-  return Statement(stmt);
+  if (!cache) return Statement(stmt, nullptr);  // the cached one is busy: a private copy
+  auto slot = std::make_unique<Cached>(Cached{stmt, true});
+  bool* in_use = &slot->in_use;
+  cache_.emplace(std::string(sql), std::move(slot));
+  return Statement(stmt, in_use);
 }
 
 Status Database::Exec(std::string_view sql) {
@@ -176,6 +199,8 @@ Status Database::Exec(std::string_view sql) {
 }
 
 int64_t Database::Changes() const { return sqlite3_changes64(db_); }
+
+bool Database::InTransaction() const { return sqlite3_get_autocommit(db_) == 0; }
 
 Status Database::LastError(int rc, std::string_view what) const {
   return StatusFromRc(rc, what, sqlite3_errmsg(db_));
@@ -192,6 +217,11 @@ Transaction::~Transaction() {
 
 Status Transaction::Commit() {
   Database* db = std::exchange(db_, nullptr);
+  if (db == nullptr) return InternalError("storage_error", "transaction already finished");
+  if (!db->InTransaction()) {
+    return UnavailableError(kReasonStorageUnavailable,
+                            "the transaction was rolled back by SQLite before COMMIT");
+  }
   Status s = db->Exec("COMMIT");
   if (!s.ok()) db->Exec("ROLLBACK").IgnoreError();
   return s;
@@ -209,6 +239,15 @@ Savepoint::~Savepoint() {
   }
 }
 
-Status Savepoint::Release() { return std::exchange(db_, nullptr)->Exec("RELEASE op"); }
+Status Savepoint::Release() {
+  Database* db = std::exchange(db_, nullptr);
+  if (db == nullptr) return InternalError("storage_error", "savepoint already finished");
+  Status s = db->Exec("RELEASE op");
+  if (!s.ok() && db->InTransaction()) {
+    db->Exec("ROLLBACK TO op").IgnoreError();
+    db->Exec("RELEASE op").IgnoreError();
+  }
+  return s;
+}
 
 }  // namespace tokenvault::storage

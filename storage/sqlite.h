@@ -28,7 +28,11 @@ inline constexpr char kReasonConstraint[] = "constraint";                   // k
 // Column and parameter indexes: parameters from 1, columns from 0 (SQLite's convention).
 class Statement {
  public:
-  Statement(Statement&& other) noexcept : stmt_(std::exchange(other.stmt_, nullptr)) {}
+  Statement(Statement&& other) noexcept
+      : stmt_(std::exchange(other.stmt_, nullptr)),
+        in_use_(std::exchange(other.in_use_, nullptr)),
+        owned_(other.owned_),
+        bind_error_(std::move(other.bind_error_)) {}
   Statement& operator=(Statement&&) = delete;
   ~Statement();
 
@@ -46,14 +50,21 @@ class Statement {
   Status Run();
 
   int64_t ColumnInt(int col) const;
+  // A column that holds a version or counter in [0, 2^32): anything else means the row was
+  // altered, reported as kDataLoss (integrity_failure).
+  StatusOr<uint32_t> ColumnU32(int col) const;
   std::string ColumnText(int col) const;
   Bytes ColumnBlob(int col) const;
   bool ColumnIsNull(int col) const;
 
  private:
   friend class Database;
-  explicit Statement(sqlite3_stmt* stmt) : stmt_(stmt) {}
+  // A cached statement ('in_use' is its cache slot's flag) or, when 'in_use' is null, one this
+  // Statement owns and finalises.
+  Statement(sqlite3_stmt* stmt, bool* in_use) : stmt_(stmt), in_use_(in_use), owned_(!in_use) {}
   sqlite3_stmt* stmt_;
+  bool* in_use_;
+  bool owned_;
   Status bind_error_;
 };
 
@@ -71,7 +82,8 @@ class Database {
   Database(const Database&) = delete;
   Database& operator=(const Database&) = delete;
 
-  // A statement for 'sql', prepared once per connection and cached.
+  // A statement for 'sql', prepared once per connection and cached. If the cached one is still
+  // held by a caller (nested use of the same SQL), a private one is prepared instead.
   // REQUIRES: 'sql' is a literal, never built from input.
   StatusOr<Statement> Prepare(std::string_view sql);
 
@@ -81,13 +93,21 @@ class Database {
   // Rows changed by the last INSERT/UPDATE/DELETE.
   int64_t Changes() const;
 
+  // False once SQLite has rolled the open transaction back by itself (SQLITE_FULL, IOERR, BUSY,
+  // NOMEM may do that), or when none is open.
+  bool InTransaction() const;
+
   // Maps the connection's last error to a Status.
   Status LastError(int rc, std::string_view what) const;
 
  private:
   explicit Database(sqlite3* db) : db_(db) {}
+  struct Cached {
+    sqlite3_stmt* stmt;
+    bool in_use;
+  };
   sqlite3* db_;
-  std::unordered_map<std::string, sqlite3_stmt*> cache_;
+  std::unordered_map<std::string, std::unique_ptr<Cached>> cache_;
 };
 
 // BEGIN IMMEDIATE ... COMMIT. Rolls back on destruction unless committed.

@@ -119,8 +119,8 @@ StatusOr<TokenRecord> ReadToken(Statement& stmt) {
   r.merchant = stmt.ColumnText(1);
   r.type = stmt.ColumnText(2);
   r.format = stmt.ColumnText(3);
-  r.record_version = static_cast<uint32_t>(stmt.ColumnInt(4));
-  r.dek_version = static_cast<uint32_t>(stmt.ColumnInt(5));
+  TV_ASSIGN_OR_RETURN(r.record_version, stmt.ColumnU32(4));
+  TV_ASSIGN_OR_RETURN(r.dek_version, stmt.ColumnU32(5));
   r.nonce = stmt.ColumnBlob(6);
   r.ciphertext = stmt.ColumnBlob(7);
   r.tag = stmt.ColumnBlob(8);
@@ -167,15 +167,21 @@ class SqliteStore::Impl {
   }
 
   Status Write(std::function<Status(Database&)> op) {
-    Pending pending{std::move(op), {}};
-    std::future<Status> done = pending.result.get_future();
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (stopping_) return UnavailableError(kReasonStorageUnavailable, "the store is closing");
-      queue_.push_back(std::move(pending));
+    try {
+      Pending pending{std::move(op), {}};
+      std::future<Status> done = pending.result.get_future();
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (stopping_) return UnavailableError(kReasonStorageUnavailable, "the store is closing");
+        queue_.push_back(std::move(pending));
+      }
+      cv_.notify_one();
+      return done.get();
+    } catch (const std::bad_alloc&) {
+      return ResourceExhaustedError("out_of_memory", "no memory to queue the write");
+    } catch (const std::exception&) {
+      return InternalError("storage_error", "the write could not be queued");
     }
-    cv_.notify_one();
-    return done.get();
   }
 
   StatusOr<ReadPool::Lease> Reader() { return readers_.Acquire(); }
@@ -215,31 +221,49 @@ class SqliteStore::Impl {
     }
   }
 
+  // Runs one operation in its own savepoint. Exceptions (bad_alloc from a string) must not
+  // escape the writer thread: they become an Internal status and the savepoint rolls back.
+  Status RunOne(Pending& p) {
+    try {
+      TV_ASSIGN_OR_RETURN(Savepoint sp, Savepoint::Begin(*writer_));
+      Status s = p.op(*writer_);
+      if (!s.ok()) return s;  // ~Savepoint rolls this operation back, leaving the others
+      return sp.Release();
+    } catch (const std::exception&) {
+      return InternalError("storage_error", "a write operation threw");
+    }
+  }
+
   void CommitBatch(std::vector<Pending>& batch) {
     std::vector<Status> results(batch.size());
-    StatusOr<Transaction> txn = Transaction::Begin(*writer_);
-    if (!txn.ok()) {
-      for (Pending& p : batch) p.result.set_value(txn.status());
-      return;
-    }
-    for (size_t i = 0; i < batch.size(); ++i) {
-      StatusOr<Savepoint> sp = Savepoint::Begin(*writer_);
-      if (!sp.ok()) {
-        results[i] = sp.status();
-        continue;
+    Status commit;
+    {
+      StatusOr<Transaction> txn = Transaction::Begin(*writer_);
+      if (!txn.ok()) {
+        commit = txn.status();
+      } else {
+        for (size_t i = 0; i < batch.size() && commit.ok(); ++i) {
+          results[i] = RunOne(batch[i]);
+          // SQLite may roll the whole transaction back on its own (SQLITE_FULL, IOERR, BUSY,
+          // NOMEM). Running on would open a new implicit transaction per savepoint and commit
+          // operations one by one behind the batch's back, so the batch ends here, failed.
+          if (!writer_->InTransaction()) {
+            commit = results[i].ok() ? UnavailableError(kReasonStorageUnavailable,
+                                                        "the transaction was rolled back")
+                                     : results[i];
+          }
+        }
+        if (commit.ok()) commit = txn->Commit();
       }
-      results[i] = batch[i].op(*writer_);
-      if (results[i].ok()) results[i] = sp->Release();
-      // else: the savepoint's destructor rolls this operation back, leaving the others.
     }
-    const Status commit = txn->Commit();
     {
       std::lock_guard<std::mutex> lock(mu_);
       ++stats_.transactions;
       stats_.operations += batch.size();
     }
     for (size_t i = 0; i < batch.size(); ++i) {
-      // An operation is only OK if its transaction is durably committed.
+      // An operation is only OK if its transaction was durably committed; when the transaction
+      // failed, every operation of the batch failed with it, whatever it returned.
       batch[i].result.set_value(commit.ok() ? results[i] : commit);
     }
   }
@@ -276,34 +300,61 @@ SqliteStore::Stats SqliteStore::GetStats() const { return impl_->GetStats(); }
 
 size_t SqliteStore::PendingWrites() const { return impl_->PendingWrites(); }
 
-Status SqliteStore::InsertMerchant(const MerchantRecord& merchant,
-                                   const DataKeyRecord& first_dek) {
+Status SqliteStore::BeginMerchant(const MerchantRecord& merchant) {
   return Write([&](Database& db) -> Status {
     TV_ASSIGN_OR_RETURN(Statement stmt,
                         db.Prepare("INSERT INTO merchants (id, created_at, kek_version, "
-                                   "current_dek_version) VALUES (?1, ?2, ?3, ?4)"));
-    TV_RETURN_IF_ERROR(stmt.Bind(1, std::string_view(merchant.id))
-                           .Bind(2, merchant.created_at_ms)
-                           .Bind(3, int64_t{merchant.kek_version})
-                           .Bind(4, int64_t{merchant.current_dek_version})
+                                   "current_dek_version, state) VALUES (?1, ?2, ?3, ?4, 'creating')"));
+    return stmt.Bind(1, std::string_view(merchant.id))
+        .Bind(2, merchant.created_at_ms)
+        .Bind(3, int64_t{merchant.kek_version})
+        .Bind(4, int64_t{merchant.current_dek_version})
+        .Run();
+  });
+}
+
+Status SqliteStore::CompleteMerchant(std::string_view id, const DataKeyRecord& first_dek) {
+  return Write([&](Database& db) -> Status {
+    TV_ASSIGN_OR_RETURN(Statement stmt,
+                        db.Prepare("UPDATE merchants SET state = 'active', kek_version = ?2, "
+                                   "current_dek_version = ?3 WHERE id = ?1 AND state = 'creating'"));
+    TV_RETURN_IF_ERROR(stmt.Bind(1, id)
+                           .Bind(2, int64_t{first_dek.kek_version})
+                           .Bind(3, int64_t{first_dek.version})
                            .Run());
+    if (db.Changes() != 1) {
+      return FailedPreconditionError("merchant_not_creating", "the merchant is not being created");
+    }
     return InsertDataKey(db, first_dek);
+  });
+}
+
+Status SqliteStore::AbandonMerchant(std::string_view id) {
+  return Write([&](Database& db) -> Status {
+    TV_ASSIGN_OR_RETURN(Statement stmt,
+                        db.Prepare("DELETE FROM merchants WHERE id = ?1 AND state = 'creating'"));
+    TV_RETURN_IF_ERROR(stmt.Bind(1, id).Run());
+    if (db.Changes() != 1) {
+      return FailedPreconditionError("merchant_not_creating", "the merchant is not being created");
+    }
+    return Status::Ok();
   });
 }
 
 StatusOr<MerchantRecord> SqliteStore::GetMerchant(std::string_view id) {
   TV_ASSIGN_OR_RETURN(ReadPool::Lease lease, impl_->Reader());
   TV_ASSIGN_OR_RETURN(Statement stmt,
-                      lease.db().Prepare("SELECT id, created_at, kek_version, current_dek_version "
-                                         "FROM merchants WHERE id = ?1"));
+                      lease.db().Prepare("SELECT id, created_at, kek_version, current_dek_version, "
+                                         "state FROM merchants WHERE id = ?1"));
   stmt.Bind(1, id);
   TV_ASSIGN_OR_RETURN(bool row, stmt.Step());
   if (!row) return NotFoundError("merchant_not_found", "no such merchant");
   MerchantRecord r;
   r.id = stmt.ColumnText(0);
   r.created_at_ms = stmt.ColumnInt(1);
-  r.kek_version = static_cast<uint32_t>(stmt.ColumnInt(2));
-  r.current_dek_version = static_cast<uint32_t>(stmt.ColumnInt(3));
+  TV_ASSIGN_OR_RETURN(r.kek_version, stmt.ColumnU32(2));
+  TV_ASSIGN_OR_RETURN(r.current_dek_version, stmt.ColumnU32(3));
+  r.state = stmt.ColumnText(4) == "active" ? MerchantState::kActive : MerchantState::kCreating;
   return r;
 }
 
@@ -318,8 +369,8 @@ StatusOr<DataKeyRecord> SqliteStore::GetDataKey(std::string_view merchant, uint3
   if (!row) return NotFoundError("dek_not_found", "no such data key version");
   DataKeyRecord r;
   r.merchant = stmt.ColumnText(0);
-  r.version = static_cast<uint32_t>(stmt.ColumnInt(1));
-  r.kek_version = static_cast<uint32_t>(stmt.ColumnInt(2));
+  TV_ASSIGN_OR_RETURN(r.version, stmt.ColumnU32(1));
+  TV_ASSIGN_OR_RETURN(r.kek_version, stmt.ColumnU32(2));
   r.wrapped = stmt.ColumnBlob(3);
   r.state = stmt.ColumnText(4) == "active" ? DataKeyState::kActive : DataKeyState::kRetired;
   r.created_at_ms = stmt.ColumnInt(5);

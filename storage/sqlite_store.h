@@ -34,7 +34,9 @@ class SqliteStore final : public Store {
   // Finishes queued writes, stops the writer, closes every connection.
   ~SqliteStore() override;
 
-  Status InsertMerchant(const MerchantRecord& merchant, const DataKeyRecord& first_dek) override;
+  Status BeginMerchant(const MerchantRecord& merchant) override;
+  Status CompleteMerchant(std::string_view id, const DataKeyRecord& first_dek) override;
+  Status AbandonMerchant(std::string_view id) override;
   StatusOr<MerchantRecord> GetMerchant(std::string_view id) override;
   StatusOr<DataKeyRecord> GetDataKey(std::string_view merchant, uint32_t version) override;
   Status AddDataKeyVersion(const DataKeyRecord& dek) override;

@@ -14,11 +14,19 @@
 
 namespace tokenvault::storage {
 
+enum class MerchantState {
+  // Creation started: the row is written before the KEK is made in the HSM, so that an
+  // interrupted creation is recognisable as this database's own (Keyring::CreateMerchant).
+  kCreating,
+  kActive,
+};
+
 struct MerchantRecord {
   std::string id;
   int64_t created_at_ms = 0;
   uint32_t kek_version = 0;
   uint32_t current_dek_version = 0;
+  MerchantState state = MerchantState::kActive;
 };
 
 enum class DataKeyState {
@@ -63,9 +71,14 @@ class Store {
  public:
   virtual ~Store() = default;
 
-  // Creates a merchant and its first DEK version in one transaction. kAlreadyExists if it exists.
-  virtual Status InsertMerchant(const MerchantRecord& merchant, const DataKeyRecord& first_dek) = 0;
-  // kNotFound if there is no such merchant.
+  // Records the intent to create 'merchant' (state kCreating). kAlreadyExists if a row exists.
+  virtual Status BeginMerchant(const MerchantRecord& merchant) = 0;
+  // Stores the first wrapped DEK and makes the merchant kActive, in one transaction.
+  // kFailedPrecondition (merchant_not_creating) unless the merchant is kCreating.
+  virtual Status CompleteMerchant(std::string_view id, const DataKeyRecord& first_dek) = 0;
+  // Deletes a merchant that is still kCreating (and nothing else). kFailedPrecondition otherwise.
+  virtual Status AbandonMerchant(std::string_view id) = 0;
+  // The merchant, in any state. kNotFound if there is no such merchant.
   virtual StatusOr<MerchantRecord> GetMerchant(std::string_view id) = 0;
 
   // kNotFound if the merchant has no such version.

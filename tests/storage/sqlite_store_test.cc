@@ -17,7 +17,9 @@ namespace {
 
 using testing::TempDir;
 
-MerchantRecord Merchant(const std::string& id) { return MerchantRecord{id, 1000, 1, 1}; }
+MerchantRecord Merchant(const std::string& id) {
+  return MerchantRecord{id, 1000, 1, 1, MerchantState::kCreating};
+}
 
 DataKeyRecord Dek(const std::string& merchant, uint32_t version) {
   DataKeyRecord d;
@@ -50,7 +52,8 @@ class SqliteStoreTest : public ::testing::Test {
     auto store = SqliteStore::Open({dir_.Sub("t.db")});
     ASSERT_TRUE(store.ok()) << store.status().ToString();
     store_ = std::move(store).value();
-    TV_ASSERT_OK(store_->InsertMerchant(Merchant("acme"), Dek("acme", 1)));
+    TV_ASSERT_OK(store_->BeginMerchant(Merchant("acme")));
+    TV_ASSERT_OK(store_->CompleteMerchant("acme", Dek("acme", 1)));
   }
   // Occupies the writer thread until 'release' is fulfilled, so that later writes queue up.
   // Returns once the writer is inside the blocking operation.
@@ -115,14 +118,15 @@ TEST_F(SqliteStoreTest, InsertAndFindToken) {
 }
 
 TEST_F(SqliteStoreTest, SchemaRefusesMalformedRows) {
+  // CHECK and FOREIGN KEY violations are bugs of ours, not duplicates: kInternal.
   TokenRecord bad_nonce = Token("tok_n");
   bad_nonce.nonce = Bytes(13, 0);
-  EXPECT_FALSE(store_->InsertToken(bad_nonce).ok());
+  TV_EXPECT_ERROR(store_->InsertToken(bad_nonce), StatusCode::kInternal, "constraint_violation");
   TokenRecord bad_tag = Token("tok_t");
   bad_tag.tag = Bytes(8, 0);
-  EXPECT_FALSE(store_->InsertToken(bad_tag).ok());
-  // Foreign key: no such merchant.
-  EXPECT_FALSE(store_->InsertToken(Token("tok_m", "nobody")).ok());
+  TV_EXPECT_ERROR(store_->InsertToken(bad_tag), StatusCode::kInternal, "constraint_violation");
+  TV_EXPECT_ERROR(store_->InsertToken(Token("tok_m", "nobody")), StatusCode::kInternal,
+                  "constraint_violation");
   TV_EXPECT_ERROR(store_->FindToken("tok_n"), StatusCode::kNotFound, "token_not_found");
   TV_EXPECT_ERROR(store_->FindToken("tok_m"), StatusCode::kNotFound, "token_not_found");
 }
@@ -168,11 +172,70 @@ TEST_F(SqliteStoreTest, OneFailingWriteDoesNotUndoItsBatch) {
   TV_EXPECT_OK(store_->FindToken("tok_x2"));
 }
 
+// SQLite may roll back the whole transaction by itself (SQLITE_FULL, IOERR, BUSY, NOMEM). The
+// operation below does what SQLite would do. No operation of that batch may then be reported as
+// written, and none may be: neither those before it nor those queued after it.
+TEST_F(SqliteStoreTest, ATransactionRolledBackBySqliteFailsTheWholeBatch) {
+  for (bool op_reports_error : {true, false}) {
+    SCOPED_TRACE(op_reports_error ? "operation reports the error" : "operation swallows it");
+    const std::string prefix = op_reports_error ? "tok_e" : "tok_s";
+    std::promise<void> release;
+    std::future<Status> blocker = BlockWriter(release);
+    auto before = std::async(std::launch::async, [&] { return store_->InsertToken(Token(prefix + "1")); });
+    WaitForPending(1);
+    auto aborting = std::async(std::launch::async, [&] {
+      return store_->Write([&](Database& db) -> Status {
+        TV_RETURN_IF_ERROR(db.Exec("ROLLBACK"));
+        return op_reports_error ? UnavailableError("storage_unavailable", "disk full") : Status::Ok();
+      });
+    });
+    WaitForPending(2);
+    auto after = std::async(std::launch::async, [&] { return store_->InsertToken(Token(prefix + "3")); });
+    WaitForPending(3);
+    release.set_value();
+    TV_EXPECT_OK(blocker.get());
+    EXPECT_FALSE(before.get().ok());
+    EXPECT_FALSE(aborting.get().ok());
+    EXPECT_FALSE(after.get().ok());
+    TV_EXPECT_ERROR(store_->FindToken(prefix + "1"), StatusCode::kNotFound, "token_not_found");
+    TV_EXPECT_ERROR(store_->FindToken(prefix + "3"), StatusCode::kNotFound, "token_not_found");
+  }
+  // The store keeps working.
+  TV_EXPECT_OK(store_->InsertToken(Token("tok_later")));
+  TV_EXPECT_OK(store_->FindToken("tok_later"));
+}
+
+TEST_F(SqliteStoreTest, AnOperationThatThrowsFailsAloneAndTheWriterSurvives) {
+  Status s = store_->Write([](Database&) -> Status { throw std::runtime_error("boom"); });
+  TV_EXPECT_ERROR(s, StatusCode::kInternal, "storage_error");
+  TV_EXPECT_OK(store_->InsertToken(Token("tok_after_throw")));
+}
+
+TEST(DatabaseTest, NestedUseOfTheSameStatementGetsItsOwnCopy) {
+  TempDir dir;
+  auto db = Database::Open(dir.Sub("d.db"), {});
+  TV_ASSERT_OK(db);
+  TV_ASSERT_OK((*db)->Exec("CREATE TABLE t (v INTEGER); INSERT INTO t VALUES (1), (2);"));
+  const char* sql = "SELECT v FROM t ORDER BY v";
+  auto outer = (*db)->Prepare(sql);
+  TV_ASSERT_OK(outer);
+  ASSERT_TRUE(*outer->Step());
+  EXPECT_EQ(outer->ColumnInt(0), 1);
+  {
+    auto inner = (*db)->Prepare(sql);  // would reset 'outer' if it shared the statement
+    TV_ASSERT_OK(inner);
+    ASSERT_TRUE(*inner->Step());
+    EXPECT_EQ(inner->ColumnInt(0), 1);
+  }
+  ASSERT_TRUE(*outer->Step());
+  EXPECT_EQ(outer->ColumnInt(0), 2);
+}
+
 TEST_F(SqliteStoreTest, AWriteThatFailsHalfWayLeavesNothing) {
   // The operation inserts a row and then fails: its savepoint is rolled back.
   Status s = store_->Write([](Database& db) -> Status {
-    auto stmt = db.Prepare("INSERT INTO merchants (id, created_at, kek_version, current_dek_version) "
-                           "VALUES ('half', 1, 1, 1)");
+    auto stmt = db.Prepare("INSERT INTO merchants (id, created_at, kek_version, current_dek_version, "
+                           "state) VALUES ('half', 1, 1, 1, 'active')");
     TV_RETURN_IF_ERROR(stmt.status());
     TV_RETURN_IF_ERROR(stmt->Run());
     return UnavailableError("injected", "failure after the first statement");
@@ -181,8 +244,23 @@ TEST_F(SqliteStoreTest, AWriteThatFailsHalfWayLeavesNothing) {
   TV_EXPECT_ERROR(store_->GetMerchant("half"), StatusCode::kNotFound, "merchant_not_found");
 }
 
+TEST_F(SqliteStoreTest, MerchantCreationIsTwoSteps) {
+  TV_ASSERT_OK(store_->BeginMerchant(Merchant("new")));
+  EXPECT_EQ(store_->GetMerchant("new")->state, MerchantState::kCreating);
+  TV_EXPECT_ERROR(store_->GetDataKey("new", 1), StatusCode::kNotFound, "dek_not_found");
+  TV_ASSERT_OK(store_->AbandonMerchant("new"));
+  TV_EXPECT_ERROR(store_->GetMerchant("new"), StatusCode::kNotFound, "merchant_not_found");
+  // An active merchant can be neither completed again nor abandoned.
+  EXPECT_EQ(store_->GetMerchant("acme")->state, MerchantState::kActive);
+  TV_EXPECT_ERROR(store_->CompleteMerchant("acme", Dek("acme", 1)), StatusCode::kFailedPrecondition,
+                  "merchant_not_creating");
+  TV_EXPECT_ERROR(store_->AbandonMerchant("acme"), StatusCode::kFailedPrecondition,
+                  "merchant_not_creating");
+  TV_EXPECT_OK(store_->GetDataKey("acme", 1));
+}
+
 TEST_F(SqliteStoreTest, MerchantAndKeyVersions) {
-  TV_EXPECT_ERROR(store_->InsertMerchant(Merchant("acme"), Dek("acme", 1)), StatusCode::kAlreadyExists,
+  TV_EXPECT_ERROR(store_->BeginMerchant(Merchant("acme")), StatusCode::kAlreadyExists,
                   kReasonConstraint);
   TV_ASSERT_OK(store_->AddDataKeyVersion(Dek("acme", 2)));
   EXPECT_EQ(store_->GetMerchant("acme")->current_dek_version, 2u);
