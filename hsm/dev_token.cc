@@ -64,12 +64,34 @@ StatusOr<SecretBytes> RandomPin() {
   return pin;
 }
 
+Status InitUserPin(ck_function_list* fn, ck_slot_id_t slot, const SecretBytes& so_pin,
+                   const SecretBytes& user_pin) {
+  TV_ASSIGN_OR_RETURN(internal::Pkcs11Session session, internal::Pkcs11Session::Open(fn, slot));
+  ck_rv_t rv =
+      fn->C_Login(session.handle(), CKU_SO, const_cast<uint8_t*>(so_pin.data()), so_pin.size());
+  if (rv != CKR_OK) return StatusFromCkr(rv, "C_Login(SO)");
+  rv = fn->C_InitPIN(session.handle(), const_cast<uint8_t*>(user_pin.data()), user_pin.size());
+  const ck_rv_t logout_rv = fn->C_Logout(session.handle());
+  if (rv != CKR_OK) return StatusFromCkr(rv, "C_InitPIN");
+  if (logout_rv != CKR_OK) return StatusFromCkr(logout_rv, "C_Logout(SO)");
+  return Status::Ok();
+}
+
 Status InitToken(const std::string& module_path, const std::string& label,
                  const SecretBytes& so_pin, const SecretBytes& user_pin) {
   TV_ASSIGN_OR_RETURN(std::unique_ptr<internal::Pkcs11Module> module,
                       internal::Pkcs11Module::Load(module_path));
   ck_function_list* fn = module->fn();
-  if (module->FindSlotByTokenLabel(label).ok()) return Status::Ok();  // made by an earlier run
+  StatusOr<ck_slot_id_t> existing = module->FindSlotByTokenLabel(label);
+  if (existing.ok()) {
+    // Made by an earlier run. If that run died between C_InitToken and C_InitPIN, finish it.
+    ck_token_info info{};
+    ck_rv_t rv = fn->C_GetTokenInfo(*existing, &info);
+    if (rv != CKR_OK) return StatusFromCkr(rv, "C_GetTokenInfo");
+    if (info.flags & CKF_USER_PIN_INITIALIZED) return Status::Ok();
+    return InitUserPin(fn, *existing, so_pin, user_pin);
+  }
+  if (existing.status().reason() != kReasonTokenNotFound) return existing.status();
 
   // SoftHSM always offers one slot with an uninitialised token.
   unsigned long count = 0;
@@ -95,14 +117,7 @@ Status InitToken(const std::string& module_path, const std::string& label,
   }
   // Slot ids change after C_InitToken: find the token again by its label.
   TV_ASSIGN_OR_RETURN(ck_slot_id_t slot, module->FindSlotByTokenLabel(label));
-  TV_ASSIGN_OR_RETURN(internal::Pkcs11Session session, internal::Pkcs11Session::Open(fn, slot));
-  rv = fn->C_Login(session.handle(), CKU_SO, const_cast<uint8_t*>(so_pin.data()), so_pin.size());
-  if (rv != CKR_OK) return StatusFromCkr(rv, "C_Login(SO)");
-  rv = fn->C_InitPIN(session.handle(), const_cast<uint8_t*>(user_pin.data()), user_pin.size());
-  const ck_rv_t logout_rv = fn->C_Logout(session.handle());
-  if (rv != CKR_OK) return StatusFromCkr(rv, "C_InitPIN");
-  if (logout_rv != CKR_OK) return StatusFromCkr(logout_rv, "C_Logout(SO)");
-  return Status::Ok();
+  return InitUserPin(fn, slot, so_pin, user_pin);
 }
 
 }  // namespace
@@ -117,6 +132,8 @@ StatusOr<DevToken> EnsureDevToken(const std::string& dir, const std::string& mod
   const std::string so_pin_file = dir + "/so.pin";
   const std::string token_dir = dir + "/tokens";
 
+  // Fail on a missing or foreign module before writing anything.
+  TV_RETURN_IF_ERROR(internal::CheckModuleLoadable(token.config.module_path));
   TV_RETURN_IF_ERROR(MakeDir(dir));
   TV_RETURN_IF_ERROR(MakeDir(token_dir));
   if (!FileExists(token.config.softhsm2_conf)) {

@@ -7,6 +7,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include <openssl/crypto.h>
+
 #include "vault/base/scope_guard.h"
 
 namespace tokenvault::hsm {
@@ -60,12 +62,16 @@ StatusOr<SecretBytes> ReadPinFile(const std::string& path) {
 StatusOr<SecretBytes> LoadPin(const PinSource& source) {
   if (!source.file.empty()) return ReadPinFile(source.file);
   if (!source.env_var.empty()) {
-    const char* v = std::getenv(source.env_var.c_str());
+    char* v = std::getenv(source.env_var.c_str());
     if (v == nullptr || *v == '\0') {
       return FailedPreconditionError("pin_missing", "environment variable " + source.env_var +
                                                         " holds no PIN");
     }
     SecretBytes pin = SecretBytes::CopyFrom(AsBytes(v));
+    // Out of the environment once read: it would otherwise stay in /proc/self/environ and be
+    // inherited by any child process.
+    OPENSSL_cleanse(v, std::strlen(v));
+    unsetenv(source.env_var.c_str());
     if (pin.size() > kMaxPinSize) return FailedPreconditionError("pin_unreadable", "PIN too long");
     return StripNewline(std::move(pin));
   }

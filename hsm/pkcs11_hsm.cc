@@ -40,7 +40,8 @@ constexpr BoolAttr kKekPolicy[] = {
     {CKA_SENSITIVE, true, "CKA_SENSITIVE"},   {CKA_EXTRACTABLE, false, "CKA_EXTRACTABLE"},
     {CKA_ENCRYPT, true, "CKA_ENCRYPT"},       {CKA_DECRYPT, true, "CKA_DECRYPT"},
     {CKA_WRAP, false, "CKA_WRAP"},            {CKA_UNWRAP, false, "CKA_UNWRAP"},
-    {CKA_SIGN, false, "CKA_SIGN"},            {CKA_DERIVE, false, "CKA_DERIVE"},
+    {CKA_SIGN, false, "CKA_SIGN"},            {CKA_VERIFY, false, "CKA_VERIFY"},
+    {CKA_DERIVE, false, "CKA_DERIVE"},        {CKA_MODIFIABLE, false, "CKA_MODIFIABLE"},
     {CKA_ALWAYS_SENSITIVE, true, "CKA_ALWAYS_SENSITIVE"},
     {CKA_NEVER_EXTRACTABLE, true, "CKA_NEVER_EXTRACTABLE"},
 };
@@ -96,10 +97,12 @@ Pkcs11Hsm::~Pkcs11Hsm() {
 
 StatusOr<unsigned long> Pkcs11Hsm::KekHandle(unsigned long session, const KekRef& kek) {
   const std::string label = kek.Label();
+  uint64_t epoch;
   {
     std::lock_guard<std::mutex> lock(handles_mu_);
     auto it = kek_handles_.find(label);
     if (it != kek_handles_.end()) return it->second;
+    epoch = destroy_epoch_;
   }
   ck_object_class_t cls = CKO_SECRET_KEY;
   unsigned char token = 1;
@@ -114,20 +117,23 @@ StatusOr<unsigned long> Pkcs11Hsm::KekHandle(unsigned long session, const KekRef
   }
   TV_RETURN_IF_ERROR(CheckKekAttributes(module_->fn(), session, found[0], label));
   std::lock_guard<std::mutex> lock(handles_mu_);
-  kek_handles_[label] = found[0];
+  // A KEK destroyed while we looked it up must not come back into the cache.
+  if (destroy_epoch_ == epoch) kek_handles_[label] = found[0];
   return found[0];
 }
 
 void Pkcs11Hsm::ForgetKekHandle(const KekRef& kek) {
   std::lock_guard<std::mutex> lock(handles_mu_);
   kek_handles_.erase(kek.Label());
+  ++destroy_epoch_;
 }
 
 // Runs op(session, kek_handle). A stale cached handle (the object was destroyed and recreated by
 // another process) is looked up again once.
 template <typename Op>
-auto Pkcs11Hsm::WithKek(const KekRef& kek, Op op) -> decltype(op(0ul, 0ul)) {
-  TV_ASSIGN_OR_RETURN(internal::SessionPool::Lease lease, pool_->Acquire());
+auto Pkcs11Hsm::WithKek(const KekRef& kek, Op op, bool fresh_session) -> decltype(op(0ul, 0ul)) {
+  TV_ASSIGN_OR_RETURN(internal::SessionPool::Lease lease,
+                      fresh_session ? pool_->AcquireNew() : pool_->Acquire());
   for (int attempt = 0;; ++attempt) {
     auto handle = KekHandle(lease.handle(), kek);
     if (!handle.ok()) {
@@ -213,9 +219,11 @@ Status Pkcs11Hsm::DestroyKek(const KekRef& kek) {
     const ck_rv_t rv = module_->fn()->C_DestroyObject(lease.handle(), h);
     if (rv != CKR_OK) {
       if (internal::IsDeviceFailure(rv)) lease.MarkBroken();
+      ForgetKekHandle(kek);
       return StatusFromCkr(rv, "C_DestroyObject(KEK)");
     }
   }
+  ForgetKekHandle(kek);  // again: a lookup that raced with the destruction
   return Status::Ok();
 }
 
@@ -231,23 +239,32 @@ StatusOr<Bytes> Pkcs11Hsm::Wrap(const KekRef& kek, const SecretBytes& key, ByteV
     return InvalidArgumentError("bad_key_size", "key to wrap has an unsupported size");
   }
   TV_ASSIGN_OR_RETURN(GcmNonce iv, RandomNonce());
-  return WithKek(kek, [&](unsigned long session, unsigned long handle) -> StatusOr<Bytes> {
-    TV_ASSIGN_OR_RETURN(Bytes sealed, internal::HsmGcmEncrypt(module_->fn(), session, handle, iv,
-                                                              aad, key.view()));
-    Bytes out(iv.begin(), iv.end());
-    AppendBytes(out, sealed);
-    return out;
-  });
+  return WithKek(
+      kek,
+      [&](unsigned long session, unsigned long handle) -> StatusOr<Bytes> {
+        TV_ASSIGN_OR_RETURN(Bytes sealed, internal::HsmGcmEncrypt(module_->fn(), session, handle,
+                                                                  iv, aad, key.view()));
+        Bytes out(iv.begin(), iv.end());
+        AppendBytes(out, sealed);
+        return out;
+      },
+      /*fresh_session=*/false);
 }
 
 StatusOr<SecretBytes> Pkcs11Hsm::Unwrap(const KekRef& kek, ByteView wrapped, ByteView aad) {
   if (wrapped.size() <= kWrapIvSize + kWrapTagSize || wrapped.size() > kMaxWrappedSize) {
     return DataLossError(kReasonIntegrity, "wrapped key has an impossible length");
   }
-  return WithKek(kek, [&](unsigned long session, unsigned long handle) -> StatusOr<SecretBytes> {
+  auto unwrap = [&](unsigned long session, unsigned long handle) -> StatusOr<SecretBytes> {
     return internal::HsmGcmDecrypt(module_->fn(), session, handle, wrapped.subspan(0, kWrapIvSize),
                                    aad, wrapped.subspan(kWrapIvSize));
-  });
+  };
+  StatusOr<SecretBytes> key = WithKek(kek, unwrap, /*fresh_session=*/false);
+  if (key.ok() || key.status().code() != StatusCode::kDataLoss) return key;
+  // An authentication failure is final, but SoftHSM2 reports it as CKR_GENERAL_ERROR, which a
+  // transient fault could also produce: confirm it once on a new session before calling it
+  // tampering.
+  return WithKek(kek, unwrap, /*fresh_session=*/true);
 }
 
 Status Pkcs11Hsm::GenerateRandom(uint8_t* out, size_t size) {

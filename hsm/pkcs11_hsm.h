@@ -62,8 +62,9 @@ class Pkcs11Hsm final : public Hsm {
   StatusOr<unsigned long> KekHandle(unsigned long session, const KekRef& kek);
   void ForgetKekHandle(const KekRef& kek);
 
+  // Runs op(session, kek_handle) on a leased session ('fresh_session': a newly opened one).
   template <typename Op>
-  auto WithKek(const KekRef& kek, Op op) -> decltype(op(0ul, 0ul));
+  auto WithKek(const KekRef& kek, Op op, bool fresh_session) -> decltype(op(0ul, 0ul));
 
   std::unique_ptr<internal::Pkcs11Module> module_;  // destroyed last
   std::unique_ptr<internal::SessionPool> pool_;
@@ -71,6 +72,7 @@ class Pkcs11Hsm final : public Hsm {
   std::mutex create_mu_;  // serialises CreateKek so two callers cannot make the same label twice
   std::mutex handles_mu_;
   std::unordered_map<std::string, unsigned long> kek_handles_;  // GUARDED_BY(handles_mu_)
+  uint64_t destroy_epoch_ = 0;  // bumped whenever a handle is forgotten; GUARDED_BY(handles_mu_)
 };
 
 }  // namespace tokenvault::hsm

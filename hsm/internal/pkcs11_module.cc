@@ -6,6 +6,25 @@
 
 namespace tokenvault::hsm::internal {
 
+Status CheckModuleLoadable(const std::string& path) {
+  if (path.empty()) {
+    return UnavailableError(kReasonModuleUnavailable, "no PKCS#11 module path configured");
+  }
+  void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (handle == nullptr) {
+    const char* err = dlerror();
+    return UnavailableError(kReasonModuleUnavailable,
+                            "cannot load PKCS#11 module " + path + ": " + (err ? err : "?"));
+  }
+  const bool is_pkcs11 = dlsym(handle, "C_GetFunctionList") != nullptr;
+  dlclose(handle);
+  if (!is_pkcs11) {
+    return UnavailableError(kReasonModuleUnavailable,
+                            path + " is not a PKCS#11 module (no C_GetFunctionList)");
+  }
+  return Status::Ok();
+}
+
 StatusOr<std::unique_ptr<Pkcs11Module>> Pkcs11Module::Load(const std::string& path) {
   if (path.empty()) {
     return UnavailableError(kReasonModuleUnavailable, "no PKCS#11 module path configured");
@@ -52,13 +71,22 @@ StatusOr<ck_slot_id_t> Pkcs11Module::FindSlotByTokenLabel(const std::string& lab
   rv = fn_->C_GetSlotList(1, slots.data(), &count);
   if (rv != CKR_OK) return StatusFromCkr(rv, "C_GetSlotList");
   slots.resize(count);
+  std::vector<ck_slot_id_t> matches;
   for (ck_slot_id_t slot : slots) {
     ck_token_info info{};
     if (fn_->C_GetTokenInfo(slot, &info) != CKR_OK) continue;
     if (!(info.flags & CKF_TOKEN_INITIALIZED)) continue;
-    if (TrimLabel(info.label) == label) return slot;
+    if (TrimLabel(info.label) == label) matches.push_back(slot);
   }
-  return UnavailableError(kReasonTokenNotFound, "no initialised token labelled '" + label + "'");
+  if (matches.empty()) {
+    return UnavailableError(kReasonTokenNotFound, "no initialised token labelled '" + label + "'");
+  }
+  if (matches.size() > 1) {
+    // Never guess which token gets the PIN: a second token with our label may be a plant.
+    return FailedPreconditionError("hsm_token_ambiguous",
+                                   "more than one token is labelled '" + label + "'");
+  }
+  return matches[0];
 }
 
 StatusOr<Pkcs11Session> Pkcs11Session::Open(ck_function_list* fn, ck_slot_id_t slot) {
@@ -130,6 +158,26 @@ StatusOr<SessionPool::Lease> SessionPool::Acquire() {
     Pkcs11Session session = std::move(idle_.back());
     idle_.pop_back();
     return Lease(this, std::move(session));
+  }
+  ++open_;
+  lock.unlock();
+  StatusOr<Pkcs11Session> session = Pkcs11Session::Open(fn_, slot_);
+  if (!session.ok()) {
+    lock.lock();
+    --open_;
+    available_.notify_one();
+    return session.status();
+  }
+  return Lease(this, std::move(session).value());
+}
+
+StatusOr<SessionPool::Lease> SessionPool::AcquireNew() {
+  std::unique_lock<std::mutex> lock(mu_);
+  available_.wait(lock, [&] { return !idle_.empty() || open_ < max_sessions_; });
+  if (open_ >= max_sessions_) {
+    Pkcs11Session retired = std::move(idle_.back());  // closed when this scope ends
+    idle_.pop_back();
+    --open_;
   }
   ++open_;
   lock.unlock();

@@ -14,6 +14,10 @@
 
 namespace tokenvault::hsm::internal {
 
+// kUnavailable (hsm_module_unavailable) unless 'path' can be dlopen'ed and exports
+// C_GetFunctionList. Initialises nothing: used to fail before writing anything.
+Status CheckModuleLoadable(const std::string& path);
+
 // dlopen + C_GetFunctionList + C_Initialize(CKF_OS_LOCKING_OK); the destructor calls C_Finalize
 // and dlclose. One per process at a time: a module that some other code already initialised is
 // refused rather than shared, because either owner's C_Finalize would pull it from under the other.
@@ -70,7 +74,9 @@ class SessionPool {
   class Lease {
    public:
     Lease(Lease&& other) noexcept
-        : pool_(std::exchange(other.pool_, nullptr)), session_(std::move(other.session_)) {}
+        : pool_(std::exchange(other.pool_, nullptr)),
+          session_(std::move(other.session_)),
+          broken_(other.broken_) {}
     Lease& operator=(Lease&&) = delete;
     ~Lease();
     ck_session_handle_t handle() const { return session_.handle(); }
@@ -94,6 +100,9 @@ class SessionPool {
 
   // Blocks while all 'max_sessions' are leased.
   StatusOr<Lease> Acquire();
+  // A newly opened session, never one that was used before (one idle session is closed to make
+  // room when the pool is full).
+  StatusOr<Lease> AcquireNew();
 
  private:
   SessionPool(ck_function_list* fn, ck_slot_id_t slot, Pkcs11Session anchor, size_t max)

@@ -72,5 +72,14 @@ TEST(DevTokenTest, SecondCallFindsTheSameToken) {
   TV_EXPECT_OK((*hsm)->FindKek(KekRef{"acme", 1}));  // same token, key still there
 }
 
+TEST(DevTokenTest, AMissingModuleWritesNothing) {
+  TempDir dir;
+  TV_EXPECT_ERROR(EnsureDevToken(dir.Sub("hsm"), dir.Sub("absent.so")), StatusCode::kUnavailable,
+                  kReasonModuleUnavailable);
+  TV_EXPECT_ERROR(EnsureDevToken(dir.Sub("hsm"), "libc.so.6"), StatusCode::kUnavailable,
+                  kReasonModuleUnavailable);
+  EXPECT_FALSE(testing::FileExists(dir.Sub("hsm")));
+}
+
 }  // namespace
 }  // namespace tokenvault::hsm

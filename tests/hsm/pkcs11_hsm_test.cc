@@ -215,6 +215,41 @@ TEST_F(Pkcs11HsmOpenTest, MissingModuleIsUnavailable) {
   EXPECT_EQ(testing::SnapshotTree(token_.token_dir()), before);
 }
 
+TEST_F(Pkcs11HsmOpenTest, TwoTokensWithOurLabelAreRefused) {
+  // Someone initialises a second token with the same label: which one would get our PIN?
+  {
+    void* lib = dlopen(token_.token().config.module_path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    ASSERT_NE(lib, nullptr);
+    auto get = reinterpret_cast<ck_rv_t (*)(ck_function_list**)>(dlsym(lib, "C_GetFunctionList"));
+    ck_function_list* fn = nullptr;
+    ASSERT_EQ(get(&fn), static_cast<ck_rv_t>(CKR_OK));
+    ck_c_initialize_args args{};
+    args.flags = CKF_OS_LOCKING_OK;
+    ASSERT_EQ(fn->C_Initialize(&args), static_cast<ck_rv_t>(CKR_OK));
+    unsigned long n = 0;
+    fn->C_GetSlotList(1, nullptr, &n);
+    std::vector<ck_slot_id_t> slots(n);
+    fn->C_GetSlotList(1, slots.data(), &n);
+    bool planted = false;
+    for (unsigned long i = 0; i < n && !planted; ++i) {
+      ck_token_info info{};
+      fn->C_GetTokenInfo(slots[i], &info);
+      if (info.flags & CKF_TOKEN_INITIALIZED) continue;
+      unsigned char label[32];
+      std::memset(label, ' ', sizeof(label));
+      const std::string ours = token_.token().config.token_label;
+      std::memcpy(label, ours.data(), ours.size());
+      std::string so = "attacker-so-pin";
+      planted = fn->C_InitToken(slots[i], reinterpret_cast<unsigned char*>(so.data()), so.size(),
+                                label) == CKR_OK;
+    }
+    fn->C_Finalize(nullptr);
+    dlclose(lib);
+    ASSERT_TRUE(planted);
+  }
+  TV_EXPECT_ERROR(token_.Open(), StatusCode::kFailedPrecondition, "hsm_token_ambiguous");
+}
+
 TEST_F(Pkcs11HsmOpenTest, MissingTokenIsUnavailable) {
   const auto before = testing::SnapshotTree(token_.token_dir());
   Pkcs11Config config = token_.token().config;
