@@ -52,36 +52,59 @@ StatusOr<std::pair<storage::DataKeyRecord, std::shared_ptr<const AesGcm256>>> Ke
 
 StatusOr<storage::MerchantRecord> Keyring::CreateMerchant(std::string_view merchant) {
   std::lock_guard<std::mutex> create_lock(create_mu_);
+  // The intent is recorded before the KEK is made, so that a creation interrupted between the
+  // HSM and the database is recognisable later as this database's own.
+  bool resuming = false;
   StatusOr<storage::MerchantRecord> existing = store_.GetMerchant(merchant);
-  if (existing.ok()) return AlreadyExistsError("merchant_exists", "the merchant exists");
-  if (existing.status().code() != StatusCode::kNotFound) return existing.status();
+  if (existing.ok()) {
+    if (existing->state == storage::MerchantState::kActive) {
+      return AlreadyExistsError("merchant_exists", "the merchant exists");
+    }
+    resuming = true;
+  } else if (existing.status().code() != StatusCode::kNotFound) {
+    return existing.status();
+  } else {
+    storage::MerchantRecord intent{std::string(merchant), clock_.NowUnixMillis(), kFirstVersion,
+                                   kFirstVersion, storage::MerchantState::kCreating};
+    TV_RETURN_IF_ERROR(store_.BeginMerchant(intent));
+  }
 
   const hsm::KekRef kek{std::string(merchant), kFirstVersion};
   Status created = hsm_.CreateKek(kek);
   if (created.code() == StatusCode::kAlreadyExists) {
-    // No merchant row, yet a KEK: an earlier creation died between the HSM and the database.
-    // Nothing was ever encrypted under it; replace it.
+    if (!resuming) {
+      // A KEK this database never asked for: a token shared with another deployment, or a
+      // database restored from before this merchant existed. Never destroy a key we cannot
+      // prove is ours; leave the decision to an operator.
+      store_.AbandonMerchant(merchant).IgnoreError();
+      return FailedPreconditionError(
+          "kek_exists_without_merchant",
+          "the HSM already holds " + kek.Label() + " but this database has no such merchant");
+    }
+    // Our own interrupted creation: the merchant never became active, so no DEK was stored
+    // and nothing was ever encrypted under this KEK.
     TV_RETURN_IF_ERROR(hsm_.DestroyKek(kek));
     created = hsm_.CreateKek(kek);
   }
-  TV_RETURN_IF_ERROR(created);
-
-  auto dek = NewDek(merchant, kFirstVersion, kFirstVersion);
-  storage::MerchantRecord record{std::string(merchant), clock_.NowUnixMillis(), kFirstVersion,
-                                 kFirstVersion};
-  Status stored = dek.ok() ? store_.InsertMerchant(record, dek->first) : dek.status();
-  if (!stored.ok()) {
-    // Leave nothing behind in the HSM for a merchant that does not exist.
-    hsm_.DestroyKek(kek).IgnoreError();
-    return stored;
+  if (!created.ok()) {
+    // Most likely the HSM is down and made nothing: leave nothing behind. (If it did make the
+    // key before failing, the next attempt refuses it as unknown rather than destroying it.)
+    if (!resuming) store_.AbandonMerchant(merchant).IgnoreError();
+    return created;
   }
-  cache_.Put(merchant, kFirstVersion, std::move(dek->second));
-  return record;
+  // From here on a failure leaves the merchant kCreating with its KEK; a retry resumes it.
+  TV_ASSIGN_OR_RETURN(auto dek, NewDek(merchant, kFirstVersion, kFirstVersion));
+  TV_RETURN_IF_ERROR(store_.CompleteMerchant(merchant, dek.first));
+  cache_.Put(merchant, kFirstVersion, std::move(dek.second));
+  return store_.GetMerchant(merchant);
 }
 
 Status Keyring::LoadLocked(std::string_view merchant, MerchantKeys& keys) {
   if (keys.loaded) return Status::Ok();
   TV_ASSIGN_OR_RETURN(storage::MerchantRecord record, store_.GetMerchant(merchant));
+  if (record.state != storage::MerchantState::kActive) {
+    return NotFoundError("merchant_not_found", "no such merchant");
+  }
   TV_ASSIGN_OR_RETURN(storage::DataKeyRecord dek,
                       store_.GetDataKey(merchant, record.current_dek_version));
   keys.kek_version = record.kek_version;
@@ -110,17 +133,22 @@ StatusOr<uint32_t> Keyring::RotateLocked(std::string_view merchant, MerchantKeys
 }
 
 StatusOr<uint32_t> Keyring::Rotate(std::string_view merchant) {
-  std::shared_ptr<MerchantKeys> keys = KeysFor(merchant);
-  std::unique_lock<std::shared_mutex> exclusive(keys->rotation);
-  return RotateLocked(merchant, *keys);
+  for (;;) {
+    std::shared_ptr<MerchantKeys> keys = KeysFor(merchant);  // outlives the lock below
+    std::unique_lock<std::shared_mutex> exclusive(keys->rotation);
+    if (!keys->detached) return RotateLocked(merchant, *keys);
+  }
 }
 
 StatusOr<Keyring::EncryptLease> Keyring::ForEncrypt(std::string_view merchant) {
   std::shared_ptr<MerchantKeys> keys = KeysFor(merchant);
   for (;;) {
+    bool refetch = false;
     {
       std::shared_lock<std::shared_mutex> shared(keys->rotation);
-      if (keys->loaded) {
+      if (keys->detached) {
+        refetch = true;
+      } else if (keys->loaded) {
         // The key first: if the HSM is down, nothing (not even a reservation) is written.
         const uint32_t version = keys->dek_version;
         TV_ASSIGN_OR_RETURN(std::shared_ptr<const AesGcm256> aead, LoadDek(merchant, version));
@@ -143,23 +171,34 @@ StatusOr<Keyring::EncryptLease> Keyring::ForEncrypt(std::string_view merchant) {
         if (!spent) return EncryptLease{version, std::move(aead), std::move(shared)};
       }
     }
-    // Not loaded yet, or the DEK is spent: take the exclusive lock and fix that, then retry.
-    std::unique_lock<std::shared_mutex> exclusive(keys->rotation);
-    Status loaded = LoadLocked(merchant, *keys);
-    if (!loaded.ok()) {
-      if (loaded.code() == StatusCode::kNotFound) {
-        // Don't let requests for merchants that do not exist grow the map.
-        std::unique_lock<std::shared_mutex> map_lock(map_mu_);
-        merchants_.erase(std::string(merchant));
+    if (!refetch) {
+      // Not loaded yet, or the DEK is spent: fix that under the exclusive lock, then retry.
+      std::unique_lock<std::shared_mutex> exclusive(keys->rotation);
+      if (keys->detached) {
+        refetch = true;
+      } else {
+        Status loaded = LoadLocked(merchant, *keys);
+        if (!loaded.ok()) {
+          if (loaded.code() == StatusCode::kNotFound) {
+            // Don't let requests for merchants that do not exist grow the map. Erase only this
+            // entry (a newer one may exist), and mark it so that its holders fetch a new one.
+            std::unique_lock<std::shared_mutex> map_lock(map_mu_);
+            auto it = merchants_.find(std::string(merchant));
+            if (it != merchants_.end() && it->second == keys) merchants_.erase(it);
+            keys->detached = true;
+          }
+          return loaded;
+        }
+        bool spent;
+        {
+          std::lock_guard<std::mutex> counter(keys->counter);
+          spent = keys->used >= options_.max_encryptions_per_dek;
+        }
+        if (spent) TV_RETURN_IF_ERROR(RotateLocked(merchant, *keys).status());
       }
-      return loaded;
     }
-    bool spent;
-    {
-      std::lock_guard<std::mutex> counter(keys->counter);
-      spent = keys->used >= options_.max_encryptions_per_dek;
-    }
-    if (spent) TV_RETURN_IF_ERROR(RotateLocked(merchant, *keys).status());
+    // Locks are released above before 'keys' may be replaced (and its mutex destroyed).
+    if (refetch) keys = KeysFor(merchant);
   }
 }
 

@@ -24,6 +24,9 @@
 
 namespace tokenvault {
 
+// The largest per-DEK encryption limit accepted: half of GCM's 2^32 random-nonce bound.
+inline constexpr uint64_t kMaxEncryptionsPerDekLimit = uint64_t{1} << 31;
+
 struct KeyringOptions {
   size_t dek_cache_max_entries = 1024;
   std::chrono::milliseconds dek_cache_ttl = std::chrono::minutes(10);
@@ -67,6 +70,7 @@ class Keyring {
     std::shared_mutex rotation;  // shared: encrypting; exclusive: rotating or loading
     std::mutex counter;          // guards used and reserved
     bool loaded = false;         // GUARDED_BY(rotation)
+    bool detached = false;       // removed from the map; holders fetch a new entry. GUARDED_BY(rotation)
     uint32_t kek_version = 0;    // GUARDED_BY(rotation)
     uint32_t dek_version = 0;    // GUARDED_BY(rotation)
     uint64_t used = 0;           // GUARDED_BY(counter)

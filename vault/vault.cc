@@ -25,9 +25,10 @@ StatusOr<std::unique_ptr<Vault>> Vault::Create(std::shared_ptr<hsm::Hsm> hsm,
                                                std::shared_ptr<storage::Store> store,
                                                const VaultOptions& options, const Clock& clock) {
   if (!hsm || !store) return InvalidArgumentError("bad_config", "the vault needs an HSM and a store");
+  // NIST SP 800-38D allows 2^32 random-nonce encryptions per key; stay at least 2x below.
   if (options.keys.max_encryptions_per_dek == 0 ||
-      options.keys.max_encryptions_per_dek > (uint64_t{1} << 32)) {
-    return InvalidArgumentError("bad_config", "max_encryptions_per_dek must be in [1, 2^32]");
+      options.keys.max_encryptions_per_dek > kMaxEncryptionsPerDekLimit) {
+    return InvalidArgumentError("bad_config", "max_encryptions_per_dek must be in [1, 2^31]");
   }
   return std::unique_ptr<Vault>(new Vault(std::move(hsm), std::move(store), options, clock));
 }

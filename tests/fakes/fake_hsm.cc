@@ -40,6 +40,7 @@ Status FakeHsm::FindKek(const hsm::KekRef& kek) {
 
 StatusOr<Bytes> FakeHsm::Wrap(const hsm::KekRef& kek, const SecretBytes& key, ByteView aad) {
   TV_RETURN_IF_ERROR(CheckUp());
+  if (wrap_fails_) return UnavailableError(hsm::kReasonDeviceError, "fake HSM wrap fails");
   ++wrap_calls_;
   SecretBytes kek_bytes;
   {

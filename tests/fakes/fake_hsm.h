@@ -24,6 +24,8 @@ class FakeHsm final : public hsm::Hsm {
 
   // While set, every call fails with kUnavailable (an HSM outage).
   void SetUnavailable(bool down) { down_ = down; }
+  // While set, Wrap alone fails with kUnavailable.
+  void SetWrapFails(bool fails) { wrap_fails_ = fails; }
   int unwrap_calls() const { return unwrap_calls_; }
   int wrap_calls() const { return wrap_calls_; }
   size_t kek_count() const;
@@ -33,6 +35,7 @@ class FakeHsm final : public hsm::Hsm {
   mutable std::mutex mu_;
   std::map<std::string, SecretBytes> keks_;  // GUARDED_BY(mu_)
   std::atomic<bool> down_{false};
+  std::atomic<bool> wrap_fails_{false};
   std::atomic<int> unwrap_calls_{0};
   std::atomic<int> wrap_calls_{0};
 };

@@ -172,6 +172,11 @@ TEST_F(TamperTest, RelabelledRowFields) {
     Exec(db, "UPDATE tokens SET dek_version = 7 WHERE token = '" + a_tokens_[2] + "'");
   });
   ExpectIntegrityError("a", a_tokens_[2], "unknown DEK version");
+  // A version outside [0, 2^32) must not be truncated into a valid one.
+  Tamper([&](Database& db) {
+    Exec(db, "UPDATE tokens SET dek_version = 4294967297 WHERE token = '" + b_tokens_[1] + "'");
+  });
+  ExpectIntegrityError("b", b_tokens_[1], "DEK version 2^32 + 1");
   // Renaming the token: the AAD names the token.
   const std::string renamed = "tok_0000000000000000000042";
   Tamper([&](Database& db) {

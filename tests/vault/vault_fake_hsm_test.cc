@@ -181,21 +181,61 @@ TEST_F(VaultFakeHsmTest, HsmOutageFailsClosedAndWritesNothing) {
   hsm_->SetUnavailable(true);
   TV_EXPECT_ERROR(vault_->Tokenize("acme", AsBytes("x"), ValueType::kGeneric),
                   StatusCode::kUnavailable, "hsm_unavailable");
-  TV_EXPECT_ERROR(vault_->CreateMerchant("other"), StatusCode::kUnavailable, "hsm_unavailable");
   EXPECT_EQ(store_->GetStats().operations, before.operations);  // not even a reservation
+  TV_EXPECT_ERROR(vault_->CreateMerchant("other"), StatusCode::kUnavailable, "hsm_unavailable");
+  TV_EXPECT_ERROR(store_->GetMerchant("other"), StatusCode::kNotFound, "merchant_not_found");
   hsm_->SetUnavailable(false);
-  EXPECT_EQ(store_->GetMerchant("other").status().code(), StatusCode::kNotFound);
+  TV_EXPECT_OK(vault_->CreateMerchant("other"));
   TV_EXPECT_OK(vault_->Tokenize("acme", AsBytes("x"), ValueType::kGeneric));
 }
 
-TEST_F(VaultFakeHsmTest, OrphanKekFromACrashedCreationIsReplaced) {
-  // A previous run created the KEK and died before the merchant row was committed.
+TEST_F(VaultFakeHsmTest, AKekThisDatabaseNeverAskedForIsNeverDestroyed) {
+  // The HSM holds a KEK for "acme", but this database never started creating "acme" (a token
+  // shared with another deployment, a database restored from an older backup...).
   TV_ASSERT_OK(hsm_->CreateKek(hsm::KekRef{"acme", 1}));
-  TV_ASSERT_OK(vault_->CreateMerchant("acme"));
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    TV_EXPECT_ERROR(vault_->CreateMerchant("acme"), StatusCode::kFailedPrecondition,
+                    "kek_exists_without_merchant");
+    TV_EXPECT_OK(hsm_->FindKek(hsm::KekRef{"acme", 1}));  // untouched
+    TV_EXPECT_ERROR(store_->GetMerchant("acme"), StatusCode::kNotFound, "merchant_not_found");
+  }
+}
+
+TEST_F(VaultFakeHsmTest, AnInterruptedCreationResumes) {
+  // The first attempt dies after making the KEK, before the wrapped DEK is stored.
+  hsm_->SetWrapFails(true);
+  TV_EXPECT_ERROR(vault_->CreateMerchant("acme"), StatusCode::kUnavailable, "hsm_unavailable");
+  hsm_->SetWrapFails(false);
+  EXPECT_EQ(store_->GetMerchant("acme")->state, storage::MerchantState::kCreating);
+  TV_EXPECT_OK(hsm_->FindKek(hsm::KekRef{"acme", 1}));
+  // Not usable while creating.
+  TV_EXPECT_ERROR(vault_->Tokenize("acme", AsBytes("x"), ValueType::kGeneric), StatusCode::kNotFound,
+                  "merchant_not_found");
+  Open();  // even across a restart
+  StatusOr<MerchantInfo> m = vault_->CreateMerchant("acme");
+  TV_ASSERT_OK(m);
   EXPECT_EQ(hsm_->kek_count(), 1u);
   const std::string token = vault_->Tokenize("acme", AsBytes("x"), ValueType::kGeneric)->token;
   Open();
   TV_EXPECT_OK(vault_->Detokenize("acme", token));
+  TV_EXPECT_ERROR(vault_->CreateMerchant("acme"), StatusCode::kAlreadyExists, "merchant_exists");
+}
+
+TEST_F(VaultFakeHsmTest, UnknownMerchantsDoNotPileUpAndCanBeCreatedLater) {
+  for (int i = 0; i < 3; ++i) {
+    TV_EXPECT_ERROR(vault_->Tokenize("later", AsBytes("x"), ValueType::kGeneric),
+                    StatusCode::kNotFound, "merchant_not_found");
+  }
+  TV_ASSERT_OK(vault_->CreateMerchant("later"));
+  TV_EXPECT_OK(vault_->Tokenize("later", AsBytes("x"), ValueType::kGeneric));
+}
+
+TEST_F(VaultFakeHsmTest, EncryptionLimitMustStayFarBelowTwoToThe32) {
+  VaultOptions options;
+  options.keys.max_encryptions_per_dek = uint64_t{1} << 32;
+  TV_EXPECT_ERROR(Vault::Create(hsm_, store_, options), StatusCode::kInvalidArgument, "bad_config");
+  options.keys.max_encryptions_per_dek = 0;
+  TV_EXPECT_ERROR(Vault::Create(hsm_, store_, options), StatusCode::kInvalidArgument, "bad_config");
 }
 
 }  // namespace
