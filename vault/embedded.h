@@ -3,6 +3,9 @@
 //   <data_dir>/tokenvault.db (+ -wal, -shm, .lock)
 // Used by `tokenvault serve` on first start and by end-to-end tests. A production deployment
 // passes its own HSM module, token label and PIN source instead of the dev token.
+//
+// WARNING: with the dev token, the token files and its PIN sit next to the database: a copy of
+// the whole data dir decrypts everything. It is a convenience for development, not an HSM.
 #ifndef TOKENVAULT_VAULT_EMBEDDED_H_
 #define TOKENVAULT_VAULT_EMBEDDED_H_
 

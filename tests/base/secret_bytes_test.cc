@@ -90,6 +90,14 @@ TEST_F(SecretBytesTest, MoveAssignmentWipesTheOverwrittenSecret) {
   EXPECT_TRUE(log_.all_zero);
 }
 
+TEST_F(SecretBytesTest, SelfMoveAssignmentKeepsTheSecret) {
+  SecretBytes a = Pattern(8, 0x33);
+  SecretBytes& alias = a;
+  a = std::move(alias);
+  ASSERT_EQ(a.size(), 8u);
+  EXPECT_EQ(a.data()[0], 0x33);
+}
+
 TEST_F(SecretBytesTest, TruncateWipesTheTail) {
   SecretBytes s = Pattern(10, 0x7F);
   s.Truncate(4);

@@ -52,8 +52,10 @@ class SecretBytes {
 
   SecretBytes(SecretBytes&&) noexcept = default;
   SecretBytes& operator=(SecretBytes&& other) noexcept {
-    Wipe();
-    bytes_ = std::move(other.bytes_);
+    if (this != &other) {
+      Wipe();
+      bytes_ = std::move(other.bytes_);
+    }
     return *this;
   }
   SecretBytes(const SecretBytes&) = delete;
