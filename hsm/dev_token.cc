@@ -20,6 +20,12 @@ namespace {
 using internal::StatusFromCkr;
 
 Status MakeDir(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  if (slash != std::string::npos && slash > 0) {
+    struct stat st {};
+    const std::string parent = path.substr(0, slash);
+    if (stat(parent.c_str(), &st) != 0) TV_RETURN_IF_ERROR(MakeDir(parent));
+  }
   if (mkdir(path.c_str(), 0700) == 0 || errno == EEXIST) return Status::Ok();
   return FailedPreconditionError("data_dir_unwritable",
                                  "cannot create " + path + ": " + std::strerror(errno));
@@ -94,13 +100,8 @@ Status InitToken(const std::string& module_path, const std::string& label,
   if (existing.status().reason() != kReasonTokenNotFound) return existing.status();
 
   // SoftHSM always offers one slot with an uninitialised token.
-  unsigned long count = 0;
-  ck_rv_t rv = fn->C_GetSlotList(1, nullptr, &count);
-  if (rv != CKR_OK) return StatusFromCkr(rv, "C_GetSlotList");
-  std::vector<ck_slot_id_t> slots(count);
-  rv = fn->C_GetSlotList(1, slots.data(), &count);
-  if (rv != CKR_OK) return StatusFromCkr(rv, "C_GetSlotList");
-  slots.resize(count);
+  TV_ASSIGN_OR_RETURN(std::vector<ck_slot_id_t> slots, module->SlotsWithTokens());
+  ck_rv_t rv;
   bool initialised = false;
   for (ck_slot_id_t slot : slots) {
     ck_token_info info{};

@@ -37,8 +37,13 @@ class Hsm {
   virtual ~Hsm() = default;
 
   // Creates the KEK 'kek' inside the HSM: AES-256, a token object, sensitive, never extractable,
-  // usable only to encrypt and decrypt. kAlreadyExists if a key with its label exists.
-  virtual Status CreateKek(const KekRef& kek) = 0;
+  // usable only to encrypt and decrypt. 'creation_tag' (1 to 64 bytes, not secret) is stored with
+  // it (CKA_ID) so that whoever created it can recognise it later. kAlreadyExists if a key with
+  // its label exists.
+  virtual Status CreateKek(const KekRef& kek, ByteView creation_tag) = 0;
+
+  // The creation tag stored with the KEK. kNotFound if there is no such KEK.
+  virtual StatusOr<Bytes> KekCreationTag(const KekRef& kek) = 0;
 
   // Destroys the KEK. kNotFound if there is none.
   virtual Status DestroyKek(const KekRef& kek) = 0;

@@ -7,8 +7,6 @@
 #include <cstdlib>
 #include <cstring>
 
-#include <openssl/crypto.h>
-
 #include "vault/base/scope_guard.h"
 
 namespace tokenvault::hsm {
@@ -62,20 +60,20 @@ StatusOr<SecretBytes> ReadPinFile(const std::string& path) {
 StatusOr<SecretBytes> LoadPin(const PinSource& source) {
   if (!source.file.empty()) return ReadPinFile(source.file);
   if (!source.env_var.empty()) {
-    char* v = std::getenv(source.env_var.c_str());
+    const char* v = std::getenv(source.env_var.c_str());
     if (v == nullptr || *v == '\0') {
       return FailedPreconditionError("pin_missing", "environment variable " + source.env_var +
                                                         " holds no PIN");
     }
     SecretBytes pin = SecretBytes::CopyFrom(AsBytes(v));
-    // Out of the environment once read: it would otherwise stay in /proc/self/environ and be
-    // inherited by any child process.
-    OPENSSL_cleanse(v, std::strlen(v));
-    unsetenv(source.env_var.c_str());
     if (pin.size() > kMaxPinSize) return FailedPreconditionError("pin_unreadable", "PIN too long");
     return StripNewline(std::move(pin));
   }
   return FailedPreconditionError("pin_missing", "no PIN file or PIN environment variable configured");
+}
+
+void ForgetEnvPin(const PinSource& source) {
+  if (source.file.empty() && !source.env_var.empty()) unsetenv(source.env_var.c_str());
 }
 
 }  // namespace tokenvault::hsm

@@ -15,11 +15,15 @@ struct PinSource {
   std::string env_var;  // else this variable (e.g. TOKENVAULT_HSM_PIN)
 };
 
-// The PIN, with one trailing newline removed. A PIN read from the environment is then wiped
-// from it and the variable unset (REQUIRES: no other thread reads the environment meanwhile). Errors: kFailedPrecondition (pin_unreadable,
+// The PIN, with one trailing newline removed. Errors: kFailedPrecondition (pin_unreadable,
 // pin_file_permissions) when the file is missing, unreadable, empty, or readable by group or
 // others; kFailedPrecondition (pin_missing) when neither source is set.
 StatusOr<SecretBytes> LoadPin(const PinSource& source);
+
+// Unsets the PIN's environment variable, if that is where the PIN came from: call once the HSM
+// accepted it, so that it does not stay in /proc/self/environ or pass to child processes.
+// REQUIRES: no other thread reads the environment meanwhile (startup).
+void ForgetEnvPin(const PinSource& source);
 
 }  // namespace tokenvault::hsm
 

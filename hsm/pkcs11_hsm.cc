@@ -104,13 +104,7 @@ StatusOr<unsigned long> Pkcs11Hsm::KekHandle(unsigned long session, const KekRef
     if (it != kek_handles_.end()) return it->second;
     epoch = destroy_epoch_;
   }
-  ck_object_class_t cls = CKO_SECRET_KEY;
-  unsigned char token = 1;
-  ck_attribute templ[] = {{CKA_CLASS, &cls, sizeof(cls)},
-                          {CKA_TOKEN, &token, sizeof(token)},
-                          {CKA_LABEL, const_cast<char*>(label.data()), label.size()}};
-  TV_ASSIGN_OR_RETURN(std::vector<ck_object_handle_t> found,
-                      internal::FindObjects(module_->fn(), session, templ, 3, 2));
+  TV_ASSIGN_OR_RETURN(std::vector<unsigned long> found, FindKekObjects(session, kek, 2));
   if (found.empty()) return NotFoundError(kReasonKeyNotFound, "no KEK labelled " + label);
   if (found.size() > 1) {
     return FailedPreconditionError(kReasonKeyPolicy, "more than one KEK labelled " + label);
@@ -120,6 +114,17 @@ StatusOr<unsigned long> Pkcs11Hsm::KekHandle(unsigned long session, const KekRef
   // A KEK destroyed while we looked it up must not come back into the cache.
   if (destroy_epoch_ == epoch) kek_handles_[label] = found[0];
   return found[0];
+}
+
+StatusOr<std::vector<unsigned long>> Pkcs11Hsm::FindKekObjects(unsigned long session,
+                                                               const KekRef& kek, size_t max) {
+  const std::string label = kek.Label();
+  ck_object_class_t cls = CKO_SECRET_KEY;
+  unsigned char token = 1;
+  ck_attribute templ[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                          {CKA_TOKEN, &token, sizeof(token)},
+                          {CKA_LABEL, const_cast<char*>(label.data()), label.size()}};
+  return internal::FindObjects(module_->fn(), session, templ, 3, max);
 }
 
 void Pkcs11Hsm::ForgetKekHandle(const KekRef& kek) {
@@ -150,7 +155,10 @@ auto Pkcs11Hsm::WithKek(const KekRef& kek, Op op, bool fresh_session) -> decltyp
   }
 }
 
-Status Pkcs11Hsm::CreateKek(const KekRef& kek) {
+Status Pkcs11Hsm::CreateKek(const KekRef& kek, ByteView creation_tag) {
+  if (creation_tag.empty() || creation_tag.size() > 64) {
+    return InvalidArgumentError("bad_creation_tag", "a KEK creation tag has 1 to 64 bytes");
+  }
   std::lock_guard<std::mutex> create_lock(create_mu_);
   Status exists = FindKek(kek);
   if (exists.ok()) return AlreadyExistsError(kReasonKeyExists, kek.Label() + " exists");
@@ -167,7 +175,7 @@ Status Pkcs11Hsm::CreateKek(const KekRef& kek) {
       {CKA_KEY_TYPE, &key_type, sizeof(key_type)},
       {CKA_VALUE_LEN, &value_len, sizeof(value_len)},
       {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
-      {CKA_ID, const_cast<char*>(label.data()), label.size()},
+      {CKA_ID, const_cast<uint8_t*>(creation_tag.data()), creation_tag.size()},
       {CKA_TOKEN, &yes, 1},
       {CKA_PRIVATE, &yes, 1},
       {CKA_SENSITIVE, &yes, 1},
@@ -203,18 +211,11 @@ Status Pkcs11Hsm::CreateKek(const KekRef& kek) {
 
 Status Pkcs11Hsm::DestroyKek(const KekRef& kek) {
   TV_ASSIGN_OR_RETURN(internal::SessionPool::Lease lease, pool_->Acquire());
-  const std::string label = kek.Label();
-  ck_object_class_t cls = CKO_SECRET_KEY;
-  unsigned char token = 1;
-  ck_attribute templ[] = {{CKA_CLASS, &cls, sizeof(cls)},
-                          {CKA_TOKEN, &token, sizeof(token)},
-                          {CKA_LABEL, const_cast<char*>(label.data()), label.size()}};
   // Destroy every object with the label, checked or not: destruction must not be blocked by a
   // key whose attributes we would refuse to use.
-  TV_ASSIGN_OR_RETURN(std::vector<ck_object_handle_t> found,
-                      internal::FindObjects(module_->fn(), lease.handle(), templ, 3, 16));
+  TV_ASSIGN_OR_RETURN(std::vector<unsigned long> found, FindKekObjects(lease.handle(), kek, 16));
   ForgetKekHandle(kek);
-  if (found.empty()) return NotFoundError(kReasonKeyNotFound, "no KEK labelled " + label);
+  if (found.empty()) return NotFoundError(kReasonKeyNotFound, "no KEK labelled " + kek.Label());
   for (ck_object_handle_t h : found) {
     const ck_rv_t rv = module_->fn()->C_DestroyObject(lease.handle(), h);
     if (rv != CKR_OK) {
@@ -225,6 +226,24 @@ Status Pkcs11Hsm::DestroyKek(const KekRef& kek) {
   }
   ForgetKekHandle(kek);  // again: a lookup that raced with the destruction
   return Status::Ok();
+}
+
+StatusOr<Bytes> Pkcs11Hsm::KekCreationTag(const KekRef& kek) {
+  TV_ASSIGN_OR_RETURN(internal::SessionPool::Lease lease, pool_->Acquire());
+  TV_ASSIGN_OR_RETURN(std::vector<unsigned long> found, FindKekObjects(lease.handle(), kek, 2));
+  if (found.empty()) return NotFoundError(kReasonKeyNotFound, "no KEK labelled " + kek.Label());
+  if (found.size() > 1) {
+    return FailedPreconditionError(kReasonKeyPolicy, "more than one KEK labelled " + kek.Label());
+  }
+  ck_attribute attr{CKA_ID, nullptr, 0};
+  ck_rv_t rv = module_->fn()->C_GetAttributeValue(lease.handle(), found[0], &attr, 1);
+  if (rv != CKR_OK) return StatusFromCkr(rv, "C_GetAttributeValue(CKA_ID)");
+  Bytes tag(attr.value_len);
+  attr.value = tag.data();
+  rv = module_->fn()->C_GetAttributeValue(lease.handle(), found[0], &attr, 1);
+  if (rv != CKR_OK) return StatusFromCkr(rv, "C_GetAttributeValue(CKA_ID)");
+  tag.resize(attr.value_len);
+  return tag;
 }
 
 Status Pkcs11Hsm::FindKek(const KekRef& kek) {

@@ -7,6 +7,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "hsm/hsm.h"
 #include "vault/base/secret_bytes.h"
@@ -45,7 +46,8 @@ class Pkcs11Hsm final : public Hsm {
                                                    const SecretBytes& pin);
   ~Pkcs11Hsm() override;
 
-  Status CreateKek(const KekRef& kek) override;
+  Status CreateKek(const KekRef& kek, ByteView creation_tag) override;
+  StatusOr<Bytes> KekCreationTag(const KekRef& kek) override;
   Status DestroyKek(const KekRef& kek) override;
   Status FindKek(const KekRef& kek) override;
   StatusOr<Bytes> Wrap(const KekRef& kek, const SecretBytes& key, ByteView aad) override;
@@ -61,6 +63,9 @@ class Pkcs11Hsm final : public Hsm {
   // Handles are cached: token objects keep their handle for the life of the login.
   StatusOr<unsigned long> KekHandle(unsigned long session, const KekRef& kek);
   void ForgetKekHandle(const KekRef& kek);
+  // Every token object labelled like 'kek' (at most 'max'), whatever its attributes.
+  StatusOr<std::vector<unsigned long>> FindKekObjects(unsigned long session, const KekRef& kek,
+                                                      size_t max);
 
   // Runs op(session, kek_handle) on a leased session ('fresh_session': a newly opened one).
   template <typename Op>

@@ -13,7 +13,8 @@ CREATE TABLE merchants (
   created_at          INTEGER NOT NULL,
   kek_version         INTEGER NOT NULL CHECK (kek_version > 0),
   current_dek_version INTEGER NOT NULL CHECK (current_dek_version > 0),
-  state               TEXT NOT NULL CHECK (state IN ('creating', 'active'))
+  state               TEXT NOT NULL CHECK (state IN ('creating', 'active')),
+  creation_id         BLOB NOT NULL CHECK (length(creation_id) BETWEEN 1 AND 64)
 ) WITHOUT ROWID;
 
 -- DEKs exist here only wrapped by the merchant's KEK (docs/formats.md).

@@ -179,7 +179,7 @@ class SqliteStore::Impl {
       return done.get();
     } catch (const std::bad_alloc&) {
       return ResourceExhaustedError("out_of_memory", "no memory to queue the write");
-    } catch (const std::exception&) {
+    } catch (...) {
       return InternalError("storage_error", "the write could not be queued");
     }
   }
@@ -229,7 +229,7 @@ class SqliteStore::Impl {
       Status s = p.op(*writer_);
       if (!s.ok()) return s;  // ~Savepoint rolls this operation back, leaving the others
       return sp.Release();
-    } catch (const std::exception&) {
+    } catch (...) {
       return InternalError("storage_error", "a write operation threw");
     }
   }
@@ -237,7 +237,7 @@ class SqliteStore::Impl {
   void CommitBatch(std::vector<Pending>& batch) {
     std::vector<Status> results(batch.size());
     Status commit;
-    {
+    try {
       StatusOr<Transaction> txn = Transaction::Begin(*writer_);
       if (!txn.ok()) {
         commit = txn.status();
@@ -248,13 +248,16 @@ class SqliteStore::Impl {
           // NOMEM). Running on would open a new implicit transaction per savepoint and commit
           // operations one by one behind the batch's back, so the batch ends here, failed.
           if (!writer_->InTransaction()) {
-            commit = results[i].ok() ? UnavailableError(kReasonStorageUnavailable,
-                                                        "the transaction was rolled back")
-                                     : results[i];
+            // Whatever this operation returned, the others failed because the transaction is
+            // gone: retryable, like any storage outage.
+            commit = UnavailableError(kReasonStorageUnavailable,
+                                      "the transaction was rolled back by SQLite");
           }
         }
         if (commit.ok()) commit = txn->Commit();
-      }
+      }  // an uncommitted transaction rolls back here
+    } catch (...) {
+      commit = InternalError("storage_error", "the batch could not be committed");
     }
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -304,11 +307,13 @@ Status SqliteStore::BeginMerchant(const MerchantRecord& merchant) {
   return Write([&](Database& db) -> Status {
     TV_ASSIGN_OR_RETURN(Statement stmt,
                         db.Prepare("INSERT INTO merchants (id, created_at, kek_version, "
-                                   "current_dek_version, state) VALUES (?1, ?2, ?3, ?4, 'creating')"));
+                                   "current_dek_version, state, creation_id) "
+                                   "VALUES (?1, ?2, ?3, ?4, 'creating', ?5)"));
     return stmt.Bind(1, std::string_view(merchant.id))
         .Bind(2, merchant.created_at_ms)
         .Bind(3, int64_t{merchant.kek_version})
         .Bind(4, int64_t{merchant.current_dek_version})
+        .Bind(5, ByteView(merchant.creation_id))
         .Run();
   });
 }
@@ -345,7 +350,7 @@ StatusOr<MerchantRecord> SqliteStore::GetMerchant(std::string_view id) {
   TV_ASSIGN_OR_RETURN(ReadPool::Lease lease, impl_->Reader());
   TV_ASSIGN_OR_RETURN(Statement stmt,
                       lease.db().Prepare("SELECT id, created_at, kek_version, current_dek_version, "
-                                         "state FROM merchants WHERE id = ?1"));
+                                         "state, creation_id FROM merchants WHERE id = ?1"));
   stmt.Bind(1, id);
   TV_ASSIGN_OR_RETURN(bool row, stmt.Step());
   if (!row) return NotFoundError("merchant_not_found", "no such merchant");
@@ -355,6 +360,7 @@ StatusOr<MerchantRecord> SqliteStore::GetMerchant(std::string_view id) {
   TV_ASSIGN_OR_RETURN(r.kek_version, stmt.ColumnU32(2));
   TV_ASSIGN_OR_RETURN(r.current_dek_version, stmt.ColumnU32(3));
   r.state = stmt.ColumnText(4) == "active" ? MerchantState::kActive : MerchantState::kCreating;
+  r.creation_id = stmt.ColumnBlob(5);
   return r;
 }
 

@@ -27,6 +27,9 @@ struct MerchantRecord {
   uint32_t kek_version = 0;
   uint32_t current_dek_version = 0;
   MerchantState state = MerchantState::kActive;
+  // Random, set when creation starts; also stored with the merchant's first KEK in the HSM, so
+  // that a KEK found later can be recognised as the one this creation made.
+  Bytes creation_id;
 };
 
 enum class DataKeyState {

@@ -21,10 +21,7 @@ StatusOr<std::unique_ptr<Vault>> OpenEmbeddedVault(const EmbeddedConfig& config)
   if (config.hsm.has_value()) {
     hsm_config = *config.hsm;
   } else {
-    if (mkdir(config.data_dir.c_str(), 0700) != 0 && errno != EEXIST) {
-      return FailedPreconditionError("data_dir_unwritable", "cannot create " + config.data_dir +
-                                                                ": " + std::strerror(errno));
-    }
+    // Creates <data_dir> and <data_dir>/hsm only once it knows the module loads.
     TV_ASSIGN_OR_RETURN(hsm::DevToken dev, hsm::EnsureDevToken(config.data_dir + "/hsm"));
     hsm_config = dev.config;
     pin_source = dev.pin;
@@ -34,6 +31,7 @@ StatusOr<std::unique_ptr<Vault>> OpenEmbeddedVault(const EmbeddedConfig& config)
     TV_ASSIGN_OR_RETURN(SecretBytes pin, hsm::LoadPin(pin_source));
     TV_ASSIGN_OR_RETURN(std::unique_ptr<hsm::Pkcs11Hsm> opened, hsm::Pkcs11Hsm::Open(hsm_config, pin));
     hsm = std::move(opened);
+    hsm::ForgetEnvPin(pin_source);
   }  // the PIN is wiped here
   if (mkdir(config.data_dir.c_str(), 0700) != 0 && errno != EEXIST) {
     return FailedPreconditionError("data_dir_unwritable", "cannot create " + config.data_dir +

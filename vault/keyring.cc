@@ -52,51 +52,58 @@ StatusOr<std::pair<storage::DataKeyRecord, std::shared_ptr<const AesGcm256>>> Ke
 
 StatusOr<storage::MerchantRecord> Keyring::CreateMerchant(std::string_view merchant) {
   std::lock_guard<std::mutex> create_lock(create_mu_);
-  // The intent is recorded before the KEK is made, so that a creation interrupted between the
-  // HSM and the database is recognisable later as this database's own.
+  // Creation is a small protocol (docs/architecture.md, "Failure behaviour"): the intent row,
+  // carrying a random creation id, is written before the KEK is made, and the KEK carries the
+  // same id. A KEK is only ever destroyed by the creation that made it.
+  storage::MerchantRecord record;
   bool resuming = false;
   StatusOr<storage::MerchantRecord> existing = store_.GetMerchant(merchant);
   if (existing.ok()) {
     if (existing->state == storage::MerchantState::kActive) {
       return AlreadyExistsError("merchant_exists", "the merchant exists");
     }
+    record = *existing;
     resuming = true;
   } else if (existing.status().code() != StatusCode::kNotFound) {
     return existing.status();
   } else {
-    storage::MerchantRecord intent{std::string(merchant), clock_.NowUnixMillis(), kFirstVersion,
-                                   kFirstVersion, storage::MerchantState::kCreating};
-    TV_RETURN_IF_ERROR(store_.BeginMerchant(intent));
+    record = storage::MerchantRecord{std::string(merchant), clock_.NowUnixMillis(), kFirstVersion,
+                                     kFirstVersion, storage::MerchantState::kCreating, Bytes(16)};
+    TV_RETURN_IF_ERROR(RandomBytes(record.creation_id.data(), record.creation_id.size()));
+    TV_RETURN_IF_ERROR(store_.BeginMerchant(record));
   }
 
   const hsm::KekRef kek{std::string(merchant), kFirstVersion};
-  Status created = hsm_.CreateKek(kek);
+  Status created = hsm_.CreateKek(kek, record.creation_id);
   if (created.code() == StatusCode::kAlreadyExists) {
-    if (!resuming) {
-      // A KEK this database never asked for: a token shared with another deployment, or a
-      // database restored from before this merchant existed. Never destroy a key we cannot
-      // prove is ours; leave the decision to an operator.
-      store_.AbandonMerchant(merchant).IgnoreError();
+    TV_ASSIGN_OR_RETURN(Bytes tag, hsm_.KekCreationTag(kek));
+    if (tag != record.creation_id) {
+      // A KEK this creation did not make: a token shared with another deployment, a database
+      // restored from an older backup, an edited row. Never destroy it; an operator decides.
+      if (!resuming) store_.AbandonMerchant(merchant).IgnoreError();  // safe even if it fails
       return FailedPreconditionError(
           "kek_exists_without_merchant",
-          "the HSM already holds " + kek.Label() + " but this database has no such merchant");
+          "the HSM already holds " + kek.Label() + ", not created by this database");
     }
-    // Our own interrupted creation: the merchant never became active, so no DEK was stored
-    // and nothing was ever encrypted under this KEK.
+    // Made by this very creation before it was interrupted. The merchant never became active,
+    // so no DEK was stored and nothing was encrypted under it; check anyway before replacing it.
+    StatusOr<storage::DataKeyRecord> dek = store_.GetDataKey(merchant, kFirstVersion);
+    if (dek.status().code() != StatusCode::kNotFound) {
+      return dek.ok() ? FailedPreconditionError("merchant_inconsistent",
+                                                "a creating merchant already has a data key")
+                      : dek.status();
+    }
     TV_RETURN_IF_ERROR(hsm_.DestroyKek(kek));
-    created = hsm_.CreateKek(kek);
+    created = hsm_.CreateKek(kek, record.creation_id);
   }
-  if (!created.ok()) {
-    // Most likely the HSM is down and made nothing: leave nothing behind. (If it did make the
-    // key before failing, the next attempt refuses it as unknown rather than destroying it.)
-    if (!resuming) store_.AbandonMerchant(merchant).IgnoreError();
-    return created;
-  }
-  // From here on a failure leaves the merchant kCreating with its KEK; a retry resumes it.
+  // On failure the merchant stays kCreating (it serves nothing); a retry resumes it, whether or
+  // not the HSM made the key before failing.
+  TV_RETURN_IF_ERROR(created);
   TV_ASSIGN_OR_RETURN(auto dek, NewDek(merchant, kFirstVersion, kFirstVersion));
   TV_RETURN_IF_ERROR(store_.CompleteMerchant(merchant, dek.first));
   cache_.Put(merchant, kFirstVersion, std::move(dek.second));
-  return store_.GetMerchant(merchant);
+  record.state = storage::MerchantState::kActive;
+  return record;
 }
 
 Status Keyring::LoadLocked(std::string_view merchant, MerchantKeys& keys) {
@@ -136,8 +143,22 @@ StatusOr<uint32_t> Keyring::Rotate(std::string_view merchant) {
   for (;;) {
     std::shared_ptr<MerchantKeys> keys = KeysFor(merchant);  // outlives the lock below
     std::unique_lock<std::shared_mutex> exclusive(keys->rotation);
-    if (!keys->detached) return RotateLocked(merchant, *keys);
+    if (keys->detached) continue;
+    StatusOr<uint32_t> rotated = RotateLocked(merchant, *keys);
+    if (rotated.status().code() == StatusCode::kNotFound && !keys->loaded) {
+      DetachLocked(merchant, keys);
+    }
+    return rotated;
   }
+}
+
+void Keyring::DetachLocked(std::string_view merchant, const std::shared_ptr<MerchantKeys>& keys) {
+  // Don't let requests for merchants that do not exist grow the map. Erase only this entry (a
+  // newer one may exist), and mark it so that its holders fetch a new one.
+  std::unique_lock<std::shared_mutex> map_lock(map_mu_);
+  auto it = merchants_.find(std::string(merchant));
+  if (it != merchants_.end() && it->second == keys) merchants_.erase(it);
+  keys->detached = true;
 }
 
 StatusOr<Keyring::EncryptLease> Keyring::ForEncrypt(std::string_view merchant) {
@@ -168,7 +189,7 @@ StatusOr<Keyring::EncryptLease> Keyring::ForEncrypt(std::string_view merchant) {
             ++keys->used;
           }
         }
-        if (!spent) return EncryptLease{version, std::move(aead), std::move(shared)};
+        if (!spent) return EncryptLease{version, std::move(aead), keys, std::move(shared)};
       }
     }
     if (!refetch) {
@@ -179,14 +200,7 @@ StatusOr<Keyring::EncryptLease> Keyring::ForEncrypt(std::string_view merchant) {
       } else {
         Status loaded = LoadLocked(merchant, *keys);
         if (!loaded.ok()) {
-          if (loaded.code() == StatusCode::kNotFound) {
-            // Don't let requests for merchants that do not exist grow the map. Erase only this
-            // entry (a newer one may exist), and mark it so that its holders fetch a new one.
-            std::unique_lock<std::shared_mutex> map_lock(map_mu_);
-            auto it = merchants_.find(std::string(merchant));
-            if (it != merchants_.end() && it->second == keys) merchants_.erase(it);
-            keys->detached = true;
-          }
+          if (loaded.code() == StatusCode::kNotFound) DetachLocked(merchant, keys);
           return loaded;
         }
         bool spent;

@@ -45,14 +45,16 @@ class Keyring {
   struct EncryptLease {
     uint32_t version = 0;
     std::shared_ptr<const AesGcm256> aead;
+    std::shared_ptr<void> keys;  // keeps the mutex below alive; declared first, destroyed last
     std::shared_lock<std::shared_mutex> no_rotation;
   };
 
   Keyring(hsm::Hsm& hsm, storage::Store& store, const Clock& clock, const KeyringOptions& options);
 
   // Creates the merchant's KEK (v1) in the HSM and its first DEK, stored wrapped.
-  // kAlreadyExists if the merchant exists. A KEK left in the HSM by an earlier attempt that died
-  // before the merchant row was committed is destroyed and replaced: no data can depend on it.
+  // kAlreadyExists if the merchant exists. An interrupted creation is resumed; a KEK it finds
+  // that this creation did not make (its creation id differs) is never destroyed:
+  // kFailedPrecondition (kek_exists_without_merchant).
   StatusOr<storage::MerchantRecord> CreateMerchant(std::string_view merchant);
 
   // kNotFound (merchant_not_found) if there is no such merchant.
@@ -78,6 +80,8 @@ class Keyring {
   };
 
   std::shared_ptr<MerchantKeys> KeysFor(std::string_view merchant);
+  // Removes an entry that failed to load. REQUIRES: 'keys->rotation' held exclusively.
+  void DetachLocked(std::string_view merchant, const std::shared_ptr<MerchantKeys>& keys);
   // REQUIRES: 'keys.rotation' held exclusively.
   Status LoadLocked(std::string_view merchant, MerchantKeys& keys);
   // REQUIRES: 'keys.rotation' held exclusively.

@@ -2,6 +2,8 @@
 
 #include <dlfcn.h>
 
+#include <optional>
+
 #include "hsm/hsm.h"
 
 namespace tokenvault::hsm::internal {
@@ -63,7 +65,7 @@ Pkcs11Module::~Pkcs11Module() {
   dlclose(handle_);
 }
 
-StatusOr<ck_slot_id_t> Pkcs11Module::FindSlotByTokenLabel(const std::string& label) const {
+StatusOr<std::vector<ck_slot_id_t>> Pkcs11Module::SlotsWithTokens() const {
   unsigned long count = 0;
   ck_rv_t rv = fn_->C_GetSlotList(1, nullptr, &count);
   if (rv != CKR_OK) return StatusFromCkr(rv, "C_GetSlotList");
@@ -71,6 +73,11 @@ StatusOr<ck_slot_id_t> Pkcs11Module::FindSlotByTokenLabel(const std::string& lab
   rv = fn_->C_GetSlotList(1, slots.data(), &count);
   if (rv != CKR_OK) return StatusFromCkr(rv, "C_GetSlotList");
   slots.resize(count);
+  return slots;
+}
+
+StatusOr<ck_slot_id_t> Pkcs11Module::FindSlotByTokenLabel(const std::string& label) const {
+  TV_ASSIGN_OR_RETURN(std::vector<ck_slot_id_t> slots, SlotsWithTokens());
   std::vector<ck_slot_id_t> matches;
   for (ck_slot_id_t slot : slots) {
     ck_token_info info{};
@@ -161,29 +168,29 @@ StatusOr<SessionPool::Lease> SessionPool::Acquire() {
   }
   ++open_;
   lock.unlock();
-  StatusOr<Pkcs11Session> session = Pkcs11Session::Open(fn_, slot_);
-  if (!session.ok()) {
-    lock.lock();
-    --open_;
-    available_.notify_one();
-    return session.status();
-  }
-  return Lease(this, std::move(session).value());
+  return OpenCounted();
 }
 
 StatusOr<SessionPool::Lease> SessionPool::AcquireNew() {
-  std::unique_lock<std::mutex> lock(mu_);
-  available_.wait(lock, [&] { return !idle_.empty() || open_ < max_sessions_; });
-  if (open_ >= max_sessions_) {
-    Pkcs11Session retired = std::move(idle_.back());  // closed when this scope ends
-    idle_.pop_back();
-    --open_;
+  std::optional<Pkcs11Session> retired;  // closed after the lock is released
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    available_.wait(lock, [&] { return !idle_.empty() || open_ < max_sessions_; });
+    if (open_ >= max_sessions_) {
+      retired.emplace(std::move(idle_.back()));
+      idle_.pop_back();
+      --open_;
+    }
+    ++open_;
   }
-  ++open_;
-  lock.unlock();
+  retired.reset();
+  return OpenCounted();
+}
+
+StatusOr<SessionPool::Lease> SessionPool::OpenCounted() {
   StatusOr<Pkcs11Session> session = Pkcs11Session::Open(fn_, slot_);
   if (!session.ok()) {
-    lock.lock();
+    std::lock_guard<std::mutex> lock(mu_);
     --open_;
     available_.notify_one();
     return session.status();

@@ -34,6 +34,8 @@ class Pkcs11Module {
   // The slot whose token carries 'label'. kUnavailable (hsm_token_not_found) when none does.
   // Never select by slot number: SoftHSM renumbers slots after C_InitToken.
   StatusOr<ck_slot_id_t> FindSlotByTokenLabel(const std::string& label) const;
+  // Every slot with a token present.
+  StatusOr<std::vector<ck_slot_id_t>> SlotsWithTokens() const;
 
  private:
   Pkcs11Module(void* handle, ck_function_list* fn) : handle_(handle), fn_(fn) {}
@@ -107,6 +109,8 @@ class SessionPool {
  private:
   SessionPool(ck_function_list* fn, ck_slot_id_t slot, Pkcs11Session anchor, size_t max)
       : fn_(fn), slot_(slot), anchor_(std::move(anchor)), max_sessions_(max) {}
+  // Opens a session for a slot already counted in open_ (REQUIRES: mu_ not held).
+  StatusOr<Lease> OpenCounted();
   void Release(Pkcs11Session session, bool broken);
 
   ck_function_list* const fn_;

@@ -14,7 +14,8 @@ namespace tokenvault::testing {
 
 class FakeHsm final : public hsm::Hsm {
  public:
-  Status CreateKek(const hsm::KekRef& kek) override;
+  Status CreateKek(const hsm::KekRef& kek, ByteView creation_tag) override;
+  StatusOr<Bytes> KekCreationTag(const hsm::KekRef& kek) override;
   Status DestroyKek(const hsm::KekRef& kek) override;
   Status FindKek(const hsm::KekRef& kek) override;
   StatusOr<Bytes> Wrap(const hsm::KekRef& kek, const SecretBytes& key, ByteView aad) override;
@@ -33,7 +34,13 @@ class FakeHsm final : public hsm::Hsm {
  private:
   Status CheckUp() const;
   mutable std::mutex mu_;
-  std::map<std::string, SecretBytes> keks_;  // GUARDED_BY(mu_)
+  struct Kek {
+    SecretBytes key;
+    Bytes tag;
+  };
+  // A copy of the KEK's key, or kNotFound.
+  StatusOr<SecretBytes> KeyOf(const hsm::KekRef& kek) const;
+  std::map<std::string, Kek> keks_;  // GUARDED_BY(mu_)
   std::atomic<bool> down_{false};
   std::atomic<bool> wrap_fails_{false};
   std::atomic<int> unwrap_calls_{0};

@@ -3,15 +3,22 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <dlfcn.h>
+
 #include <cstdlib>
+#include <cstring>
+#include <vector>
 #include <filesystem>
 #include <fstream>
 
 #include "tests/support/matchers.h"
+#include "tests/support/raw_pkcs11.h"
 #include "tests/support/temp_dir.h"
 
 namespace tokenvault::hsm {
 namespace {
+
+const Bytes kTag = {0x74, 0x76, 0x01};  // a creation tag
 
 using testing::TempDir;
 
@@ -61,7 +68,7 @@ TEST(DevTokenTest, SecondCallFindsTheSameToken) {
   {
     auto hsm = Pkcs11Hsm::Open(first->config, *LoadPin(first->pin));
     TV_ASSERT_OK(hsm);
-    TV_ASSERT_OK((*hsm)->CreateKek(KekRef{"acme", 1}));
+    TV_ASSERT_OK((*hsm)->CreateKek(KekRef{"acme", 1}, kTag));
   }
   StatusOr<DevToken> second = EnsureDevToken(dir.Sub("hsm"));
   TV_ASSERT_OK(second);
@@ -70,6 +77,50 @@ TEST(DevTokenTest, SecondCallFindsTheSameToken) {
   auto hsm = Pkcs11Hsm::Open(second->config, *LoadPin(second->pin));
   TV_ASSERT_OK(hsm);
   TV_EXPECT_OK((*hsm)->FindKek(KekRef{"acme", 1}));  // same token, key still there
+}
+
+// A first run died between C_InitToken and C_InitPIN: the token exists, its user PIN does not.
+TEST(DevTokenTest, FinishesATokenWhoseUserPinWasNeverSet) {
+  TempDir dir;
+  const std::string hsm_dir = dir.Sub("hsm");
+  ASSERT_EQ(mkdir(hsm_dir.c_str(), 0700), 0);
+  ASSERT_EQ(mkdir((hsm_dir + "/tokens").c_str(), 0700), 0);
+  auto write = [](const std::string& path, const std::string& text) {
+    std::ofstream(path) << text;
+    chmod(path.c_str(), 0600);
+  };
+  write(hsm_dir + "/softhsm2.conf", "directories.tokendir = " + hsm_dir + "/tokens\n"
+                                    "objectstore.backend = file\nlog.level = ERROR\n");
+  const std::string so_pin = "so-pin-of-the-first-run", user_pin = "user-pin-of-the-first-run";
+  write(hsm_dir + "/so.pin", so_pin);
+  write(hsm_dir + "/user.pin", user_pin);
+  setenv("SOFTHSM2_CONF", (hsm_dir + "/softhsm2.conf").c_str(), 1);
+  {
+    void* lib = dlopen(DefaultModulePath(), RTLD_NOW | RTLD_LOCAL);
+    ASSERT_NE(lib, nullptr);
+    auto get = reinterpret_cast<ck_rv_t (*)(ck_function_list**)>(dlsym(lib, "C_GetFunctionList"));
+    ck_function_list* fn = nullptr;
+    ASSERT_EQ(get(&fn), static_cast<ck_rv_t>(CKR_OK));
+    ck_c_initialize_args args{};
+    args.flags = CKF_OS_LOCKING_OK;
+    ASSERT_EQ(fn->C_Initialize(&args), static_cast<ck_rv_t>(CKR_OK));
+    unsigned long n = 0;
+    fn->C_GetSlotList(1, nullptr, &n);
+    std::vector<ck_slot_id_t> slots(n);
+    fn->C_GetSlotList(1, slots.data(), &n);
+    ASSERT_GE(n, 1u);
+    unsigned char label[32];
+    std::memset(label, ' ', sizeof(label));
+    std::memcpy(label, "tokenvault-dev", 14);
+    std::string so = so_pin;
+    EXPECT_EQ(fn->C_InitToken(slots[0], reinterpret_cast<unsigned char*>(so.data()), so.size(), label),
+              static_cast<ck_rv_t>(CKR_OK));
+    fn->C_Finalize(nullptr);
+    dlclose(lib);
+  }
+  StatusOr<DevToken> token = EnsureDevToken(hsm_dir);
+  TV_ASSERT_OK(token);
+  TV_EXPECT_OK(Pkcs11Hsm::Open(token->config, SecretBytes::CopyFrom(AsBytes(user_pin))));
 }
 
 TEST(DevTokenTest, AMissingModuleWritesNothing) {

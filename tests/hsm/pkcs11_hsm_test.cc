@@ -16,6 +16,8 @@
 namespace tokenvault::hsm {
 namespace {
 
+const Bytes kTag = {0x74, 0x76, 0x01};  // a creation tag
+
 using testing::SoftHsmToken;
 
 const Bytes kAadA = {'m', 'e', 'r', 'c', 'h', 'a', 'n', 't', 'A'};
@@ -36,7 +38,7 @@ class Pkcs11HsmTest : public ::testing::Test {
 
 TEST_F(Pkcs11HsmTest, KekIsCreatedSensitiveAndNeverExtractable) {
   const KekRef kek{"acme", 1};
-  TV_ASSERT_OK(hsm_->CreateKek(kek));
+  TV_ASSERT_OK(hsm_->CreateKek(kek, kTag));
   EXPECT_EQ(kek.Label(), "tokenvault/kek/acme/v1");
   hsm_.reset();  // finalise our module; look at the token with raw PKCS#11
 
@@ -72,7 +74,7 @@ TEST_F(Pkcs11HsmTest, KekIsCreatedSensitiveAndNeverExtractable) {
 
 TEST_F(Pkcs11HsmTest, WrapUnwrapRoundTrip) {
   const KekRef kek{"acme", 1};
-  TV_ASSERT_OK(hsm_->CreateKek(kek));
+  TV_ASSERT_OK(hsm_->CreateKek(kek, kTag));
   SecretBytes dek = NewDek();
   StatusOr<Bytes> wrapped = hsm_->Wrap(kek, dek, kAadA);
   TV_ASSERT_OK(wrapped);
@@ -89,8 +91,8 @@ TEST_F(Pkcs11HsmTest, WrapUnwrapRoundTrip) {
 
 TEST_F(Pkcs11HsmTest, MerchantAsWrappedDekCannotBeUnwrappedAsMerchantBs) {
   const KekRef kek_a{"a", 1}, kek_b{"b", 1};
-  TV_ASSERT_OK(hsm_->CreateKek(kek_a));
-  TV_ASSERT_OK(hsm_->CreateKek(kek_b));
+  TV_ASSERT_OK(hsm_->CreateKek(kek_a, kTag));
+  TV_ASSERT_OK(hsm_->CreateKek(kek_b, kTag));
   const Bytes wrapped_a = *hsm_->Wrap(kek_a, NewDek(), kAadA);
   // Under B's KEK, with A's AAD or B's.
   TV_EXPECT_ERROR(hsm_->Unwrap(kek_b, wrapped_a, kAadA), StatusCode::kDataLoss, kReasonIntegrity);
@@ -102,7 +104,7 @@ TEST_F(Pkcs11HsmTest, MerchantAsWrappedDekCannotBeUnwrappedAsMerchantBs) {
 
 TEST_F(Pkcs11HsmTest, AnyFlippedByteOfAWrappedKeyIsAnIntegrityFailure) {
   const KekRef kek{"acme", 1};
-  TV_ASSERT_OK(hsm_->CreateKek(kek));
+  TV_ASSERT_OK(hsm_->CreateKek(kek, kTag));
   const Bytes wrapped = *hsm_->Wrap(kek, NewDek(), kAadA);
   for (size_t i = 0; i < wrapped.size(); ++i) {
     Bytes bad = wrapped;
@@ -115,12 +117,24 @@ TEST_F(Pkcs11HsmTest, AnyFlippedByteOfAWrappedKeyIsAnIntegrityFailure) {
   TV_EXPECT_OK(hsm_->Unwrap(kek, wrapped, kAadA));
 }
 
+TEST_F(Pkcs11HsmTest, CreationTagIsKeptWithTheKek) {
+  const KekRef kek{"acme", 1};
+  TV_EXPECT_ERROR(hsm_->KekCreationTag(kek), StatusCode::kNotFound, kReasonKeyNotFound);
+  const Bytes tag = {9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 1, 2, 3, 4, 5, 6};
+  TV_ASSERT_OK(hsm_->CreateKek(kek, tag));
+  StatusOr<Bytes> read = hsm_->KekCreationTag(kek);
+  TV_ASSERT_OK(read);
+  EXPECT_EQ(*read, tag);
+  TV_EXPECT_ERROR(hsm_->CreateKek(KekRef{"b", 1}, Bytes()), StatusCode::kInvalidArgument,
+                  "bad_creation_tag");
+}
+
 TEST_F(Pkcs11HsmTest, KekLifecycleErrorsSayWhich) {
   const KekRef kek{"acme", 1};
   TV_EXPECT_ERROR(hsm_->FindKek(kek), StatusCode::kNotFound, kReasonKeyNotFound);
   TV_EXPECT_ERROR(hsm_->Wrap(kek, NewDek(), kAadA), StatusCode::kNotFound, kReasonKeyNotFound);
-  TV_ASSERT_OK(hsm_->CreateKek(kek));
-  TV_EXPECT_ERROR(hsm_->CreateKek(kek), StatusCode::kAlreadyExists, kReasonKeyExists);
+  TV_ASSERT_OK(hsm_->CreateKek(kek, kTag));
+  TV_EXPECT_ERROR(hsm_->CreateKek(kek, kTag), StatusCode::kAlreadyExists, kReasonKeyExists);
   const Bytes wrapped = *hsm_->Wrap(kek, NewDek(), kAadA);
   TV_ASSERT_OK(hsm_->DestroyKek(kek));
   TV_EXPECT_ERROR(hsm_->FindKek(kek), StatusCode::kNotFound, kReasonKeyNotFound);
@@ -155,9 +169,42 @@ TEST_F(Pkcs11HsmTest, RefusesAKekWithUnsafeAttributes) {
                   kReasonKeyPolicy);
 }
 
+TEST_F(Pkcs11HsmTest, RefusesAKekThatCanAlsoVerifyOrBeModified) {
+  // Sensitive and non-extractable, but usable for more than encrypt/decrypt, or changeable.
+  std::string pin(AsChars(token_.Pin().view()));
+  hsm_.reset();
+  for (auto [name, attr] : {std::pair<const char*, unsigned long>{"verify", CKA_VERIFY},
+                            {"modifiable", CKA_MODIFIABLE}}) {
+    testing::RawPkcs11 raw(token_.token().config.module_path, token_.token().config.token_label, pin);
+    ASSERT_TRUE(raw.ready());
+    std::string label = KekRef{name, 1}.Label();
+    ck_object_class_t cls = CKO_SECRET_KEY;
+    ck_key_type_t type = CKK_AES;
+    unsigned long len = 32;
+    unsigned char yes = 1, no = 0;
+    ck_attribute templ[] = {{CKA_CLASS, &cls, sizeof(cls)},    {CKA_KEY_TYPE, &type, sizeof(type)},
+                            {CKA_VALUE_LEN, &len, sizeof(len)}, {CKA_LABEL, label.data(), label.size()},
+                            {CKA_TOKEN, &yes, 1},               {CKA_PRIVATE, &yes, 1},
+                            {CKA_SENSITIVE, &yes, 1},           {CKA_EXTRACTABLE, &no, 1},
+                            {CKA_ENCRYPT, &yes, 1},             {CKA_DECRYPT, &yes, 1},
+                            {CKA_WRAP, &no, 1},                 {CKA_UNWRAP, &no, 1},
+                            {CKA_SIGN, &no, 1},                 {CKA_DERIVE, &no, 1},
+                            {CKA_VERIFY, attr == CKA_VERIFY ? &yes : &no, 1},
+                            {CKA_MODIFIABLE, attr == CKA_MODIFIABLE ? &yes : &no, 1}};
+    ck_mechanism mech{CKM_AES_KEY_GEN, nullptr, 0};
+    ck_object_handle_t h = 0;
+    ASSERT_EQ(raw.fn()->C_GenerateKey(raw.session(), &mech, templ, 16, &h), static_cast<ck_rv_t>(CKR_OK));
+  }
+  hsm_ = std::move(token_.Open()).value();
+  TV_EXPECT_ERROR(hsm_->Wrap(KekRef{"verify", 1}, NewDek(), kAadA), StatusCode::kFailedPrecondition,
+                  kReasonKeyPolicy);
+  TV_EXPECT_ERROR(hsm_->Wrap(KekRef{"modifiable", 1}, NewDek(), kAadA),
+                  StatusCode::kFailedPrecondition, kReasonKeyPolicy);
+}
+
 TEST_F(Pkcs11HsmTest, ConcurrentWrapsShareTheSessionPool) {
   const KekRef kek{"acme", 1};
-  TV_ASSERT_OK(hsm_->CreateKek(kek));
+  TV_ASSERT_OK(hsm_->CreateKek(kek, kTag));
   std::atomic<int> failures{0};
   std::vector<std::thread> threads;
   for (int t = 0; t < 12; ++t) {  // more threads than sessions (8)

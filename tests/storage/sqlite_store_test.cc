@@ -18,7 +18,7 @@ namespace {
 using testing::TempDir;
 
 MerchantRecord Merchant(const std::string& id) {
-  return MerchantRecord{id, 1000, 1, 1, MerchantState::kCreating};
+  return MerchantRecord{id, 1000, 1, 1, MerchantState::kCreating, Bytes(16, 0x42)};
 }
 
 DataKeyRecord Dek(const std::string& merchant, uint32_t version) {
@@ -194,9 +194,10 @@ TEST_F(SqliteStoreTest, ATransactionRolledBackBySqliteFailsTheWholeBatch) {
     WaitForPending(3);
     release.set_value();
     TV_EXPECT_OK(blocker.get());
-    EXPECT_FALSE(before.get().ok());
-    EXPECT_FALSE(aborting.get().ok());
-    EXPECT_FALSE(after.get().ok());
+    // All three failed, each with the retryable storage error, whatever the operation returned.
+    TV_EXPECT_ERROR(before.get(), StatusCode::kUnavailable, kReasonStorageUnavailable);
+    TV_EXPECT_ERROR(aborting.get(), StatusCode::kUnavailable, kReasonStorageUnavailable);
+    TV_EXPECT_ERROR(after.get(), StatusCode::kUnavailable, kReasonStorageUnavailable);
     TV_EXPECT_ERROR(store_->FindToken(prefix + "1"), StatusCode::kNotFound, "token_not_found");
     TV_EXPECT_ERROR(store_->FindToken(prefix + "3"), StatusCode::kNotFound, "token_not_found");
   }
@@ -206,8 +207,28 @@ TEST_F(SqliteStoreTest, ATransactionRolledBackBySqliteFailsTheWholeBatch) {
 }
 
 TEST_F(SqliteStoreTest, AnOperationThatThrowsFailsAloneAndTheWriterSurvives) {
-  Status s = store_->Write([](Database&) -> Status { throw std::runtime_error("boom"); });
-  TV_EXPECT_ERROR(s, StatusCode::kInternal, "storage_error");
+  std::promise<void> release;
+  std::future<Status> blocker = BlockWriter(release);
+  auto first = std::async(std::launch::async, [&] { return store_->InsertToken(Token("tok_t1")); });
+  WaitForPending(1);
+  auto thrower = std::async(std::launch::async, [&] {
+    return store_->Write([](Database& db) -> Status {
+      auto stmt = db.Prepare("DELETE FROM tokens");  // undone with the throw
+      TV_RETURN_IF_ERROR(stmt.status());
+      TV_RETURN_IF_ERROR(stmt->Run());
+      throw std::runtime_error("boom");
+    });
+  });
+  WaitForPending(2);
+  auto last = std::async(std::launch::async, [&] { return store_->InsertToken(Token("tok_t3")); });
+  WaitForPending(3);
+  release.set_value();
+  TV_EXPECT_OK(blocker.get());
+  TV_EXPECT_OK(first.get());
+  TV_EXPECT_ERROR(thrower.get(), StatusCode::kInternal, "storage_error");
+  TV_EXPECT_OK(last.get());
+  TV_EXPECT_OK(store_->FindToken("tok_t1"));
+  TV_EXPECT_OK(store_->FindToken("tok_t3"));
   TV_EXPECT_OK(store_->InsertToken(Token("tok_after_throw")));
 }
 
@@ -235,7 +256,7 @@ TEST_F(SqliteStoreTest, AWriteThatFailsHalfWayLeavesNothing) {
   // The operation inserts a row and then fails: its savepoint is rolled back.
   Status s = store_->Write([](Database& db) -> Status {
     auto stmt = db.Prepare("INSERT INTO merchants (id, created_at, kek_version, current_dek_version, "
-                           "state) VALUES ('half', 1, 1, 1, 'active')");
+                           "state, creation_id) VALUES ('half', 1, 1, 1, 'active', x'01')");
     TV_RETURN_IF_ERROR(stmt.status());
     TV_RETURN_IF_ERROR(stmt->Run());
     return UnavailableError("injected", "failure after the first statement");

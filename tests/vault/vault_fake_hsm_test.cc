@@ -182,9 +182,12 @@ TEST_F(VaultFakeHsmTest, HsmOutageFailsClosedAndWritesNothing) {
   TV_EXPECT_ERROR(vault_->Tokenize("acme", AsBytes("x"), ValueType::kGeneric),
                   StatusCode::kUnavailable, "hsm_unavailable");
   EXPECT_EQ(store_->GetStats().operations, before.operations);  // not even a reservation
+  // Creating a merchant leaves only its intent, which serves nothing and is resumed later.
   TV_EXPECT_ERROR(vault_->CreateMerchant("other"), StatusCode::kUnavailable, "hsm_unavailable");
-  TV_EXPECT_ERROR(store_->GetMerchant("other"), StatusCode::kNotFound, "merchant_not_found");
+  EXPECT_EQ(store_->GetMerchant("other")->state, storage::MerchantState::kCreating);
   hsm_->SetUnavailable(false);
+  TV_EXPECT_ERROR(vault_->Tokenize("other", AsBytes("x"), ValueType::kGeneric),
+                  StatusCode::kNotFound, "merchant_not_found");
   TV_EXPECT_OK(vault_->CreateMerchant("other"));
   TV_EXPECT_OK(vault_->Tokenize("acme", AsBytes("x"), ValueType::kGeneric));
 }
@@ -192,13 +195,25 @@ TEST_F(VaultFakeHsmTest, HsmOutageFailsClosedAndWritesNothing) {
 TEST_F(VaultFakeHsmTest, AKekThisDatabaseNeverAskedForIsNeverDestroyed) {
   // The HSM holds a KEK for "acme", but this database never started creating "acme" (a token
   // shared with another deployment, a database restored from an older backup...).
-  TV_ASSERT_OK(hsm_->CreateKek(hsm::KekRef{"acme", 1}));
+  TV_ASSERT_OK(hsm_->CreateKek(hsm::KekRef{"acme", 1}, Bytes{1, 2, 3}));
   for (int attempt = 0; attempt < 2; ++attempt) {
     TV_EXPECT_ERROR(vault_->CreateMerchant("acme"), StatusCode::kFailedPrecondition,
                     "kek_exists_without_merchant");
     TV_EXPECT_OK(hsm_->FindKek(hsm::KekRef{"acme", 1}));  // untouched
     TV_EXPECT_ERROR(store_->GetMerchant("acme"), StatusCode::kNotFound, "merchant_not_found");
   }
+}
+
+TEST_F(VaultFakeHsmTest, AnIntentRowDoesNotLicenseDestroyingAForeignKek) {
+  // A 'creating' row (restored, edited, or left by a failed abandon) for a merchant whose KEK
+  // some other creation made: resuming must not destroy that KEK.
+  TV_ASSERT_OK(hsm_->CreateKek(hsm::KekRef{"acme", 1}, Bytes{1, 2, 3}));
+  TV_ASSERT_OK(store_->BeginMerchant(storage::MerchantRecord{
+      "acme", 1, 1, 1, storage::MerchantState::kCreating, Bytes(16, 0x77)}));
+  TV_EXPECT_ERROR(vault_->CreateMerchant("acme"), StatusCode::kFailedPrecondition,
+                  "kek_exists_without_merchant");
+  TV_EXPECT_OK(hsm_->FindKek(hsm::KekRef{"acme", 1}));
+  EXPECT_EQ(*hsm_->KekCreationTag(hsm::KekRef{"acme", 1}), (Bytes{1, 2, 3}));
 }
 
 TEST_F(VaultFakeHsmTest, AnInterruptedCreationResumes) {
