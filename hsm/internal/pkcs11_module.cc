@@ -8,7 +8,10 @@
 
 namespace tokenvault::hsm::internal {
 
-Status CheckModuleLoadable(const std::string& path) {
+namespace {
+
+// dlopen()s 'path' and finds C_GetFunctionList. The caller owns the handle.
+StatusOr<std::pair<void*, void*>> OpenLibrary(const std::string& path) {
   if (path.empty()) {
     return UnavailableError(kReasonModuleUnavailable, "no PKCS#11 module path configured");
   }
@@ -18,29 +21,29 @@ Status CheckModuleLoadable(const std::string& path) {
     return UnavailableError(kReasonModuleUnavailable,
                             "cannot load PKCS#11 module " + path + ": " + (err ? err : "?"));
   }
-  const bool is_pkcs11 = dlsym(handle, "C_GetFunctionList") != nullptr;
-  dlclose(handle);
-  if (!is_pkcs11) {
+  void* get_list = dlsym(handle, "C_GetFunctionList");
+  if (get_list == nullptr) {
+    dlclose(handle);
     return UnavailableError(kReasonModuleUnavailable,
                             path + " is not a PKCS#11 module (no C_GetFunctionList)");
   }
+  return std::make_pair(handle, get_list);
+}
+
+}  // namespace
+
+Status CheckModuleLoadable(const std::string& path) {
+  TV_ASSIGN_OR_RETURN(auto library, OpenLibrary(path));
+  dlclose(library.first);
   return Status::Ok();
 }
 
 StatusOr<std::unique_ptr<Pkcs11Module>> Pkcs11Module::Load(const std::string& path) {
-  if (path.empty()) {
-    return UnavailableError(kReasonModuleUnavailable, "no PKCS#11 module path configured");
-  }
-  void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
-  if (handle == nullptr) {
-    const char* err = dlerror();
-    return UnavailableError(kReasonModuleUnavailable,
-                            "cannot load PKCS#11 module " + path + ": " + (err ? err : "?"));
-  }
-  auto get_list = reinterpret_cast<ck_rv_t (*)(ck_function_list**)>(
-      dlsym(handle, "C_GetFunctionList"));
+  TV_ASSIGN_OR_RETURN(auto library, OpenLibrary(path));
+  void* handle = library.first;
+  auto get_list = reinterpret_cast<ck_rv_t (*)(ck_function_list**)>(library.second);
   ck_function_list* fn = nullptr;
-  if (get_list == nullptr || get_list(&fn) != CKR_OK || fn == nullptr) {
+  if (get_list(&fn) != CKR_OK || fn == nullptr) {
     dlclose(handle);
     return UnavailableError(kReasonModuleUnavailable,
                             path + " is not a PKCS#11 module (no usable C_GetFunctionList)");

@@ -96,27 +96,9 @@ TEST(DevTokenTest, FinishesATokenWhoseUserPinWasNeverSet) {
   write(hsm_dir + "/user.pin", user_pin);
   setenv("SOFTHSM2_CONF", (hsm_dir + "/softhsm2.conf").c_str(), 1);
   {
-    void* lib = dlopen(DefaultModulePath(), RTLD_NOW | RTLD_LOCAL);
-    ASSERT_NE(lib, nullptr);
-    auto get = reinterpret_cast<ck_rv_t (*)(ck_function_list**)>(dlsym(lib, "C_GetFunctionList"));
-    ck_function_list* fn = nullptr;
-    ASSERT_EQ(get(&fn), static_cast<ck_rv_t>(CKR_OK));
-    ck_c_initialize_args args{};
-    args.flags = CKF_OS_LOCKING_OK;
-    ASSERT_EQ(fn->C_Initialize(&args), static_cast<ck_rv_t>(CKR_OK));
-    unsigned long n = 0;
-    fn->C_GetSlotList(1, nullptr, &n);
-    std::vector<ck_slot_id_t> slots(n);
-    fn->C_GetSlotList(1, slots.data(), &n);
-    ASSERT_GE(n, 1u);
-    unsigned char label[32];
-    std::memset(label, ' ', sizeof(label));
-    std::memcpy(label, "tokenvault-dev", 14);
-    std::string so = so_pin;
-    EXPECT_EQ(fn->C_InitToken(slots[0], reinterpret_cast<unsigned char*>(so.data()), so.size(), label),
-              static_cast<ck_rv_t>(CKR_OK));
-    fn->C_Finalize(nullptr);
-    dlclose(lib);
+    testing::RawModule module(DefaultModulePath());
+    ASSERT_TRUE(module.ready());
+    ASSERT_TRUE(module.InitFreeToken("tokenvault-dev", so_pin));  // and then the "crash"
   }
   StatusOr<DevToken> token = EnsureDevToken(hsm_dir);
   TV_ASSERT_OK(token);

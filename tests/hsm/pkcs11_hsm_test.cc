@@ -144,62 +144,31 @@ TEST_F(Pkcs11HsmTest, KekLifecycleErrorsSayWhich) {
 }
 
 TEST_F(Pkcs11HsmTest, RefusesAKekWithUnsafeAttributes) {
-  // Someone plants an extractable key under a KEK's label.
+  // Keys planted under KEK labels: each is a proper KEK but for one attribute, which makes it
+  // readable, exportable, or usable (or changeable) beyond encrypt/decrypt.
+  const std::map<std::string, std::map<unsigned long, bool>> planted = {
+      {"extractable", {{CKA_SENSITIVE, false}, {CKA_EXTRACTABLE, true}}},
+      {"wrap", {{CKA_WRAP, true}}},
+      {"verify", {{CKA_VERIFY, true}}},
+      {"modifiable", {{CKA_MODIFIABLE, true}}},
+  };
   std::string pin(AsChars(token_.Pin().view()));
   hsm_.reset();
   {
     testing::RawPkcs11 raw(token_.token().config.module_path, token_.token().config.token_label, pin);
     ASSERT_TRUE(raw.ready());
-    std::string label = KekRef{"evil", 1}.Label();
-    ck_object_class_t cls = CKO_SECRET_KEY;
-    ck_key_type_t type = CKK_AES;
-    unsigned long len = 32;
-    unsigned char yes = 1, no = 0;
-    ck_attribute templ[] = {{CKA_CLASS, &cls, sizeof(cls)},       {CKA_KEY_TYPE, &type, sizeof(type)},
-                            {CKA_VALUE_LEN, &len, sizeof(len)},    {CKA_LABEL, label.data(), label.size()},
-                            {CKA_TOKEN, &yes, 1},                  {CKA_PRIVATE, &yes, 1},
-                            {CKA_SENSITIVE, &no, 1},               {CKA_EXTRACTABLE, &yes, 1},
-                            {CKA_ENCRYPT, &yes, 1},                {CKA_DECRYPT, &yes, 1}};
-    ck_mechanism mech{CKM_AES_KEY_GEN, nullptr, 0};
-    ck_object_handle_t h = 0;
-    ASSERT_EQ(raw.fn()->C_GenerateKey(raw.session(), &mech, templ, 10, &h), static_cast<ck_rv_t>(CKR_OK));
+    for (const auto& [name, overrides] : planted) {
+      ASSERT_EQ(raw.PlantAesKey(KekRef{name, 1}.Label(), overrides), static_cast<ck_rv_t>(CKR_OK)) << name;
+    }
+    // The control: a key planted with exactly a KEK's attributes is accepted.
+    ASSERT_EQ(raw.PlantAesKey(KekRef{"proper", 1}.Label(), {}), static_cast<ck_rv_t>(CKR_OK));
   }
   hsm_ = std::move(token_.Open()).value();
-  TV_EXPECT_ERROR(hsm_->Wrap(KekRef{"evil", 1}, NewDek(), kAadA), StatusCode::kFailedPrecondition,
-                  kReasonKeyPolicy);
-}
-
-TEST_F(Pkcs11HsmTest, RefusesAKekThatCanAlsoVerifyOrBeModified) {
-  // Sensitive and non-extractable, but usable for more than encrypt/decrypt, or changeable.
-  std::string pin(AsChars(token_.Pin().view()));
-  hsm_.reset();
-  for (auto [name, attr] : {std::pair<const char*, unsigned long>{"verify", CKA_VERIFY},
-                            {"modifiable", CKA_MODIFIABLE}}) {
-    testing::RawPkcs11 raw(token_.token().config.module_path, token_.token().config.token_label, pin);
-    ASSERT_TRUE(raw.ready());
-    std::string label = KekRef{name, 1}.Label();
-    ck_object_class_t cls = CKO_SECRET_KEY;
-    ck_key_type_t type = CKK_AES;
-    unsigned long len = 32;
-    unsigned char yes = 1, no = 0;
-    ck_attribute templ[] = {{CKA_CLASS, &cls, sizeof(cls)},    {CKA_KEY_TYPE, &type, sizeof(type)},
-                            {CKA_VALUE_LEN, &len, sizeof(len)}, {CKA_LABEL, label.data(), label.size()},
-                            {CKA_TOKEN, &yes, 1},               {CKA_PRIVATE, &yes, 1},
-                            {CKA_SENSITIVE, &yes, 1},           {CKA_EXTRACTABLE, &no, 1},
-                            {CKA_ENCRYPT, &yes, 1},             {CKA_DECRYPT, &yes, 1},
-                            {CKA_WRAP, &no, 1},                 {CKA_UNWRAP, &no, 1},
-                            {CKA_SIGN, &no, 1},                 {CKA_DERIVE, &no, 1},
-                            {CKA_VERIFY, attr == CKA_VERIFY ? &yes : &no, 1},
-                            {CKA_MODIFIABLE, attr == CKA_MODIFIABLE ? &yes : &no, 1}};
-    ck_mechanism mech{CKM_AES_KEY_GEN, nullptr, 0};
-    ck_object_handle_t h = 0;
-    ASSERT_EQ(raw.fn()->C_GenerateKey(raw.session(), &mech, templ, 16, &h), static_cast<ck_rv_t>(CKR_OK));
+  for (const auto& [name, overrides] : planted) {
+    TV_EXPECT_ERROR(hsm_->Wrap(KekRef{name, 1}, NewDek(), kAadA), StatusCode::kFailedPrecondition,
+                    kReasonKeyPolicy);
   }
-  hsm_ = std::move(token_.Open()).value();
-  TV_EXPECT_ERROR(hsm_->Wrap(KekRef{"verify", 1}, NewDek(), kAadA), StatusCode::kFailedPrecondition,
-                  kReasonKeyPolicy);
-  TV_EXPECT_ERROR(hsm_->Wrap(KekRef{"modifiable", 1}, NewDek(), kAadA),
-                  StatusCode::kFailedPrecondition, kReasonKeyPolicy);
+  TV_EXPECT_OK(hsm_->Wrap(KekRef{"proper", 1}, NewDek(), kAadA));
 }
 
 TEST_F(Pkcs11HsmTest, ConcurrentWrapsShareTheSessionPool) {
@@ -265,34 +234,9 @@ TEST_F(Pkcs11HsmOpenTest, MissingModuleIsUnavailable) {
 TEST_F(Pkcs11HsmOpenTest, TwoTokensWithOurLabelAreRefused) {
   // Someone initialises a second token with the same label: which one would get our PIN?
   {
-    void* lib = dlopen(token_.token().config.module_path.c_str(), RTLD_NOW | RTLD_LOCAL);
-    ASSERT_NE(lib, nullptr);
-    auto get = reinterpret_cast<ck_rv_t (*)(ck_function_list**)>(dlsym(lib, "C_GetFunctionList"));
-    ck_function_list* fn = nullptr;
-    ASSERT_EQ(get(&fn), static_cast<ck_rv_t>(CKR_OK));
-    ck_c_initialize_args args{};
-    args.flags = CKF_OS_LOCKING_OK;
-    ASSERT_EQ(fn->C_Initialize(&args), static_cast<ck_rv_t>(CKR_OK));
-    unsigned long n = 0;
-    fn->C_GetSlotList(1, nullptr, &n);
-    std::vector<ck_slot_id_t> slots(n);
-    fn->C_GetSlotList(1, slots.data(), &n);
-    bool planted = false;
-    for (unsigned long i = 0; i < n && !planted; ++i) {
-      ck_token_info info{};
-      fn->C_GetTokenInfo(slots[i], &info);
-      if (info.flags & CKF_TOKEN_INITIALIZED) continue;
-      unsigned char label[32];
-      std::memset(label, ' ', sizeof(label));
-      const std::string ours = token_.token().config.token_label;
-      std::memcpy(label, ours.data(), ours.size());
-      std::string so = "attacker-so-pin";
-      planted = fn->C_InitToken(slots[i], reinterpret_cast<unsigned char*>(so.data()), so.size(),
-                                label) == CKR_OK;
-    }
-    fn->C_Finalize(nullptr);
-    dlclose(lib);
-    ASSERT_TRUE(planted);
+    testing::RawModule module(token_.token().config.module_path);
+    ASSERT_TRUE(module.ready());
+    ASSERT_TRUE(module.InitFreeToken(token_.token().config.token_label, "attacker-so-pin"));
   }
   TV_EXPECT_ERROR(token_.Open(), StatusCode::kFailedPrecondition, "hsm_token_ambiguous");
 }
