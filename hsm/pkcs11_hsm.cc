@@ -6,6 +6,7 @@
 #include "hsm/internal/pkcs11.h"
 #include "hsm/internal/pkcs11_module.h"
 #include "vault/base/random.h"
+#include "vault/base/scope_guard.h"
 
 namespace tokenvault::hsm {
 
@@ -198,12 +199,11 @@ Status Pkcs11Hsm::CreateKek(const KekRef& kek, ByteView creation_tag) {
     if (internal::IsDeviceFailure(rv)) lease.MarkBroken();
     return StatusFromCkr(rv, "C_GenerateKey(KEK)");
   }
-  // Verify what the HSM made, not what we asked for; destroy it if it is not what we asked for.
-  Status checked = CheckKekAttributes(fn, lease.handle(), handle, label);
-  if (!checked.ok()) {
-    fn->C_DestroyObject(lease.handle(), handle);
-    return checked;
-  }
+  // Until it is verified, the new key is destroyed on every way out (Botan's ObjectCreationGuard).
+  ScopeGuard destroy_unverified([&] { fn->C_DestroyObject(lease.handle(), handle); });
+  // Verify what the HSM made, not what we asked for.
+  TV_RETURN_IF_ERROR(CheckKekAttributes(fn, lease.handle(), handle, label));
+  destroy_unverified.Dismiss();
   std::lock_guard<std::mutex> lock(handles_mu_);
   kek_handles_[label] = handle;
   return Status::Ok();
