@@ -1,0 +1,175 @@
+#include "policy/policy.h"
+
+#include <array>
+
+namespace tokenvault::policy {
+namespace {
+
+constexpr std::array<std::pair<Permission, std::string_view>, 10> kNames = {{
+    {Permission::kTokensCreate, "tokens:create"},
+    {Permission::kTokensRead, "tokens:read"},
+    {Permission::kTokensDelete, "tokens:delete"},
+    {Permission::kTokensDetokenizePlain, "tokens:detokenize:plain"},
+    {Permission::kTokensDetokenizeMasked, "tokens:detokenize:masked"},
+    {Permission::kMerchantsCreate, "merchants:create"},
+    {Permission::kMerchantsShred, "merchants:shred"},
+    {Permission::kKeysRotate, "keys:rotate"},
+    {Permission::kPrincipalsManage, "principals:manage"},
+    {Permission::kAuditRead, "audit:read"},
+}};
+
+Status SeparationOfDuties(const std::string& who) {
+  return InvalidArgumentError(
+      "separation_of_duties",
+      who + " would hold a key-management permission (keys:rotate, merchants:shred, "
+            "principals:manage) together with tokens:detokenize:plain");
+}
+
+bool ViolatesSeparationOfDuties(PermissionSet p) {
+  if (!p.Has(Permission::kTokensDetokenizePlain)) return false;
+  for (Permission k : {Permission::kKeysRotate, Permission::kMerchantsShred,
+                       Permission::kPrincipalsManage}) {
+    if (p.Has(k)) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+std::string_view PermissionName(Permission p) {
+  for (const auto& [perm, name] : kNames) {
+    if (perm == p) return name;
+  }
+  return "unknown";
+}
+
+std::optional<Permission> ParsePermission(std::string_view name) {
+  for (const auto& [perm, n] : kNames) {
+    if (n == name) return perm;
+  }
+  return std::nullopt;
+}
+
+const std::vector<Permission>& AllPermissions() {
+  static const std::vector<Permission>* all = [] {
+    auto* v = new std::vector<Permission>();
+    for (const auto& [perm, name] : kNames) v->push_back(perm);
+    return v;
+  }();
+  return *all;
+}
+
+std::vector<std::string> PermissionSet::Names() const {
+  std::vector<std::string> out;
+  for (Permission p : AllPermissions()) {
+    if (Has(p)) out.emplace_back(PermissionName(p));
+  }
+  return out;
+}
+
+PermissionSet KeyManagementPermissions() {
+  return {Permission::kKeysRotate, Permission::kMerchantsShred, Permission::kPrincipalsManage};
+}
+
+bool IsValidName(std::string_view name) {
+  if (name.empty() || name.size() > 64) return false;
+  for (size_t i = 0; i < name.size(); ++i) {
+    const char c = name[i];
+    const bool alnum = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+    if (i == 0 ? !alnum : !(alnum || c == '_' || c == '-' || c == '.')) return false;
+  }
+  return true;
+}
+
+Policy Policy::BuiltIn() {
+  using P = Permission;
+  Policy policy;
+  const Role built_in[] = {
+      {"admin", {P::kMerchantsCreate, P::kMerchantsShred, P::kKeysRotate, P::kPrincipalsManage,
+                 P::kAuditRead}},
+      {"tokenizer", {P::kTokensCreate, P::kTokensRead, P::kTokensDelete}},
+      {"detokenizer", {P::kTokensDetokenizePlain, P::kTokensDetokenizeMasked, P::kTokensRead}},
+      {"support", {P::kTokensDetokenizeMasked, P::kTokensRead}},
+      {"auditor", {P::kAuditRead}},
+  };
+  for (const Role& r : built_in) policy.roles_.emplace(r.name, r);
+  return policy;
+}
+
+StatusOr<Policy> Policy::WithCustomRoles(const std::vector<Role>& custom) {
+  Policy policy = BuiltIn();
+  for (const Role& role : custom) {
+    if (!IsValidName(role.name)) {
+      return InvalidArgumentError("invalid_role", "role names match ^[a-z0-9][a-z0-9_.-]{0,63}$");
+    }
+    if (role.permissions.empty()) {
+      return InvalidArgumentError("invalid_role", "role '" + role.name + "' grants nothing");
+    }
+    if (ViolatesSeparationOfDuties(role.permissions)) {
+      return SeparationOfDuties("role '" + role.name + "'");
+    }
+    if (!policy.roles_.emplace(role.name, role).second) {
+      return InvalidArgumentError("invalid_role", "role '" + role.name + "' is defined twice");
+    }
+  }
+  return policy;
+}
+
+const Role* Policy::FindRole(std::string_view name) const {
+  auto it = roles_.find(name);
+  return it == roles_.end() ? nullptr : &it->second;
+}
+
+PermissionSet Policy::EffectivePermissions(const Principal& principal) const {
+  PermissionSet all;
+  for (const std::string& name : principal.roles) {
+    if (const Role* role = FindRole(name)) all.AddAll(role->permissions);
+  }
+  return all;
+}
+
+Status Policy::ValidatePrincipal(const Principal& principal) const {
+  if (!IsValidName(principal.name)) {
+    return InvalidArgumentError("invalid_principal",
+                                "principal names match ^[a-z0-9][a-z0-9_.-]{0,63}$");
+  }
+  if (principal.roles.empty()) {
+    return InvalidArgumentError("invalid_principal", "a principal needs at least one role");
+  }
+  for (const std::string& name : principal.roles) {
+    if (FindRole(name) == nullptr) {
+      return InvalidArgumentError("unknown_role", "no role named '" + name + "'");
+    }
+  }
+  // Roles that are fine alone may not be combined into a principal that breaks the rule.
+  if (ViolatesSeparationOfDuties(EffectivePermissions(principal))) {
+    return SeparationOfDuties("principal '" + principal.name + "'");
+  }
+  return Status::Ok();
+}
+
+Decision Policy::Decide(const Principal& principal, Permission permission,
+                        std::string_view merchant) const {
+  const std::string perm(PermissionName(permission));
+  const Role* granting = nullptr;
+  for (const std::string& name : principal.roles) {
+    const Role* role = FindRole(name);
+    if (role != nullptr && role->permissions.Has(permission)) {
+      granting = role;
+      break;
+    }
+  }
+  if (granting == nullptr) return Decision{false, "no role of the principal grants " + perm};
+  // A principal that would break separation of duties gets nothing at all, even if it slipped
+  // into storage somehow: fail closed.
+  if (ViolatesSeparationOfDuties(EffectivePermissions(principal))) {
+    return Decision{false, "principal violates separation of duties"};
+  }
+  if (!merchant.empty() && !principal.scope.Contains(merchant)) {
+    return Decision{false, "merchant '" + std::string(merchant) + "' is outside the principal's scope"};
+  }
+  return Decision{true, "role '" + granting->name + "' grants " + perm +
+                            (merchant.empty() ? "" : " on merchant '" + std::string(merchant) + "'")};
+}
+
+}  // namespace tokenvault::policy

@@ -1,0 +1,62 @@
+#include "policy/policy_file.h"
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+namespace tokenvault::policy {
+namespace {
+
+Status Invalid(const std::string& why) { return InvalidArgumentError("invalid_policy", why); }
+
+}  // namespace
+
+StatusOr<Policy> ParsePolicy(std::string_view json_text) {
+  nlohmann::json doc;
+  try {
+    doc = nlohmann::json::parse(json_text);
+  } catch (const nlohmann::json::exception&) {
+    return Invalid("the policy file is not valid JSON");
+  }
+  if (!doc.is_object()) return Invalid("the policy file must be a JSON object");
+  for (const auto& [key, value] : doc.items()) {
+    if (key != "roles") return Invalid("unknown field '" + key + "'");
+  }
+  std::vector<Role> roles;
+  if (doc.contains("roles")) {
+    const nlohmann::json& list = doc.at("roles");
+    if (!list.is_array()) return Invalid("'roles' must be an array");
+    for (const nlohmann::json& entry : list) {
+      if (!entry.is_object()) return Invalid("each role must be an object");
+      for (const auto& [key, value] : entry.items()) {
+        if (key != "name" && key != "permissions") return Invalid("unknown role field '" + key + "'");
+      }
+      if (!entry.contains("name") || !entry.at("name").is_string()) {
+        return Invalid("each role needs a string 'name'");
+      }
+      if (!entry.contains("permissions") || !entry.at("permissions").is_array()) {
+        return Invalid("each role needs a 'permissions' array");
+      }
+      Role role;
+      role.name = entry.at("name").get<std::string>();
+      for (const nlohmann::json& p : entry.at("permissions")) {
+        if (!p.is_string()) return Invalid("permissions are strings");
+        std::optional<Permission> perm = ParsePermission(p.get<std::string>());
+        if (!perm) return Invalid("unknown permission in role '" + role.name + "'");
+        role.permissions.Add(*perm);
+      }
+      roles.push_back(std::move(role));
+    }
+  }
+  return Policy::WithCustomRoles(roles);
+}
+
+StatusOr<Policy> LoadPolicyFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return FailedPreconditionError("policy_unreadable", "cannot read policy file " + path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return ParsePolicy(text.str());
+}
+
+}  // namespace tokenvault::policy

@@ -1,0 +1,41 @@
+#include "policy/policy_file.h"
+
+#include <gtest/gtest.h>
+
+#include "tests/support/matchers.h"
+
+namespace tokenvault::policy {
+namespace {
+
+TEST(PolicyFileTest, LoadsCustomRoles) {
+  StatusOr<Policy> p = ParsePolicy(
+      R"({"roles": [{"name": "reconciler", "permissions": ["tokens:read", "tokens:detokenize:masked"]}]})");
+  TV_ASSERT_OK(p);
+  ASSERT_NE(p->FindRole("reconciler"), nullptr);
+  EXPECT_TRUE(p->FindRole("reconciler")->permissions.Has(Permission::kTokensDetokenizeMasked));
+  EXPECT_NE(p->FindRole("admin"), nullptr);  // built-ins stay
+}
+
+TEST(PolicyFileTest, RefusesBadFilesWhole) {
+  struct Case {
+    const char* json;
+    const char* reason;
+  };
+  for (const Case& c : {
+           Case{"{", "invalid_policy"},
+           Case{"[]", "invalid_policy"},
+           Case{R"({"roles": {}})", "invalid_policy"},
+           Case{R"({"rolez": []})", "invalid_policy"},
+           Case{R"({"roles": [{"name": "x", "permissions": ["tokens:everything"]}]})", "invalid_policy"},
+           Case{R"({"roles": [{"name": "x", "permissions": ["tokens:read"], "deny": []}]})", "invalid_policy"},
+           Case{R"({"roles": [{"name": 5, "permissions": []}]})", "invalid_policy"},
+           Case{R"({"roles": [{"name": "ok", "permissions": ["tokens:read"]},
+                              {"name": "bad", "permissions": ["keys:rotate", "tokens:detokenize:plain"]}]})",
+                "separation_of_duties"},
+       }) {
+    TV_EXPECT_ERROR(ParsePolicy(c.json), StatusCode::kInvalidArgument, c.reason);
+  }
+}
+
+}  // namespace
+}  // namespace tokenvault::policy
