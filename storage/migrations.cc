@@ -52,8 +52,61 @@ CREATE UNIQUE INDEX tokens_by_token ON tokens(token);
 CREATE INDEX tokens_by_merchant_dek ON tokens(merchant_id, dek_version);
 )sql";
 
+// 002: principals, vault-wide wrapped keys, the audit trail.
+constexpr char kMigration002[] = R"sql(
+-- Never an API key: its id and a hash of its secret. Roles and merchants are comma-separated
+-- names (names cannot contain commas); merchants is '*' for all.
+CREATE TABLE principals (
+  name       TEXT PRIMARY KEY NOT NULL,
+  roles      TEXT NOT NULL,
+  merchants  TEXT NOT NULL,
+  key_id     TEXT NOT NULL UNIQUE,
+  key_hash   BLOB NOT NULL CHECK (length(key_hash) = 32),
+  created_at INTEGER NOT NULL,
+  deleted_at INTEGER
+) WITHOUT ROWID;
+
+-- Vault-wide keys (the audit MAC key), wrapped like DEKs.
+CREATE TABLE system_keys (
+  name        TEXT PRIMARY KEY NOT NULL,
+  version     INTEGER NOT NULL,
+  kek_version INTEGER NOT NULL,
+  wrapped     BLOB NOT NULL,
+  created_at  INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- The audit chain: mac = HMAC(audit key, prev_mac || canonical(record)), docs/audit.md.
+CREATE TABLE audit_log (
+  seq        INTEGER PRIMARY KEY,
+  time       INTEGER NOT NULL,
+  request_id TEXT NOT NULL,
+  principal  TEXT NOT NULL,
+  auth       TEXT NOT NULL,
+  source_ip  TEXT NOT NULL,
+  action     TEXT NOT NULL,
+  merchant   TEXT NOT NULL,
+  resource   TEXT NOT NULL,
+  resources  TEXT NOT NULL,
+  outcome    TEXT NOT NULL CHECK (outcome IN ('allowed', 'denied', 'error')),
+  status     INTEGER NOT NULL,
+  reason     TEXT NOT NULL,
+  prev_mac   BLOB NOT NULL CHECK (length(prev_mac) = 32),
+  mac        BLOB NOT NULL CHECK (length(mac) = 32)
+);
+CREATE INDEX audit_by_merchant ON audit_log(merchant, seq);
+CREATE INDEX audit_by_principal ON audit_log(principal, seq);
+
+CREATE TABLE audit_head (
+  id       INTEGER PRIMARY KEY CHECK (id = 1),
+  seq      INTEGER NOT NULL,
+  mac      BLOB NOT NULL,
+  head_mac BLOB NOT NULL
+);
+)sql";
+
 constexpr Migration kMigrations[] = {
     {1, "merchants, data keys, tokens", kMigration001},
+    {2, "principals, system keys, audit trail", kMigration002},
 };
 
 StatusOr<int64_t> CurrentVersion(Database& db) {

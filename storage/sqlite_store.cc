@@ -458,4 +458,235 @@ StatusOr<TokenRecord> SqliteStore::FindToken(std::string_view token) {
   return ReadToken(stmt);
 }
 
+namespace {
+
+std::string JoinNames(const std::vector<std::string>& names) {
+  std::string out;
+  for (const std::string& n : names) {
+    if (!out.empty()) out += ',';
+    out += n;
+  }
+  return out;
+}
+
+std::vector<std::string> SplitNames(const std::string& joined) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start < joined.size()) {
+    size_t comma = joined.find(',', start);
+    if (comma == std::string::npos) comma = joined.size();
+    out.push_back(joined.substr(start, comma - start));
+    start = comma + 1;
+  }
+  return out;
+}
+
+constexpr char kPrincipalColumns[] =
+    "SELECT name, roles, merchants, key_id, key_hash, created_at, deleted_at FROM principals ";
+
+PrincipalRecord ReadPrincipal(const Statement& stmt) {
+  PrincipalRecord p;
+  p.name = stmt.ColumnText(0);
+  p.roles = SplitNames(stmt.ColumnText(1));
+  const std::string merchants = stmt.ColumnText(2);
+  p.all_merchants = merchants == "*";
+  if (!p.all_merchants) p.merchants = SplitNames(merchants);
+  p.key_id = stmt.ColumnText(3);
+  p.key_hash = stmt.ColumnBlob(4);
+  p.created_at_ms = stmt.ColumnInt(5);
+  if (!stmt.ColumnIsNull(6)) p.deleted_at_ms = stmt.ColumnInt(6);
+  return p;
+}
+
+constexpr char kAuditColumns[] =
+    "SELECT seq, time, request_id, principal, auth, source_ip, action, merchant, resource, "
+    "resources, outcome, status, reason, prev_mac, mac FROM audit_log ";
+
+AuditRecord ReadAudit(const Statement& stmt) {
+  AuditRecord r;
+  r.seq = stmt.ColumnInt(0);
+  r.time_ms = stmt.ColumnInt(1);
+  r.request_id = stmt.ColumnText(2);
+  r.principal = stmt.ColumnText(3);
+  r.auth = stmt.ColumnText(4);
+  r.source_ip = stmt.ColumnText(5);
+  r.action = stmt.ColumnText(6);
+  r.merchant = stmt.ColumnText(7);
+  r.resource = stmt.ColumnText(8);
+  r.resources = SplitNames(stmt.ColumnText(9));
+  r.outcome = stmt.ColumnText(10);
+  r.status = static_cast<int>(stmt.ColumnInt(11));
+  r.reason = stmt.ColumnText(12);
+  r.prev_mac = stmt.ColumnBlob(13);
+  r.mac = stmt.ColumnBlob(14);
+  return r;
+}
+
+}  // namespace
+
+Status SqliteStore::InsertPrincipal(const PrincipalRecord& p) {
+  return Write([&](Database& db) -> Status {
+    TV_ASSIGN_OR_RETURN(Statement stmt,
+                        db.Prepare("INSERT INTO principals (name, roles, merchants, key_id, key_hash, "
+                                   "created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"));
+    return stmt.Bind(1, std::string_view(p.name))
+        .Bind(2, std::string_view(JoinNames(p.roles)))
+        .Bind(3, std::string_view(p.all_merchants ? std::string("*") : JoinNames(p.merchants)))
+        .Bind(4, std::string_view(p.key_id))
+        .Bind(5, ByteView(p.key_hash))
+        .Bind(6, p.created_at_ms)
+        .Run();
+  });
+}
+
+Status SqliteStore::DeletePrincipal(std::string_view name, int64_t deleted_at_ms) {
+  return Write([&](Database& db) -> Status {
+    TV_ASSIGN_OR_RETURN(Statement stmt,
+                        db.Prepare("UPDATE principals SET deleted_at = ?2 "
+                                   "WHERE name = ?1 AND deleted_at IS NULL"));
+    TV_RETURN_IF_ERROR(stmt.Bind(1, name).Bind(2, deleted_at_ms).Run());
+    if (db.Changes() != 1) return NotFoundError("principal_not_found", "no such principal");
+    return Status::Ok();
+  });
+}
+
+StatusOr<PrincipalRecord> SqliteStore::FindPrincipalByKeyId(std::string_view key_id) {
+  TV_ASSIGN_OR_RETURN(ReadPool::Lease lease, impl_->Reader());
+  TV_ASSIGN_OR_RETURN(Statement stmt,
+                      lease.db().Prepare(std::string(kPrincipalColumns) +
+                                         "WHERE key_id = ?1 AND deleted_at IS NULL"));
+  stmt.Bind(1, key_id);
+  TV_ASSIGN_OR_RETURN(bool row, stmt.Step());
+  if (!row) return NotFoundError("principal_not_found", "no such principal");
+  return ReadPrincipal(stmt);
+}
+
+StatusOr<PrincipalRecord> SqliteStore::FindPrincipal(std::string_view name) {
+  TV_ASSIGN_OR_RETURN(ReadPool::Lease lease, impl_->Reader());
+  TV_ASSIGN_OR_RETURN(Statement stmt,
+                      lease.db().Prepare(std::string(kPrincipalColumns) + "WHERE name = ?1"));
+  stmt.Bind(1, name);
+  TV_ASSIGN_OR_RETURN(bool row, stmt.Step());
+  if (!row) return NotFoundError("principal_not_found", "no such principal");
+  return ReadPrincipal(stmt);
+}
+
+StatusOr<DataKeyRecord> SqliteStore::GetSystemKey(std::string_view name) {
+  TV_ASSIGN_OR_RETURN(ReadPool::Lease lease, impl_->Reader());
+  TV_ASSIGN_OR_RETURN(Statement stmt,
+                      lease.db().Prepare("SELECT version, kek_version, wrapped, created_at "
+                                         "FROM system_keys WHERE name = ?1"));
+  stmt.Bind(1, name);
+  TV_ASSIGN_OR_RETURN(bool row, stmt.Step());
+  if (!row) return NotFoundError("system_key_not_found", "no such system key");
+  DataKeyRecord r;
+  r.merchant = std::string(name);
+  TV_ASSIGN_OR_RETURN(r.version, stmt.ColumnU32(0));
+  TV_ASSIGN_OR_RETURN(r.kek_version, stmt.ColumnU32(1));
+  r.wrapped = stmt.ColumnBlob(2);
+  r.created_at_ms = stmt.ColumnInt(3);
+  return r;
+}
+
+Status SqliteStore::InsertSystemKey(std::string_view name, const DataKeyRecord& key) {
+  return Write([&](Database& db) -> Status {
+    TV_ASSIGN_OR_RETURN(Statement stmt,
+                        db.Prepare("INSERT INTO system_keys (name, version, kek_version, wrapped, "
+                                   "created_at) VALUES (?1, ?2, ?3, ?4, ?5)"));
+    return stmt.Bind(1, name)
+        .Bind(2, int64_t{key.version})
+        .Bind(3, int64_t{key.kek_version})
+        .Bind(4, ByteView(key.wrapped))
+        .Bind(5, key.created_at_ms)
+        .Run();
+  });
+}
+
+StatusOr<AuditRecord> SqliteStore::AppendAudit(AuditRecord record, const AuditMac& mac) {
+  Status s = Write([&](Database& db) -> Status {
+    // Runs on the writer thread, so appends are serialised and the chain is read and extended
+    // inside one transaction: a rolled-back batch rolls its records back with it.
+    TV_ASSIGN_OR_RETURN(Statement last,
+                        db.Prepare("SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1"));
+    TV_ASSIGN_OR_RETURN(bool row, last.Step());
+    record.seq = row ? last.ColumnInt(0) + 1 : 1;
+    record.prev_mac = row ? last.ColumnBlob(1) : Bytes(32, 0);
+    TV_ASSIGN_OR_RETURN(record.mac, mac.RecordMac(record));
+    TV_ASSIGN_OR_RETURN(Bytes head_mac, mac.HeadMac(record.seq, record.mac));
+    TV_ASSIGN_OR_RETURN(
+        Statement insert,
+        db.Prepare("INSERT INTO audit_log (seq, time, request_id, principal, auth, source_ip, "
+                   "action, merchant, resource, resources, outcome, status, reason, prev_mac, mac) "
+                   "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"));
+    TV_RETURN_IF_ERROR(insert.Bind(1, record.seq)
+                           .Bind(2, record.time_ms)
+                           .Bind(3, std::string_view(record.request_id))
+                           .Bind(4, std::string_view(record.principal))
+                           .Bind(5, std::string_view(record.auth))
+                           .Bind(6, std::string_view(record.source_ip))
+                           .Bind(7, std::string_view(record.action))
+                           .Bind(8, std::string_view(record.merchant))
+                           .Bind(9, std::string_view(record.resource))
+                           .Bind(10, std::string_view(JoinNames(record.resources)))
+                           .Bind(11, std::string_view(record.outcome))
+                           .Bind(12, int64_t{record.status})
+                           .Bind(13, std::string_view(record.reason))
+                           .Bind(14, ByteView(record.prev_mac))
+                           .Bind(15, ByteView(record.mac))
+                           .Run());
+    TV_ASSIGN_OR_RETURN(Statement head,
+                        db.Prepare("INSERT INTO audit_head (id, seq, mac, head_mac) "
+                                   "VALUES (1, ?1, ?2, ?3) ON CONFLICT(id) DO UPDATE SET "
+                                   "seq = excluded.seq, mac = excluded.mac, head_mac = excluded.head_mac"));
+    return head.Bind(1, record.seq).Bind(2, ByteView(record.mac)).Bind(3, ByteView(head_mac)).Run();
+  });
+  if (!s.ok()) return s;
+  return record;
+}
+
+StatusOr<std::vector<AuditRecord>> SqliteStore::ScanAudit(const AuditQuery& q) {
+  // One fixed statement; an unused filter binds NULL and matches everything.
+  TV_ASSIGN_OR_RETURN(ReadPool::Lease lease, impl_->Reader());
+  TV_ASSIGN_OR_RETURN(
+      Statement stmt,
+      lease.db().Prepare(std::string(kAuditColumns) +
+                         "WHERE seq > ?1 "
+                         "AND (?2 IS NULL OR time >= ?2) AND (?3 IS NULL OR time < ?3) "
+                         "AND (?4 IS NULL OR principal = ?4) AND (?5 IS NULL OR merchant = ?5) "
+                         "AND (?6 IS NULL OR action = ?6) AND (?7 IS NULL OR outcome = ?7) "
+                         "AND (?8 = 1 OR (merchant != '' AND instr(?9, ',' || merchant || ',') > 0)) "
+                         "ORDER BY seq LIMIT ?10"));
+  auto opt = [&](int i, const std::string& v) {
+    if (v.empty()) {
+      stmt.BindNull(i);
+    } else {
+      stmt.Bind(i, std::string_view(v));
+    }
+  };
+  stmt.Bind(1, q.after_seq).Bind(2, q.since_ms).Bind(3, q.until_ms);
+  opt(4, q.principal);
+  opt(5, q.merchant);
+  opt(6, q.action);
+  opt(7, q.outcome);
+  const std::string scope = "," + JoinNames(q.merchants) + ",";
+  stmt.Bind(8, int64_t{q.all_merchants ? 1 : 0}).Bind(9, std::string_view(scope));
+  stmt.Bind(10, static_cast<int64_t>(q.limit));
+  std::vector<AuditRecord> out;
+  for (;;) {
+    TV_ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) break;
+    out.push_back(ReadAudit(stmt));
+  }
+  return out;
+}
+
+StatusOr<AuditHead> SqliteStore::GetAuditHead() {
+  TV_ASSIGN_OR_RETURN(ReadPool::Lease lease, impl_->Reader());
+  TV_ASSIGN_OR_RETURN(Statement stmt,
+                      lease.db().Prepare("SELECT seq, mac, head_mac FROM audit_head WHERE id = 1"));
+  TV_ASSIGN_OR_RETURN(bool row, stmt.Step());
+  if (!row) return NotFoundError("audit_empty", "the audit log is empty");
+  return AuditHead{stmt.ColumnInt(0), stmt.ColumnBlob(1), stmt.ColumnBlob(2)};
+}
+
 }  // namespace tokenvault::storage

@@ -44,6 +44,15 @@ class SqliteStore final : public Store {
                             uint64_t reserved) override;
   Status InsertToken(const TokenRecord& token) override;
   StatusOr<TokenRecord> FindToken(std::string_view token) override;
+  Status InsertPrincipal(const PrincipalRecord& principal) override;
+  Status DeletePrincipal(std::string_view name, int64_t deleted_at_ms) override;
+  StatusOr<PrincipalRecord> FindPrincipalByKeyId(std::string_view key_id) override;
+  StatusOr<PrincipalRecord> FindPrincipal(std::string_view name) override;
+  StatusOr<DataKeyRecord> GetSystemKey(std::string_view name) override;
+  Status InsertSystemKey(std::string_view name, const DataKeyRecord& key) override;
+  StatusOr<AuditRecord> AppendAudit(AuditRecord record, const AuditMac& mac) override;
+  StatusOr<std::vector<AuditRecord>> ScanAudit(const AuditQuery& query) override;
+  StatusOr<AuditHead> GetAuditHead() override;
 
   // Runs 'op' inside a write transaction shared with other callers, in its own savepoint, and
   // returns once the transaction is durably committed (or failed). The building block of every

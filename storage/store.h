@@ -66,6 +66,65 @@ struct TokenRecord {
   std::optional<int64_t> deleted_at_ms;
 };
 
+// A principal as stored: never its API key, only the key id and a hash of the secret.
+struct PrincipalRecord {
+  std::string name;
+  std::vector<std::string> roles;
+  bool all_merchants = false;
+  std::vector<std::string> merchants;
+  std::string key_id;
+  Bytes key_hash;
+  int64_t created_at_ms = 0;
+  std::optional<int64_t> deleted_at_ms;
+};
+
+// One audit record (API.md, "Audit record"). Never a value: tokens and key ids only.
+struct AuditRecord {
+  int64_t seq = 0;  // assigned by the store: 1, 2, 3, ... without gaps
+  int64_t time_ms = 0;
+  std::string request_id;
+  std::string principal;  // empty when the caller was not authenticated
+  std::string auth;       // "api_key", "mtls" or "none"
+  std::string source_ip;
+  std::string action;
+  std::string merchant;  // empty when the action concerns no merchant
+  std::string resource;
+  std::vector<std::string> resources;  // multi-token requests
+  std::string outcome;                 // "allowed", "denied", "error"
+  int status = 0;
+  std::string reason;
+  Bytes prev_mac;  // the previous record's mac (32 zero bytes for the first)
+  Bytes mac;
+};
+
+// Where the chain ends, with a MAC over (seq, mac) so that truncating the log and rewinding the
+// head to an earlier record needs the audit key.
+struct AuditHead {
+  int64_t seq = 0;
+  Bytes mac;
+  Bytes head_mac;
+};
+
+// Computes the MACs of the audit chain; implemented by the vault, which holds the audit key.
+class AuditMac {
+ public:
+  virtual ~AuditMac() = default;
+  // MAC over record.prev_mac and the record's canonical encoding (seq included).
+  virtual StatusOr<Bytes> RecordMac(const AuditRecord& record) const = 0;
+  virtual StatusOr<Bytes> HeadMac(int64_t seq, ByteView mac) const = 0;
+};
+
+struct AuditQuery {
+  std::optional<int64_t> since_ms, until_ms;  // inclusive, exclusive
+  std::string principal, merchant, action, outcome;  // empty: any
+  int64_t after_seq = 0;                              // cursor
+  size_t limit = 100;
+  // Scope of the reader: all records, or only those of these merchants (records without a
+  // merchant are visible to "all" only).
+  bool all_merchants = true;
+  std::vector<std::string> merchants;
+};
+
 // Thread-safe. Every write is durable (fsync'd) when it returns OK; concurrent writes share
 // transactions (group commit), so a write may wait for others' to commit with it.
 // Errors: kUnavailable (storage_unavailable) when the disk or database cannot be used - nothing
@@ -98,6 +157,28 @@ class Store {
   virtual Status InsertToken(const TokenRecord& token) = 0;
   // kNotFound if there is no such token (in any merchant).
   virtual StatusOr<TokenRecord> FindToken(std::string_view token) = 0;
+
+  // kAlreadyExists if the name or key id exists (deleted principals keep their name).
+  virtual Status InsertPrincipal(const PrincipalRecord& principal) = 0;
+  // kNotFound unless a live principal has that name.
+  virtual Status DeletePrincipal(std::string_view name, int64_t deleted_at_ms) = 0;
+  // The live principal holding 'key_id'. kNotFound otherwise.
+  virtual StatusOr<PrincipalRecord> FindPrincipalByKeyId(std::string_view key_id) = 0;
+  virtual StatusOr<PrincipalRecord> FindPrincipal(std::string_view name) = 0;
+
+  // The wrapped form of a vault-wide key ("audit"), or kNotFound.
+  virtual StatusOr<DataKeyRecord> GetSystemKey(std::string_view name) = 0;
+  // kAlreadyExists if it exists.
+  virtual Status InsertSystemKey(std::string_view name, const DataKeyRecord& key) = 0;
+
+  // Appends 'record' to the audit chain: assigns seq and prev_mac, has 'mac' compute the MACs,
+  // writes the record and the new head, in one durable transaction. Returns the record as
+  // written.
+  virtual StatusOr<AuditRecord> AppendAudit(AuditRecord record, const AuditMac& mac) = 0;
+  // Records matching 'query', in ascending seq, at most query.limit.
+  virtual StatusOr<std::vector<AuditRecord>> ScanAudit(const AuditQuery& query) = 0;
+  // kNotFound while the log is empty.
+  virtual StatusOr<AuditHead> GetAuditHead() = 0;
 };
 
 }  // namespace tokenvault::storage

@@ -36,6 +36,16 @@ Bytes DekAad(uint8_t wrap_format, std::string_view merchant, uint32_t dek_versio
   return aad;
 }
 
+Bytes SystemKeyAad(std::string_view name, uint32_t version, uint32_t kek_version) {
+  Bytes aad;
+  AppendBytes(aad, AsBytes("tokenvault/system-key"));
+  AppendU8(aad, kWrappedKeyFormatV1);
+  AppendLengthPrefixed(aad, name);
+  AppendU32BE(aad, version);
+  AppendU32BE(aad, kek_version);
+  return aad;
+}
+
 Bytes EncodeWrappedDek(ByteView hsm_output) {
   Bytes out;
   out.reserve(1 + hsm_output.size());

@@ -32,6 +32,10 @@ Bytes ValueAad(uint32_t format, std::string_view merchant, std::string_view toke
 Bytes DekAad(uint8_t wrap_format, std::string_view merchant, uint32_t dek_version,
              uint32_t kek_version);
 
+// AAD of a wrapped vault-wide key (the audit key):
+//   "tokenvault/system-key" | u8 wrap format | lp(name) | u32 version | u32 kek_version
+Bytes SystemKeyAad(std::string_view name, uint32_t version, uint32_t kek_version);
+
 // Stored form of a wrapped DEK: u8 format | the HSM's iv(12) | ciphertext(32) | tag(16).
 Bytes EncodeWrappedDek(ByteView hsm_output);
 // The HSM part of a stored wrapped DEK. kDataLoss (integrity_failure) on an unknown format

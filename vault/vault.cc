@@ -30,15 +30,18 @@ StatusOr<std::unique_ptr<Vault>> Vault::Create(std::shared_ptr<hsm::Hsm> hsm,
       options.keys.max_encryptions_per_dek > kMaxEncryptionsPerDekLimit) {
     return InvalidArgumentError("bad_config", "max_encryptions_per_dek must be in [1, 2^31]");
   }
-  return std::unique_ptr<Vault>(new Vault(std::move(hsm), std::move(store), options, clock));
+  TV_ASSIGN_OR_RETURN(std::unique_ptr<AuditLog> audit, AuditLog::Open(*hsm, *store, clock));
+  return std::unique_ptr<Vault>(
+      new Vault(std::move(hsm), std::move(store), options, clock, std::move(audit)));
 }
 
 Vault::Vault(std::shared_ptr<hsm::Hsm> hsm, std::shared_ptr<storage::Store> store,
-             const VaultOptions& options, const Clock& clock)
+             const VaultOptions& options, const Clock& clock, std::unique_ptr<AuditLog> audit)
     : hsm_(std::move(hsm)),
       store_(std::move(store)),
       clock_(clock),
-      keyring_(std::make_unique<Keyring>(*hsm_, *store_, clock, options.keys)) {}
+      keyring_(std::make_unique<Keyring>(*hsm_, *store_, clock, options.keys)),
+      audit_(std::move(audit)) {}
 
 Vault::~Vault() = default;
 

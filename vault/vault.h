@@ -18,6 +18,7 @@
 #include "vault/base/clock.h"
 #include "vault/base/secret_bytes.h"
 #include "vault/base/status.h"
+#include "vault/audit_log.h"
 #include "vault/keyring.h"
 #include "vault/value_type.h"
 
@@ -87,15 +88,20 @@ class Vault {
   Status CheckHsm();
 
   const Keyring& keyring() const { return *keyring_; }
+  // The audit trail (its key is unwrapped, or created, when the vault is created).
+  AuditLog& audit() { return *audit_; }
+  // The store, for the service's own records (principals). Not for values.
+  storage::Store& store() { return *store_; }
 
  private:
   Vault(std::shared_ptr<hsm::Hsm> hsm, std::shared_ptr<storage::Store> store,
-        const VaultOptions& options, const Clock& clock);
+        const VaultOptions& options, const Clock& clock, std::unique_ptr<AuditLog> audit);
 
   std::shared_ptr<hsm::Hsm> hsm_;
   std::shared_ptr<storage::Store> store_;
   const Clock& clock_;
   std::unique_ptr<Keyring> keyring_;
+  std::unique_ptr<AuditLog> audit_;
 };
 
 }  // namespace tokenvault

@@ -300,6 +300,36 @@ TEST_F(SqliteStoreTest, MerchantAndKeyVersions) {
                   "dek_not_active");
 }
 
+TEST_F(SqliteStoreTest, PrincipalsAreFoundByKeyIdUntilDeleted) {
+  PrincipalRecord p;
+  p.name = "app";
+  p.roles = {"tokenizer", "support"};
+  p.merchants = {"acme", "globex"};
+  p.key_id = "0123456789abcdef0123";
+  p.key_hash = Bytes(32, 0x5A);
+  p.created_at_ms = 5;
+  TV_ASSERT_OK(store_->InsertPrincipal(p));
+  StatusOr<PrincipalRecord> found = store_->FindPrincipalByKeyId(p.key_id);
+  TV_ASSERT_OK(found);
+  EXPECT_EQ(found->name, "app");
+  EXPECT_EQ(found->roles, p.roles);
+  EXPECT_FALSE(found->all_merchants);
+  EXPECT_EQ(found->merchants, p.merchants);
+  EXPECT_EQ(found->key_hash, p.key_hash);
+  TV_EXPECT_ERROR(store_->InsertPrincipal(p), StatusCode::kAlreadyExists, kReasonConstraint);
+  PrincipalRecord star = p;
+  star.name = "root";
+  star.key_id = "ffffffffffffffffffff";
+  star.all_merchants = true;
+  star.merchants.clear();
+  TV_ASSERT_OK(store_->InsertPrincipal(star));
+  EXPECT_TRUE(store_->FindPrincipal("root")->all_merchants);
+  TV_ASSERT_OK(store_->DeletePrincipal("app", 9));
+  TV_EXPECT_ERROR(store_->FindPrincipalByKeyId(p.key_id), StatusCode::kNotFound, "principal_not_found");
+  TV_EXPECT_ERROR(store_->DeletePrincipal("app", 10), StatusCode::kNotFound, "principal_not_found");
+  EXPECT_EQ(store_->FindPrincipal("app")->deleted_at_ms, 9);  // the name stays taken
+}
+
 TEST_F(SqliteStoreTest, OnlyOneStorePerDatabase) {
   TV_EXPECT_ERROR(SqliteStore::Open({dir_.Sub("t.db")}), StatusCode::kFailedPrecondition,
                   "store_locked");

@@ -1,0 +1,74 @@
+// The tamper-evident audit trail.
+//
+// Each record carries mac = HMAC-SHA256(audit key, prev_mac || canonical(record)), where
+// prev_mac is the previous record's mac (32 zero bytes for the first) and canonical() is the
+// frozen length-prefixed encoding below. The audit key is 32 random bytes stored only wrapped by
+// an HSM-held KEK, so whoever can write the database still cannot recompute the chain: a plain
+// hash chain could be. The head of the chain (last seq and mac) is kept with its own MAC, so that
+// deleting the newest records is detected too (docs/audit.md says what each attack is caught by,
+// and what needs the signed checkpoints of a later milestone).
+#ifndef TOKENVAULT_VAULT_AUDIT_LOG_H_
+#define TOKENVAULT_VAULT_AUDIT_LOG_H_
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "hsm/hsm.h"
+#include "storage/store.h"
+#include "vault/base/clock.h"
+#include "vault/base/secret_bytes.h"
+
+namespace tokenvault {
+
+// FROZEN: changing a byte here breaks verification of every existing record.
+//   "tokenvault/audit" | u8 version=1 | u64 seq | u64 time_ms | lp(request_id) | lp(principal)
+//   | lp(auth) | lp(source_ip) | lp(action) | lp(merchant) | lp(resource)
+//   | u32 count | lp(resource_i)... | lp(outcome) | u32 status | lp(reason)
+// with lp(x) = u32 big-endian length | bytes.
+Bytes CanonicalAuditEncoding(const storage::AuditRecord& record);
+
+struct AuditVerification {
+  bool ok = true;
+  int64_t records_checked = 0;
+  std::optional<int64_t> first_bad_seq;
+  std::string reason;
+};
+
+// Thread-safe.
+class AuditLog final : public storage::AuditMac {
+ public:
+  // Unwraps the audit key with the HSM, or on first use creates it (and its KEK). The key is
+  // kept in SecretBytes for the life of the log.
+  static StatusOr<std::unique_ptr<AuditLog>> Open(hsm::Hsm& hsm, storage::Store& store,
+                                                  const Clock& clock = Clock::Real());
+
+  // Appends 'event' (seq and MACs are assigned; time is set if 0) and returns once it is
+  // durable. Any error means the record is not in the log: callers fail closed.
+  StatusOr<storage::AuditRecord> Append(storage::AuditRecord event);
+
+  StatusOr<std::vector<storage::AuditRecord>> Query(const storage::AuditQuery& query);
+
+  // Walks the whole chain: sequence without gaps, each prev_mac linking to the record before,
+  // each mac recomputed with the key, and the head (with its MAC) matching the last record.
+  // Names the first bad sequence number.
+  StatusOr<AuditVerification> Verify();
+
+  // storage::AuditMac
+  StatusOr<Bytes> RecordMac(const storage::AuditRecord& record) const override;
+  StatusOr<Bytes> HeadMac(int64_t seq, ByteView mac) const override;
+
+ private:
+  AuditLog(storage::Store& store, SecretBytes key, const Clock& clock)
+      : store_(store), key_(std::move(key)), clock_(clock) {}
+  StatusOr<Bytes> Hmac(ByteView a, ByteView b) const;
+
+  storage::Store& store_;
+  const SecretBytes key_;
+  const Clock& clock_;
+};
+
+}  // namespace tokenvault
+
+#endif  // TOKENVAULT_VAULT_AUDIT_LOG_H_
