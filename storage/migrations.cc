@@ -31,7 +31,8 @@ CREATE TABLE data_keys (
 
 -- Rows append in rowid order (the table's b-tree grows at its end, which group commit rewards);
 -- only the narrow token index takes random inserts. Never a plaintext value: the sealed value is
--- nonce + ciphertext + tag, all NULL once the token is deleted (later migrations use that).
+-- nonce + ciphertext + tag, all NULL once the token is deleted. last4 is the last four digits of
+-- a card or SSN (PCI DSS allows them beside a token; API.md returns them in the token object).
 CREATE TABLE tokens (
   id             INTEGER PRIMARY KEY,
   token          TEXT NOT NULL,
@@ -43,6 +44,7 @@ CREATE TABLE tokens (
   nonce          BLOB CHECK (nonce IS NULL OR length(nonce) = 12),
   ciphertext     BLOB,
   tag            BLOB CHECK (tag IS NULL OR length(tag) = 16),
+  last4          TEXT CHECK (last4 IS NULL OR length(last4) = 4),
   created_at     INTEGER NOT NULL,
   expires_at     INTEGER,
   deleted_at     INTEGER,

@@ -43,6 +43,9 @@ class Statement {
   Statement& Bind(int index, std::optional<int64_t> v) {
     return v ? Bind(index, *v) : BindNull(index);
   }
+  Statement& Bind(int index, std::optional<std::string_view> v) {
+    return v ? Bind(index, *v) : BindNull(index);
+  }
 
   // true: a row is ready; false: done. Errors map to Status (constraint -> kAlreadyExists).
   StatusOr<bool> Step();

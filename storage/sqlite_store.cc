@@ -127,6 +127,7 @@ StatusOr<TokenRecord> ReadToken(Statement& stmt) {
   r.created_at_ms = stmt.ColumnInt(9);
   if (!stmt.ColumnIsNull(10)) r.expires_at_ms = stmt.ColumnInt(10);
   if (!stmt.ColumnIsNull(11)) r.deleted_at_ms = stmt.ColumnInt(11);
+  if (!stmt.ColumnIsNull(12)) r.last4 = stmt.ColumnText(12);
   return r;
 }
 
@@ -427,8 +428,8 @@ Status SqliteStore::InsertToken(const TokenRecord& t) {
     TV_ASSIGN_OR_RETURN(
         Statement stmt,
         db.Prepare("INSERT INTO tokens (token, merchant_id, type, format, record_version, "
-                   "dek_version, nonce, ciphertext, tag, created_at, expires_at, deleted_at) "
-                   "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"));
+                   "dek_version, nonce, ciphertext, tag, created_at, expires_at, deleted_at, last4) "
+                   "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"));
     return stmt.Bind(1, std::string_view(t.token))
         .Bind(2, std::string_view(t.merchant))
         .Bind(3, std::string_view(t.type))
@@ -441,7 +442,21 @@ Status SqliteStore::InsertToken(const TokenRecord& t) {
         .Bind(10, t.created_at_ms)
         .Bind(11, t.expires_at_ms)
         .Bind(12, t.deleted_at_ms)
+        .Bind(13, t.last4 ? std::optional<std::string_view>(*t.last4) : std::nullopt)
         .Run();
+  });
+}
+
+Status SqliteStore::DeleteToken(std::string_view merchant, std::string_view token,
+                                int64_t deleted_at_ms) {
+  return Write([&](Database& db) -> Status {
+    TV_ASSIGN_OR_RETURN(Statement stmt,
+                        db.Prepare("UPDATE tokens SET deleted_at = ?3, nonce = NULL, "
+                                   "ciphertext = NULL, tag = NULL "
+                                   "WHERE token = ?1 AND merchant_id = ?2 AND deleted_at IS NULL"));
+    TV_RETURN_IF_ERROR(stmt.Bind(1, token).Bind(2, merchant).Bind(3, deleted_at_ms).Run());
+    if (db.Changes() != 1) return NotFoundError("token_not_found", "no such token");
+    return Status::Ok();
   });
 }
 
@@ -450,7 +465,7 @@ StatusOr<TokenRecord> SqliteStore::FindToken(std::string_view token) {
   TV_ASSIGN_OR_RETURN(
       Statement stmt,
       lease.db().Prepare("SELECT token, merchant_id, type, format, record_version, dek_version, "
-                         "nonce, ciphertext, tag, created_at, expires_at, deleted_at "
+                         "nonce, ciphertext, tag, created_at, expires_at, deleted_at, last4 "
                          "FROM tokens WHERE token = ?1"));
   stmt.Bind(1, token);
   TV_ASSIGN_OR_RETURN(bool row, stmt.Step());

@@ -44,6 +44,8 @@ class SqliteStore final : public Store {
                             uint64_t reserved) override;
   Status InsertToken(const TokenRecord& token) override;
   StatusOr<TokenRecord> FindToken(std::string_view token) override;
+  Status DeleteToken(std::string_view merchant, std::string_view token,
+                     int64_t deleted_at_ms) override;
   Status InsertPrincipal(const PrincipalRecord& principal) override;
   Status DeletePrincipal(std::string_view name, int64_t deleted_at_ms) override;
   StatusOr<PrincipalRecord> FindPrincipalByKeyId(std::string_view key_id) override;

@@ -61,6 +61,7 @@ struct TokenRecord {
   Bytes nonce;       // 12 bytes
   Bytes ciphertext;  // same length as the value
   Bytes tag;         // 16 bytes
+  std::optional<std::string> last4;  // card and ssn only
   int64_t created_at_ms = 0;
   std::optional<int64_t> expires_at_ms;
   std::optional<int64_t> deleted_at_ms;
@@ -157,6 +158,10 @@ class Store {
   virtual Status InsertToken(const TokenRecord& token) = 0;
   // kNotFound if there is no such token (in any merchant).
   virtual StatusOr<TokenRecord> FindToken(std::string_view token) = 0;
+  // Removes the sealed value of a live token of 'merchant' and marks it deleted. kNotFound if no
+  // live token of that merchant has that name.
+  virtual Status DeleteToken(std::string_view merchant, std::string_view token,
+                             int64_t deleted_at_ms) = 0;
 
   // kAlreadyExists if the name or key id exists (deleted principals keep their name).
   virtual Status InsertPrincipal(const PrincipalRecord& principal) = 0;

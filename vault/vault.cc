@@ -79,11 +79,12 @@ StatusOr<TokenInfo> Vault::Tokenize(std::string_view merchant, ByteView value, V
     record.nonce.assign(box.nonce.begin(), box.nonce.end());
     record.ciphertext = std::move(box.ciphertext);
     record.tag.assign(box.tag.begin(), box.tag.end());
+    record.last4 = Last4(type, normalized);
     record.created_at_ms = clock_.NowUnixMillis();
     last_error = store_->InsertToken(record);
     if (last_error.ok()) {
-      return TokenInfo{token, std::string(merchant), type, lease.version, record.created_at_ms,
-                       Last4(type, normalized)};
+      return TokenInfo{token, std::string(merchant), type, record.format, lease.version,
+                       record.created_at_ms, std::nullopt, record.last4};
     }
     // A 128-bit collision is practically impossible; retrying costs nothing if it happens.
     if (last_error.code() != StatusCode::kAlreadyExists) return last_error;
@@ -91,21 +92,44 @@ StatusOr<TokenInfo> Vault::Tokenize(std::string_view merchant, ByteView value, V
   return last_error;
 }
 
-StatusOr<RevealedValue> Vault::Detokenize(std::string_view merchant, std::string_view token) {
-  if (!IsValidMerchantId(merchant)) return TokenNotFound();
+StatusOr<storage::TokenRecord> Vault::FindOwnToken(std::string_view merchant,
+                                                   std::string_view token) {
   if (!IsWellFormedRandomToken(token)) {
     return InvalidArgumentError(kReasonInvalidToken, "malformed token");
   }
+  if (!IsValidMerchantId(merchant)) return TokenNotFound();
   StatusOr<storage::TokenRecord> found = store_->FindToken(token);
   if (!found.ok()) {
     if (found.status().code() == StatusCode::kNotFound) return TokenNotFound();
     return found.status();
   }
-  const storage::TokenRecord& record = *found;
-  if (record.merchant != merchant) return TokenNotFound();
-  if (record.deleted_at_ms.has_value() || record.nonce.empty()) {
+  if (found->merchant != merchant) return TokenNotFound();
+  if (found->deleted_at_ms.has_value() || found->nonce.empty()) {
     return NotFoundError(kReasonTokenGone, "the token was deleted");
   }
+  return found;
+}
+
+StatusOr<TokenInfo> Vault::GetToken(std::string_view merchant, std::string_view token) {
+  TV_ASSIGN_OR_RETURN(storage::TokenRecord record, FindOwnToken(merchant, token));
+  const std::optional<ValueType> type = ParseValueType(record.type);
+  if (!type) return DataLossError(kReasonIntegrity, "the stored token has an unknown type");
+  return TokenInfo{record.token,   record.merchant,    *type,
+                   record.format,  record.dek_version, record.created_at_ms,
+                   record.expires_at_ms, record.last4};
+}
+
+Status Vault::DeleteToken(std::string_view merchant, std::string_view token) {
+  TV_RETURN_IF_ERROR(FindOwnToken(merchant, token).status());
+  Status deleted = store_->DeleteToken(merchant, token, clock_.NowUnixMillis());
+  if (deleted.code() == StatusCode::kNotFound) {
+    return NotFoundError(kReasonTokenGone, "the token was deleted");  // lost a race with a delete
+  }
+  return deleted;
+}
+
+StatusOr<RevealedValue> Vault::Detokenize(std::string_view merchant, std::string_view token) {
+  TV_ASSIGN_OR_RETURN(storage::TokenRecord record, FindOwnToken(merchant, token));
   const std::optional<ValueType> type = ParseValueType(record.type);
   if (!type || record.record_version != envelope::kValueFormatV1) {
     return DataLossError(kReasonIntegrity, "the stored token has an unknown type or format");

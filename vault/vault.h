@@ -39,8 +39,10 @@ struct TokenInfo {
   std::string token;
   std::string merchant;
   ValueType type = ValueType::kGeneric;
+  std::string format = "random";
   uint32_t dek_version = 0;
   int64_t created_at_ms = 0;
+  std::optional<int64_t> expires_at_ms;
   std::optional<std::string> last4;  // card and ssn
 };
 
@@ -81,6 +83,13 @@ class Vault {
   // (integrity_failure) when the stored row or its key was altered: never a wrong value.
   StatusOr<RevealedValue> Detokenize(std::string_view merchant, std::string_view token);
 
+  // The token's metadata, never its value. kNotFound (token_not_found) as Detokenize, kNotFound
+  // (token_gone) for a deleted token.
+  StatusOr<TokenInfo> GetToken(std::string_view merchant, std::string_view token);
+
+  // Deletes the token's sealed value at once; from then on it answers token_gone.
+  Status DeleteToken(std::string_view merchant, std::string_view token);
+
   // New DEK version for new writes; older tokens still decrypt. Returns the new version.
   StatusOr<uint32_t> RotateDataKey(std::string_view merchant);
 
@@ -94,6 +103,9 @@ class Vault {
   storage::Store& store() { return *store_; }
 
  private:
+  // The live, well-formed token row of 'merchant' (errors as GetToken).
+  StatusOr<storage::TokenRecord> FindOwnToken(std::string_view merchant, std::string_view token);
+
   Vault(std::shared_ptr<hsm::Hsm> hsm, std::shared_ptr<storage::Store> store,
         const VaultOptions& options, const Clock& clock, std::unique_ptr<AuditLog> audit);
 

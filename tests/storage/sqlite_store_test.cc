@@ -366,7 +366,7 @@ TEST(SqliteStoreSchemaTest, NoColumnCanHoldAPlaintextValue) {
   ASSERT_TRUE(*stmt->Step());
   EXPECT_EQ(stmt->ColumnText(0),
             "id,token,merchant_id,type,format,record_version,dek_version,nonce,ciphertext,tag,"
-            "created_at,expires_at,deleted_at");
+            "last4,created_at,expires_at,deleted_at");
 }
 
 }  // namespace

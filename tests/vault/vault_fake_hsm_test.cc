@@ -70,6 +70,30 @@ TEST_F(VaultFakeHsmTest, TokenizeAndDetokenizeEachType) {
   }
 }
 
+TEST_F(VaultFakeHsmTest, TokenMetadataAndDeletion) {
+  TV_ASSERT_OK(vault_->CreateMerchant("acme"));
+  TV_ASSERT_OK(vault_->CreateMerchant("other"));
+  const std::string token =
+      vault_->Tokenize("acme", AsBytes("4111111111111111"), ValueType::kCard)->token;
+  StatusOr<TokenInfo> info = vault_->GetToken("acme", token);
+  TV_ASSERT_OK(info);
+  EXPECT_EQ(info->type, ValueType::kCard);
+  EXPECT_EQ(info->format, "random");
+  EXPECT_EQ(info->last4, "1111");
+  TV_EXPECT_ERROR(vault_->GetToken("other", token), StatusCode::kNotFound, "token_not_found");
+  TV_EXPECT_ERROR(vault_->DeleteToken("other", token), StatusCode::kNotFound, "token_not_found");
+  TV_ASSERT_OK(vault_->DeleteToken("acme", token));
+  TV_EXPECT_ERROR(vault_->Detokenize("acme", token), StatusCode::kNotFound, "token_gone");
+  TV_EXPECT_ERROR(vault_->GetToken("acme", token), StatusCode::kNotFound, "token_gone");
+  TV_EXPECT_ERROR(vault_->DeleteToken("acme", token), StatusCode::kNotFound, "token_gone");
+  // Another merchant still cannot tell the deleted token from an unknown one.
+  TV_EXPECT_ERROR(vault_->Detokenize("other", token), StatusCode::kNotFound, "token_not_found");
+  // The sealed value is gone from the row.
+  StatusOr<storage::TokenRecord> row = store_->FindToken(token);
+  TV_ASSERT_OK(row);
+  EXPECT_TRUE(row->nonce.empty() && row->ciphertext.empty() && row->tag.empty());
+}
+
 TEST_F(VaultFakeHsmTest, BadInputChangesNothing) {
   TV_ASSERT_OK(vault_->CreateMerchant("acme"));
   const auto before = store_->GetStats();
