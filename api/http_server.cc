@@ -1,0 +1,313 @@
+#include "api/http_server.h"
+
+#include <openssl/rand.h>
+#include <pistache/endpoint.h>
+#include <pistache/http.h>
+#include <pistache/router.h>
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <thread>
+
+namespace tokenvault::api {
+
+using namespace Pistache;
+
+namespace {
+
+std::string NewRequestId() {
+  uint8_t raw[12];
+  if (RAND_bytes(raw, sizeof(raw)) != 1) return "req_unavailable";
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string id = "req_";
+  for (uint8_t b : raw) {
+    id.push_back(kHex[b >> 4]);
+    id.push_back(kHex[b & 15]);
+  }
+  return id;
+}
+
+void SendJson(Http::ResponseWriter& writer, int status, const std::string& body,
+              const std::vector<std::pair<std::string, std::string>>& headers) {
+  for (const auto& [name, value] : headers) {
+    writer.headers().addRaw(Http::Header::Raw(name, value));
+  }
+  const auto code = static_cast<Http::Code>(status);
+  if (body.empty()) {
+    writer.send(code);
+  } else {
+    writer.send(code, body, MIME(Application, Json));
+  }
+}
+
+void KeepAlive(const Http::Request& rq, Http::ResponseWriter& rw) {
+  // §3.1: without this, Pistache answers "Connection: Close" and never closes.
+  if (rq.version() == Http::Version::Http11 && !rq.headers().has<Http::Header::Connection>()) {
+    rw.headers().remove<Http::Header::Connection>();
+    rw.headers().add<Http::Header::Connection>(Http::ConnectionControl::KeepAlive);
+  }
+}
+
+// A fixed pool of threads running vault work off the Pistache workers.
+class Executor {
+ public:
+  Executor(size_t threads, size_t max_queued) : max_queued_(max_queued) {
+    for (size_t i = 0; i < threads; ++i) workers_.emplace_back([this] { Run(); });
+  }
+  ~Executor() { Stop(); }
+
+  // False when the queue is full or stopping (the caller answers 503 itself).
+  bool Submit(std::function<void()> task) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stopping_ || queue_.size() >= max_queued_) return false;
+      queue_.push_back(std::move(task));
+      ++in_flight_;
+    }
+    cv_.notify_one();
+    return true;
+  }
+
+  // Waits until every submitted task has finished.
+  void Drain() {
+    std::unique_lock<std::mutex> lock(mu_);
+    idle_.wait(lock, [&] { return in_flight_ == 0; });
+  }
+
+  void Stop() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stopping_ && workers_.empty()) return;
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    for (auto& w : workers_) w.join();
+    workers_.clear();
+  }
+
+ private:
+  void Run() {
+    for (;;) {
+      std::function<void()> task;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+        if (queue_.empty()) return;
+        task = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      task();
+      std::lock_guard<std::mutex> lock(mu_);
+      if (--in_flight_ == 0) idle_.notify_all();
+    }
+  }
+
+  const size_t max_queued_;
+  std::mutex mu_;
+  std::condition_variable cv_, idle_;
+  std::deque<std::function<void()>> queue_;
+  size_t in_flight_ = 0;
+  bool stopping_ = false;
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace
+
+class HttpServer::Impl {
+ public:
+  Impl(const ServerConfig& config, Service& service)
+      : config_(config),
+        service_(service),
+        executor_(config.worker_threads, config.max_queued),
+        endpoint_(Address(config.bind_address, Port(config.port))) {}
+
+  Status Start() {
+    auto opts = Http::Endpoint::options()
+                    .threads(config_.io_threads)
+                    .flags(Tcp::Options::ReuseAddr | Tcp::Options::NoDelay)
+                    // The body limit is ours (a JSON 413); Pistache's own limit, a plain-text 413,
+                    // only stops requests far beyond it.
+                    .maxRequestSize(4 * config_.max_body_bytes + 64 * 1024)
+                    .headerTimeout(config_.header_timeout)
+                    .bodyTimeout(config_.body_timeout)
+                    .keepaliveTimeout(config_.keepalive_timeout);
+    endpoint_.init(opts);
+    if (config_.tls) endpoint_.useSSL(config_.cert_file, config_.key_file);  // after init()
+    BuildRoutes();
+    endpoint_.setHandler(router_.handler());
+    try {
+      endpoint_.serveThreaded();
+    } catch (const std::exception&) {
+      return UnavailableError("bind_failed", "cannot listen on " + config_.bind_address + ":" +
+                                                 std::to_string(config_.port));
+    }
+    return Status::Ok();
+  }
+
+  uint16_t port() const { return static_cast<uint16_t>(endpoint_.getPort()); }
+
+  void Shutdown() {
+    if (shut_down_.exchange(true)) return;
+    accepting_ = false;    // new requests get 503
+    executor_.Drain();     // answers for everything in flight are queued to their workers
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // let the workers flush them
+    endpoint_.shutdown();
+    executor_.Stop();
+  }
+
+ private:
+  void BuildRoutes() {
+    // §3.11: register every method once so that the router's map is never written concurrently.
+    for (Http::Method m : {Http::Method::Get, Http::Method::Post, Http::Method::Put,
+                           Http::Method::Patch, Http::Method::Delete, Http::Method::Options,
+                           Http::Method::Head}) {
+      router_.addRoute(m, "/__tokenvault_never__", [](const Rest::Request&, Http::ResponseWriter w) {
+        w.send(Http::Code::Not_Found);
+        return Rest::Route::Result::Ok;
+      });
+    }
+    router_.addMiddleware([](Http::Request& rq, Http::ResponseWriter& rw) {
+      KeepAlive(rq, rw);
+      return true;
+    });
+    std::map<std::string, std::set<std::string>> methods_by_path;
+    for (const RouteSpec& spec : Routes()) {
+      methods_by_path[spec.path].insert(spec.method);
+      router_.addRoute(MethodOf(spec.method), spec.path,
+                       [this, spec](const Rest::Request& rq, Http::ResponseWriter w) {
+                         Accept(spec, rq, std::move(w));
+                         return Rest::Route::Result::Ok;
+                       });
+    }
+    // JSON 405s for the methods a path does not take.
+    for (const auto& [path, methods] : methods_by_path) {
+      for (const char* m : {"GET", "POST", "PUT", "PATCH", "DELETE"}) {
+        if (methods.count(m)) continue;
+        router_.addRoute(MethodOf(m), path, [](const Rest::Request&, Http::ResponseWriter w) {
+          const std::string id = NewRequestId();
+          SendJson(w, 405,
+                   R"({"error":{"type":"invalid_request","code":"method_not_allowed","message":"method not allowed","request_id":")" +
+                       id + "\"}}",
+                   {{"Request-Id", id}});
+          return Rest::Route::Result::Ok;
+        });
+      }
+    }
+    router_.addNotFoundHandler([](const Rest::Request& rq, Http::ResponseWriter w) {
+      KeepAlive(rq, w);
+      const std::string id = NewRequestId();
+      SendJson(w, 404,
+               R"({"error":{"type":"not_found","code":"no_route","message":"no such endpoint","request_id":")" +
+                   id + "\"}}",
+               {{"Request-Id", id}});
+      return Rest::Route::Result::Ok;
+    });
+  }
+
+  static Http::Method MethodOf(const std::string& m) {
+    if (m == "GET") return Http::Method::Get;
+    if (m == "POST") return Http::Method::Post;
+    if (m == "PUT") return Http::Method::Put;
+    if (m == "PATCH") return Http::Method::Patch;
+    return Http::Method::Delete;
+  }
+
+  // Runs on a Pistache worker: copy what the service needs, hand it to the executor, return.
+  void Accept(const RouteSpec& spec, const Rest::Request& rq, Http::ResponseWriter writer) {
+    const auto started = std::chrono::steady_clock::now();
+    HttpRequest request;
+    request.method = spec.method;
+    request.route = spec.route;
+    request.request_id = NewRequestId();
+    try {
+      for (const char* name : {"m", "token", "name"}) {
+        const std::string key = std::string(":") + name;
+        if (rq.hasParam(key)) request.params[name] = rq.param(key).as<std::string>();
+      }
+      for (auto it = rq.query().parameters_begin(); it != rq.query().parameters_end(); ++it) {
+        request.query[it->first] = it->second;
+      }
+      if (auto auth = rq.headers().tryGet<Http::Header::Authorization>()) {
+        request.authorization = auth->value();
+      }
+      if (auto ct = rq.headers().tryGet<Http::Header::ContentType>()) {
+        request.content_type = ct->mime().toString();
+      }
+      request.source_ip = rq.address().host();
+      request.body = rq.body();
+    } catch (...) {
+      SendJson(writer, 400,
+               R"({"error":{"type":"invalid_request","code":"malformed_request","message":"the request cannot be read"}})",
+               {{"Request-Id", request.request_id}});
+      return;
+    }
+    if (request.body.size() > config_.max_body_bytes) {
+      // Answered (and audited) by the service like any other error.
+      OPENSSL_cleanse(request.body.data(), request.body.size());
+      request.body.clear();
+      request.body_too_large = true;
+    }
+    if (!accepting_) {
+      SendJson(writer, 503,
+               R"({"error":{"type":"unavailable","code":"shutting_down","message":"the server is shutting down"}})",
+               {{"Request-Id", request.request_id}, {"Retry-After", "1"}});
+      return;
+    }
+    auto shared_writer = std::make_shared<Http::ResponseWriter>(std::move(writer));
+    auto shared_request = std::make_shared<HttpRequest>(std::move(request));
+    const bool queued = executor_.Submit([this, shared_writer, shared_request, started] {
+      const std::string request_id = shared_request->request_id;
+      const std::string route = shared_request->route;
+      HttpResponse response = service_.Handle(std::move(*shared_request));
+      SendJson(*shared_writer, response.status, response.body, response.headers);
+      const auto micros = std::chrono::duration_cast<std::chrono::microseconds>(
+                              std::chrono::steady_clock::now() - started)
+                              .count();
+      // One line per request: never a value, key or PIN.
+      spdlog::info("request_id={} principal={} route={} status={} latency_us={}", request_id,
+                   response.principal.empty() ? "-" : response.principal, route, response.status,
+                   micros);
+    });
+    if (!queued) {
+      SendJson(*shared_writer, 503,
+               R"({"error":{"type":"unavailable","code":"overloaded","message":"too many requests in flight"}})",
+               {{"Request-Id", shared_request->request_id}, {"Retry-After", "1"}});
+    }
+  }
+
+  const ServerConfig config_;
+  Service& service_;
+  Executor executor_;
+  Http::Endpoint endpoint_;
+  Rest::Router router_;
+  std::atomic<bool> accepting_{true};
+  std::atomic<bool> shut_down_{false};
+};
+
+StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const ServerConfig& config,
+                                                        Service& service) {
+  const bool loopback = config.bind_address == "127.0.0.1" || config.bind_address == "::1" ||
+                        config.bind_address == "localhost";
+  if (!config.tls && !loopback) {
+    return InvalidArgumentError("bad_config", "plain HTTP is only allowed on a loopback address");
+  }
+  if (config.tls && (config.cert_file.empty() || config.key_file.empty())) {
+    return InvalidArgumentError("bad_config", "TLS needs a certificate and a key");
+  }
+  auto impl = std::make_unique<Impl>(config, service);
+  TV_RETURN_IF_ERROR(impl->Start());
+  return std::unique_ptr<HttpServer>(new HttpServer(std::move(impl)));
+}
+
+HttpServer::HttpServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+HttpServer::~HttpServer() {
+  if (impl_) impl_->Shutdown();
+}
+uint16_t HttpServer::port() const { return impl_->port(); }
+void HttpServer::Shutdown() { impl_->Shutdown(); }
+
+}  // namespace tokenvault::api

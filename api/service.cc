@@ -1,0 +1,636 @@
+#include "api/service.h"
+
+#include <openssl/crypto.h>
+#include <spdlog/spdlog.h>
+
+#include <ctime>
+#include <nlohmann/json.hpp>
+
+#include "policy/api_key.h"
+#include "vault/token_id.h"
+
+namespace tokenvault::api {
+namespace {
+
+using json = nlohmann::json;
+using policy::Permission;
+
+constexpr char kRetryAfterSeconds[] = "1";
+
+// Wipes a string's bytes (values and API keys pass through std::string in the HTTP layer).
+void Cleanse(std::string& s) {
+  if (!s.empty()) OPENSSL_cleanse(s.data(), s.size());
+  s.clear();
+}
+
+std::string Hex(ByteView b) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(b.size() * 2);
+  for (uint8_t x : b) {
+    out.push_back(kDigits[x >> 4]);
+    out.push_back(kDigits[x & 15]);
+  }
+  return out;
+}
+
+HttpResponse Json(int status, const json& body) {
+  HttpResponse r;
+  r.status = status;
+  // Replace invalid UTF-8 rather than throw: messages never hold input, but be safe.
+  r.body = body.dump(-1, ' ', false, json::error_handler_t::replace);
+  return r;
+}
+
+json ErrorJson(const std::string& type, const std::string& code, const std::string& message) {
+  return json{{"error", {{"type", type}, {"code", code}, {"message", message}}}};
+}
+
+Status BadRequest(const std::string& code, const std::string& message) {
+  return InvalidArgumentError(code, message);
+}
+
+bool IsJsonContentType(const std::string& ct) {
+  // "application/json", optionally with parameters ("; charset=utf-8").
+  const std::string base = ct.substr(0, ct.find(';'));
+  std::string trimmed;
+  for (char c : base) {
+    if (c != ' ' && c != '\t') trimmed.push_back(static_cast<char>(std::tolower(c)));
+  }
+  return trimmed == "application/json";
+}
+
+// Only these fields may appear in a body; anything else is refused (a typo such as "reveaI"
+// must not silently fall back to a default).
+Status CheckFields(const json& body, std::initializer_list<std::string_view> allowed) {
+  for (const auto& [key, value] : body.items()) {
+    bool known = false;
+    for (std::string_view a : allowed) known |= key == a;
+    if (!known) return BadRequest("unknown_field", "unknown field '" + key + "'");
+  }
+  return Status::Ok();
+}
+
+json TokenObject(const TokenInfo& t) {
+  json o = {{"token", t.token},
+            {"merchant", t.merchant},
+            {"type", std::string(ValueTypeName(t.type))},
+            {"format", t.format},
+            {"fingerprint", nullptr},
+            {"created_at", Rfc3339(t.created_at_ms)},
+            {"expires_at", t.expires_at_ms ? json(Rfc3339(*t.expires_at_ms)) : json(nullptr)},
+            {"metadata", json::object()}};
+  if (t.last4) o["last4"] = *t.last4;
+  return o;
+}
+
+json AuditJson(const storage::AuditRecord& r) {
+  json o = {{"seq", r.seq},
+            {"time", Rfc3339(r.time_ms)},
+            {"request_id", r.request_id},
+            {"principal", r.principal},
+            {"auth", r.auth},
+            {"source_ip", r.source_ip},
+            {"action", r.action},
+            {"merchant", r.merchant},
+            {"resource", r.resource},
+            {"outcome", r.outcome},
+            {"status", r.status},
+            {"reason", r.reason},
+            {"prev_hash", Hex(r.prev_mac)},
+            {"hash", Hex(r.mac)}};
+  if (!r.resources.empty()) o["resources"] = r.resources;
+  return o;
+}
+
+std::string OutcomeOf(int status) {
+  if (status >= 200 && status < 300) return "allowed";
+  if (status == 401 || status == 403 || status == 429) return "denied";
+  return "error";
+}
+
+}  // namespace
+
+std::pair<int, std::string> HttpStatusOf(const Status& s) {
+  switch (s.code()) {
+    case StatusCode::kOk: return {200, ""};
+    case StatusCode::kInvalidArgument: return {400, "invalid_request"};
+    case StatusCode::kUnauthenticated: return {401, "authentication"};
+    case StatusCode::kPermissionDenied: return {403, "permission_denied"};
+    case StatusCode::kNotFound:
+      return s.reason() == kReasonTokenGone ? std::pair<int, std::string>{410, "gone"}
+                                            : std::pair<int, std::string>{404, "not_found"};
+    case StatusCode::kAlreadyExists:
+    case StatusCode::kFailedPrecondition: return {409, "conflict"};
+    case StatusCode::kResourceExhausted: return {429, "rate_limited"};
+    case StatusCode::kUnavailable: return {503, "unavailable"};
+    case StatusCode::kDataLoss:
+    case StatusCode::kInternal: return {500, "internal"};
+  }
+  return {500, "internal"};
+}
+
+std::string Rfc3339(int64_t ms) {
+  const time_t secs = static_cast<time_t>(ms / 1000);
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char buf[96];
+  std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                static_cast<int>(ms % 1000));
+  return buf;
+}
+
+std::optional<int64_t> ParseRfc3339(const std::string& text) {
+  std::tm tm{};
+  int ms = 0;
+  char frac[16] = {0};
+  // 2026-11-28T21:40:00Z or with .fff
+  if (std::sscanf(text.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+                  &tm.tm_hour, &tm.tm_min, &tm.tm_sec) != 6) {
+    return std::nullopt;
+  }
+  const std::string rest = text.size() > 19 ? text.substr(19) : "";
+  if (rest.empty() || rest.back() != 'Z') return std::nullopt;
+  if (rest.size() > 1) {
+    if (rest[0] != '.' || std::sscanf(rest.c_str(), ".%9[0-9]Z", frac) != 1) return std::nullopt;
+    std::string f(frac);
+    f.resize(3, '0');
+    ms = std::stoi(f.substr(0, 3));
+  }
+  tm.tm_year -= 1900;
+  tm.tm_mon -= 1;
+  const time_t secs = timegm(&tm);
+  if (secs == static_cast<time_t>(-1)) return std::nullopt;
+  return static_cast<int64_t>(secs) * 1000 + ms;
+}
+
+const std::vector<RouteSpec>& Routes() {
+  static const auto* routes = new std::vector<RouteSpec>{
+      {"GET", "/healthz", "healthz"},
+      {"GET", "/readyz", "readyz"},
+      {"POST", "/v1/principals", "principals.create"},
+      {"DELETE", "/v1/principals/:name", "principals.delete"},
+      {"POST", "/v1/merchants", "merchants.create"},
+      {"POST", "/v1/merchants/:m/tokens", "tokens.create"},
+      {"GET", "/v1/merchants/:m/tokens/:token", "tokens.read"},
+      {"DELETE", "/v1/merchants/:m/tokens/:token", "tokens.delete"},
+      {"POST", "/v1/merchants/:m/detokenize", "tokens.detokenize"},
+      {"GET", "/v1/audit", "audit.read"},
+      {"GET", "/v1/audit/verify", "audit.verify"},
+  };
+  return *routes;
+}
+
+// Everything one request accumulates for its answer and its audit record.
+struct Service::Context {
+  HttpRequest request;
+  std::optional<policy::Principal> principal;
+  std::string auth = "none";
+  std::string merchant;
+  std::string resource;
+  std::vector<std::string> resources;
+  std::string reason;
+  json body;  // parsed request body
+};
+
+Service::Service(Vault& vault, std::shared_ptr<const policy::Policy> policy,
+                 ServiceOptions options)
+    : vault_(vault), policy_(std::move(policy)), options_(options) {}
+
+HttpResponse Service::Handle(HttpRequest request) {
+  Context ctx;
+  ctx.request = std::move(request);
+  HttpResponse response;
+  try {
+    if (ctx.request.route == "healthz") {
+      response = Json(200, {{"status", "ok"}});
+      response.headers.emplace_back("Request-Id", ctx.request.request_id);
+      return response;
+    }
+    if (ctx.request.route == "readyz") {
+      response = Ready();
+      response.headers.emplace_back("Request-Id", ctx.request.request_id);
+      return response;
+    }
+    response = Dispatch(ctx);
+  } catch (const std::exception&) {
+    // Never e.what(): it can carry library text or input.
+    spdlog::error("request_id={} route={} unexpected exception", ctx.request.request_id,
+                  ctx.request.route);
+    ctx.reason = "unexpected exception";
+    response = Json(500, ErrorJson("internal", "internal", "internal error"));
+  }
+  Cleanse(ctx.request.body);
+  Cleanse(ctx.request.authorization);
+  return Finish(ctx, std::move(response));
+}
+
+HttpResponse Service::Finish(Context& ctx, HttpResponse response) {
+  storage::AuditRecord record;
+  record.request_id = ctx.request.request_id;
+  record.principal = ctx.principal ? ctx.principal->name : "";
+  record.auth = ctx.auth;
+  record.source_ip = ctx.request.source_ip;
+  record.action = ctx.request.route;
+  record.merchant = ctx.merchant;
+  record.resource = ctx.resource;
+  record.resources = ctx.resources;
+  record.status = response.status;
+  record.outcome = OutcomeOf(response.status);
+  record.reason = ctx.reason;
+  StatusOr<storage::AuditRecord> written = vault_.audit().Append(std::move(record));
+  if (!written.ok()) {
+    // Fail closed: no audit record, no answer - and above all no value.
+    spdlog::error("request_id={} audit append failed: {}", ctx.request.request_id,
+                  written.status().ToString());
+    Cleanse(response.body);
+    response = Json(503, ErrorJson("unavailable", "audit_unavailable",
+                                   "the audit trail cannot be written; nothing was revealed"));
+    response.headers.emplace_back("Retry-After", kRetryAfterSeconds);
+  }
+  if (response.status >= 400 && !response.body.empty()) {
+    // Add the request id to error bodies.
+    json body = json::parse(response.body, nullptr, false);
+    if (body.is_object() && body.contains("error")) {
+      body["error"]["request_id"] = ctx.request.request_id;
+      response.body = body.dump();
+    }
+  }
+  response.headers.emplace_back("Request-Id", ctx.request.request_id);
+  response.principal = ctx.principal ? ctx.principal->name : "";
+  return response;
+}
+
+HttpResponse Service::Ready() {
+  Status hsm = vault_.CheckHsm();
+  if (!hsm.ok()) {
+    HttpResponse r = Json(503, ErrorJson("unavailable", hsm.reason(), "the HSM does not answer"));
+    r.headers.emplace_back("Retry-After", kRetryAfterSeconds);
+    return r;
+  }
+  return Json(200, {{"status", "ready"}});
+}
+
+namespace {
+
+HttpResponse ErrorResponse(const Status& s, std::string* reason_out) {
+  auto [code, type] = HttpStatusOf(s);
+  *reason_out = s.reason();
+  std::string message = s.message();
+  if (code >= 500) message = code == 503 ? "a dependency is unavailable; retry later" : "internal error";
+  HttpResponse r = Json(code, ErrorJson(type, s.reason().empty() ? type : s.reason(), message));
+  if (code == 503) r.headers.emplace_back("Retry-After", kRetryAfterSeconds);
+  return r;
+}
+
+}  // namespace
+
+HttpResponse Service::Dispatch(Context& ctx) {
+  HttpRequest& rq = ctx.request;
+  auto fail = [&](const Status& s) {
+    if (s.code() == StatusCode::kInternal || s.code() == StatusCode::kDataLoss ||
+        s.code() == StatusCode::kUnavailable) {
+      spdlog::error("request_id={} route={} {}", rq.request_id, rq.route, s.ToString());
+    }
+    return ErrorResponse(s, &ctx.reason);
+  };
+  if (auto it = rq.params.find("m"); it != rq.params.end()) ctx.merchant = it->second;
+  if (rq.body_too_large) {
+    auto r = Json(413, ErrorJson("invalid_request", "payload_too_large",
+                                 "the request body exceeds the limit"));
+    ctx.reason = "body too large";
+    return r;
+  }
+
+  // 1. Authentication.
+  const std::string_view bearer = "Bearer ";
+  if (rq.authorization.size() <= bearer.size() ||
+      std::string_view(rq.authorization).substr(0, bearer.size()) != bearer) {
+    return fail(UnauthenticatedError("missing_api_key", "an API key is required (Authorization: Bearer)"));
+  }
+  StatusOr<policy::ApiKey> key = policy::ParseApiKey(std::string_view(rq.authorization).substr(bearer.size()));
+  if (!key.ok()) return fail(key.status());
+  StatusOr<storage::PrincipalRecord> stored = vault_.store().FindPrincipalByKeyId(key->key_id);
+  if (!stored.ok() && stored.status().code() != StatusCode::kNotFound) return fail(stored.status());
+  // Compare even when the key id is unknown, so both failures take the same time.
+  static const Bytes kNoHash(32, 0);
+  const bool matches =
+      policy::ApiKeySecretMatches(key->secret, stored.ok() ? ByteView(stored->key_hash) : kNoHash);
+  if (!stored.ok() || !matches) {
+    return fail(UnauthenticatedError("bad_api_key", "the API key is not valid"));
+  }
+  ctx.principal = policy::Principal{
+      stored->name, stored->roles,
+      stored->all_merchants
+          ? policy::MerchantScope::All()
+          : policy::MerchantScope::Only({stored->merchants.begin(), stored->merchants.end()})};
+  ctx.auth = "api_key";
+
+  // 2. Content type and body.
+  if (rq.method == "POST") {
+    if (!IsJsonContentType(rq.content_type)) {
+      return fail(InvalidArgumentError("unsupported_media_type", "Content-Type must be application/json"));
+    }
+    ctx.body = json::parse(rq.body, nullptr, /*allow_exceptions=*/false);
+    if (ctx.body.is_discarded()) return fail(BadRequest("malformed_json", "the body is not valid JSON"));
+    if (!ctx.body.is_object()) return fail(BadRequest("malformed_json", "the body must be a JSON object"));
+  } else if (!rq.body.empty() && !IsJsonContentType(rq.content_type)) {
+    return fail(InvalidArgumentError("unsupported_media_type", "Content-Type must be application/json"));
+  }
+  if (!ctx.merchant.empty() && !IsValidMerchantId(ctx.merchant)) {
+    return fail(BadRequest("invalid_merchant", "merchant ids match ^[a-z0-9][a-z0-9_-]{0,63}$"));
+  }
+
+  if (rq.route == "principals.create") return CreatePrincipal(ctx);
+  if (rq.route == "principals.delete") return DeletePrincipal(ctx);
+  if (rq.route == "merchants.create") return CreateMerchant(ctx);
+  if (rq.route == "tokens.create") return CreateToken(ctx);
+  if (rq.route == "tokens.read") return GetToken(ctx);
+  if (rq.route == "tokens.delete") return DeleteToken(ctx);
+  if (rq.route == "tokens.detokenize") return Detokenize(ctx);
+  if (rq.route == "audit.read") return ReadAudit(ctx);
+  if (rq.route == "audit.verify") return VerifyAudit(ctx);
+  return fail(NotFoundError("no_route", "no such endpoint"));
+}
+
+namespace {
+
+// Checks the permission; on denial returns the 403 (and records the rule).
+std::optional<HttpResponse> Authorize(const policy::Policy& policy, const policy::Principal& who,
+                                      Permission permission, const std::string& merchant,
+                                      std::string* reason) {
+  policy::Decision d = policy.Decide(who, permission, merchant);
+  *reason = d.reason;
+  if (d.allowed) return std::nullopt;
+  return Json(403, ErrorJson("permission_denied", "permission_denied",
+                             "the API key may not do this"));
+}
+
+}  // namespace
+
+#define TV_AUTHORIZE(perm, merchant)                                                         \
+  if (auto denied = Authorize(*policy_, *ctx.principal, perm, merchant, &ctx.reason)) {      \
+    return *denied;                                                                          \
+  }
+
+#define TV_OR_FAIL(expr)                            \
+  do {                                              \
+    const Status tv_s_ = (expr);                    \
+    if (!tv_s_.ok()) return ErrorResponse(tv_s_, &ctx.reason); \
+  } while (false)
+
+HttpResponse Service::CreatePrincipal(Context& ctx) {
+  TV_AUTHORIZE(Permission::kPrincipalsManage, "");
+  const json& b = ctx.body;
+  TV_OR_FAIL(CheckFields(b, {"name", "roles", "merchants"}));
+  if (!b.contains("name") || !b["name"].is_string()) TV_OR_FAIL(BadRequest("invalid_principal", "'name' must be a string"));
+  if (!b.contains("roles") || !b["roles"].is_array()) TV_OR_FAIL(BadRequest("invalid_principal", "'roles' must be an array"));
+  if (!b.contains("merchants")) TV_OR_FAIL(BadRequest("invalid_principal", "'merchants' is required"));
+  policy::Principal p;
+  p.name = b["name"].get<std::string>();
+  ctx.resource = "principal:" + p.name;
+  for (const json& r : b["roles"]) {
+    if (!r.is_string()) TV_OR_FAIL(BadRequest("invalid_principal", "roles are strings"));
+    p.roles.push_back(r.get<std::string>());
+  }
+  const json& m = b["merchants"];
+  if (m.is_string() && m.get<std::string>() == "*") {
+    p.scope = policy::MerchantScope::All();
+  } else if (m.is_array()) {
+    std::set<std::string> ids;
+    for (const json& id : m) {
+      if (!id.is_string() || !IsValidMerchantId(id.get<std::string>())) {
+        TV_OR_FAIL(BadRequest("invalid_merchant", "merchants are valid merchant ids"));
+      }
+      ids.insert(id.get<std::string>());
+    }
+    p.scope = policy::MerchantScope::Only(std::move(ids));
+  } else {
+    TV_OR_FAIL(BadRequest("invalid_principal", "'merchants' is a list of ids or \"*\""));
+  }
+  TV_OR_FAIL(policy_->ValidatePrincipal(p));
+  StatusOr<policy::NewApiKey> key = policy::GenerateApiKey();
+  TV_OR_FAIL(key.status());
+  storage::PrincipalRecord record;
+  record.name = p.name;
+  record.roles = p.roles;
+  record.all_merchants = p.scope.all();
+  record.merchants.assign(p.scope.merchants().begin(), p.scope.merchants().end());
+  record.key_id = key->key_id;
+  record.key_hash = key->secret_hash;
+  record.created_at_ms = Clock::Real().NowUnixMillis();
+  Status inserted = vault_.store().InsertPrincipal(record);
+  if (inserted.code() == StatusCode::kAlreadyExists) {
+    TV_OR_FAIL(AlreadyExistsError("principal_exists", "a principal with that name exists"));
+  }
+  TV_OR_FAIL(inserted);
+  ctx.resource = "principal:" + p.name + " key:" + key->key_id;
+  json out = {{"name", p.name},
+              {"roles", p.roles},
+              {"merchants", p.scope.all() ? json("*") : json(record.merchants)},
+              {"api_key", std::string(AsChars(key->full_key.view()))}};
+  return Json(201, out);
+}
+
+HttpResponse Service::DeletePrincipal(Context& ctx) {
+  TV_AUTHORIZE(Permission::kPrincipalsManage, "");
+  const std::string name = ctx.request.params["name"];
+  ctx.resource = "principal:" + name;
+  Status deleted = vault_.store().DeletePrincipal(name, Clock::Real().NowUnixMillis());
+  TV_OR_FAIL(deleted);
+  HttpResponse r;
+  r.status = 204;
+  return r;
+}
+
+HttpResponse Service::CreateMerchant(Context& ctx) {
+  const json& b = ctx.body;
+  TV_OR_FAIL(CheckFields(b, {"id"}));
+  if (!b.contains("id") || !b["id"].is_string()) TV_OR_FAIL(BadRequest("invalid_merchant", "'id' must be a string"));
+  const std::string id = b["id"].get<std::string>();
+  if (!IsValidMerchantId(id)) TV_OR_FAIL(BadRequest("invalid_merchant", "merchant ids match ^[a-z0-9][a-z0-9_-]{0,63}$"));
+  ctx.merchant = id;
+  TV_AUTHORIZE(Permission::kMerchantsCreate, id);
+  StatusOr<MerchantInfo> m = vault_.CreateMerchant(id);
+  TV_OR_FAIL(m.status());
+  ctx.resource = "kek:" + hsm::KekRef{id, m->kek_version}.Label();
+  return Json(201, {{"id", m->id},
+                    {"created_at", Rfc3339(m->created_at_ms)},
+                    {"kek_version", m->kek_version},
+                    {"dek_version", m->dek_version}});
+}
+
+HttpResponse Service::CreateToken(Context& ctx) {
+  TV_AUTHORIZE(Permission::kTokensCreate, ctx.merchant);
+  json& b = ctx.body;
+  TV_OR_FAIL(CheckFields(b, {"value", "type", "format", "deterministic", "ttl_seconds", "metadata"}));
+  if (!b.contains("value") || !b["value"].is_string()) {
+    TV_OR_FAIL(BadRequest("invalid_value", "'value' must be a string"));
+  }
+  ValueType type = ValueType::kGeneric;
+  if (b.contains("type")) {
+    std::optional<ValueType> t = b["type"].is_string() ? ParseValueType(b["type"].get<std::string>()) : std::nullopt;
+    if (!t) TV_OR_FAIL(BadRequest("invalid_type", "'type' is card, ssn or generic"));
+    type = *t;
+  }
+  if (b.contains("format") && !(b["format"].is_string() && b["format"] == "random")) {
+    TV_OR_FAIL(BadRequest("unsupported_format", "only the 'random' format is available"));
+  }
+  for (const char* later : {"deterministic", "ttl_seconds", "metadata"}) {
+    if (b.contains(later)) TV_OR_FAIL(BadRequest("unsupported_field", std::string("'") + later + "' is not supported yet"));
+  }
+  std::string& value = b["value"].get_ref<std::string&>();
+  StatusOr<TokenInfo> t = vault_.Tokenize(ctx.merchant, AsBytes(value), type);
+  Cleanse(value);
+  TV_OR_FAIL(t.status());
+  ctx.resource = t->token;
+  return Json(201, TokenObject(*t));
+}
+
+HttpResponse Service::GetToken(Context& ctx) {
+  TV_AUTHORIZE(Permission::kTokensRead, ctx.merchant);
+  ctx.resource = ctx.request.params["token"];
+  StatusOr<TokenInfo> t = vault_.GetToken(ctx.merchant, ctx.resource);
+  TV_OR_FAIL(t.status());
+  return Json(200, TokenObject(*t));
+}
+
+HttpResponse Service::DeleteToken(Context& ctx) {
+  TV_AUTHORIZE(Permission::kTokensDelete, ctx.merchant);
+  ctx.resource = ctx.request.params["token"];
+  TV_OR_FAIL(vault_.DeleteToken(ctx.merchant, ctx.resource));
+  HttpResponse r;
+  r.status = 204;
+  return r;
+}
+
+HttpResponse Service::Detokenize(Context& ctx) {
+  const json& b = ctx.body;
+  TV_OR_FAIL(CheckFields(b, {"tokens", "reveal"}));
+  if (!b.contains("reveal") || !b["reveal"].is_string() ||
+      (b["reveal"] != "plain" && b["reveal"] != "masked")) {
+    TV_OR_FAIL(BadRequest("invalid_reveal", "'reveal' is \"plain\" or \"masked\""));
+  }
+  const bool plain = b["reveal"] == "plain";
+  if (!b.contains("tokens") || !b["tokens"].is_array() || b["tokens"].empty()) {
+    TV_OR_FAIL(BadRequest("invalid_tokens", "'tokens' must be a non-empty array"));
+  }
+  if (b["tokens"].size() > options_.max_detokenize_tokens) {
+    TV_OR_FAIL(BadRequest("too_many_tokens", "at most 1000 tokens per request"));
+  }
+  for (const json& t : b["tokens"]) {
+    if (!t.is_string()) TV_OR_FAIL(BadRequest("invalid_tokens", "tokens are strings"));
+    // Named in the audit record only if well-formed: a malformed "token" may be anything.
+    ctx.resources.push_back(IsWellFormedRandomToken(t.get<std::string>()) ? t.get<std::string>()
+                                                                          : "(malformed)");
+  }
+  TV_AUTHORIZE(plain ? Permission::kTokensDetokenizePlain : Permission::kTokensDetokenizeMasked,
+               ctx.merchant);
+  json items = json::array();
+  for (const json& t : b["tokens"]) {
+    const std::string token = t.get<std::string>();
+    StatusOr<RevealedValue> v = vault_.Detokenize(ctx.merchant, token);
+    const std::string shown_token = IsWellFormedRandomToken(token) ? token : "";
+    if (!v.ok()) {
+      if (v.status().code() == StatusCode::kUnavailable) return ErrorResponse(v.status(), &ctx.reason);
+      auto [code, type] = HttpStatusOf(v.status());
+      std::string message = code >= 500 ? "the token cannot be read" : v.status().message();
+      items.push_back({{"token", shown_token},
+                       {"error", {{"type", type}, {"code", v.status().reason()}, {"message", message}}}});
+      continue;
+    }
+    std::string value = plain ? std::string(AsChars(v->value.view())) : MaskValue(v->type, v->value);
+    items.push_back({{"token", token}, {"type", std::string(ValueTypeName(v->type))}, {"value", value}});
+    Cleanse(value);
+  }
+  return Json(200, {{"items", std::move(items)}});
+}
+
+HttpResponse Service::ReadAudit(Context& ctx) {
+  TV_AUTHORIZE(Permission::kAuditRead, "");
+  storage::AuditQuery q;
+  auto& query = ctx.request.query;
+  for (const auto& [k, v] : query) {
+    static const std::set<std::string> kKnown = {"since", "until", "principal", "merchant",
+                                                 "action", "outcome", "limit", "cursor"};
+    if (!kKnown.count(k)) TV_OR_FAIL(BadRequest("unknown_parameter", "unknown query parameter '" + k + "'"));
+  }
+  if (query.count("since")) {
+    q.since_ms = ParseRfc3339(query["since"]);
+    if (!q.since_ms) TV_OR_FAIL(BadRequest("invalid_time", "'since' is an RFC 3339 time"));
+  }
+  if (query.count("until")) {
+    q.until_ms = ParseRfc3339(query["until"]);
+    if (!q.until_ms) TV_OR_FAIL(BadRequest("invalid_time", "'until' is an RFC 3339 time"));
+  }
+  q.principal = query.count("principal") ? query["principal"] : "";
+  q.merchant = query.count("merchant") ? query["merchant"] : "";
+  q.action = query.count("action") ? query["action"] : "";
+  q.outcome = query.count("outcome") ? query["outcome"] : "";
+  q.limit = 100;
+  if (query.count("limit")) {
+    const std::string& l = query["limit"];
+    if (l.empty() || l.size() > 4 || l.find_first_not_of("0123456789") != std::string::npos ||
+        std::stoi(l) < 1 || std::stoi(l) > 1000) {
+      TV_OR_FAIL(BadRequest("invalid_limit", "'limit' is 1 to 1000"));
+    }
+    q.limit = static_cast<size_t>(std::stoi(l));
+  }
+  if (query.count("cursor")) {
+    const std::string& c = query["cursor"];
+    if (c.empty() || c.size() > 18 || c.find_first_not_of("0123456789") != std::string::npos) {
+      TV_OR_FAIL(BadRequest("invalid_cursor", "malformed cursor"));
+    }
+    q.after_seq = std::stoll(c);
+  }
+  q.all_merchants = ctx.principal->scope.all();
+  q.merchants.assign(ctx.principal->scope.merchants().begin(), ctx.principal->scope.merchants().end());
+  StatusOr<std::vector<storage::AuditRecord>> records = vault_.audit().Query(q);
+  TV_OR_FAIL(records.status());
+  json list = json::array();
+  for (const auto& r : *records) list.push_back(AuditJson(r));
+  json out = {{"records", list},
+              {"next_cursor", records->size() == q.limit ? json(std::to_string(records->back().seq))
+                                                          : json(nullptr)}};
+  return Json(200, out);
+}
+
+HttpResponse Service::VerifyAudit(Context& ctx) {
+  TV_AUTHORIZE(Permission::kAuditRead, "");
+  StatusOr<AuditVerification> v = vault_.audit().Verify();
+  TV_OR_FAIL(v.status());
+  json out = {{"ok", v->ok}, {"records_checked", v->records_checked}};
+  if (v->first_bad_seq) out["first_bad_seq"] = *v->first_bad_seq;
+  if (!v->ok) out["reason"] = v->reason;
+  return Json(200, out);
+}
+
+StatusOr<std::optional<SecretBytes>> Service::EnsureBootstrapAdmin() {
+  StatusOr<storage::PrincipalRecord> existing = vault_.store().FindPrincipal("admin");
+  if (existing.ok()) return std::optional<SecretBytes>();
+  if (existing.status().code() != StatusCode::kNotFound) return existing.status();
+  TV_ASSIGN_OR_RETURN(policy::NewApiKey key, policy::GenerateApiKey());
+  storage::PrincipalRecord record;
+  record.name = "admin";
+  record.roles = {"admin"};
+  record.all_merchants = true;
+  record.key_id = key.key_id;
+  record.key_hash = key.secret_hash;
+  record.created_at_ms = Clock::Real().NowUnixMillis();
+  TV_RETURN_IF_ERROR(vault_.store().InsertPrincipal(record));
+  storage::AuditRecord audit;
+  audit.request_id = "bootstrap";
+  audit.principal = "admin";
+  audit.auth = "none";
+  audit.source_ip = "local";
+  audit.action = "principals.bootstrap";
+  audit.resource = "principal:admin key:" + key.key_id;
+  audit.outcome = "allowed";
+  audit.status = 201;
+  audit.reason = "first start: bootstrap administrator";
+  TV_RETURN_IF_ERROR(vault_.audit().Append(std::move(audit)).status());
+  return std::optional<SecretBytes>(std::move(key.full_key));
+}
+
+}  // namespace tokenvault::api

@@ -1,0 +1,96 @@
+// The HTTP API of API.md as plain request -> response logic, with no HTTP library in sight:
+// authentication, authorisation, input validation, the vault call, the audit record and the
+// JSON answer. http_server.cc feeds it from Pistache; tests can call it directly.
+#ifndef TOKENVAULT_API_SERVICE_H_
+#define TOKENVAULT_API_SERVICE_H_
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "policy/policy.h"
+#include "vault/vault.h"
+
+namespace tokenvault::api {
+
+struct HttpRequest {
+  std::string method;  // "GET", "POST", "DELETE"
+  std::string route;   // a route name of Routes(), e.g. "tokens.create"
+  std::map<std::string, std::string> params;  // path parameters ("m", "token", "name")
+  std::map<std::string, std::string> query;
+  std::string authorization;  // the Authorization header
+  std::string content_type;
+  std::string body;
+  bool body_too_large = false;  // the body exceeded the limit and was dropped
+  std::string source_ip;
+  std::string request_id;
+};
+
+struct HttpResponse {
+  int status = 500;
+  std::string principal;  // who asked, for the request log ("" if not authenticated)
+  std::string body;  // JSON, or empty for 204
+  std::vector<std::pair<std::string, std::string>> headers;
+};
+
+struct RouteSpec {
+  std::string method;
+  std::string path;  // Pistache syntax: /v1/merchants/:m/tokens
+  std::string route;
+};
+
+// Every route the service answers.
+const std::vector<RouteSpec>& Routes();
+
+struct ServiceOptions {
+  size_t max_detokenize_tokens = 1000;
+};
+
+// Thread-safe.
+class Service {
+ public:
+  Service(Vault& vault, std::shared_ptr<const policy::Policy> policy, ServiceOptions options = {});
+
+  // Never throws; every answer carries Request-Id; every request but /healthz and /readyz leaves
+  // exactly one audit record, and if that record cannot be written the answer is 503 with no
+  // value in it.
+  HttpResponse Handle(HttpRequest request);
+
+  // Creates the principal "admin" (role admin, every merchant) if no principal of that name
+  // exists, and returns its API key (shown once). nullopt if it existed.
+  StatusOr<std::optional<SecretBytes>> EnsureBootstrapAdmin();
+
+ private:
+  struct Context;
+  HttpResponse Dispatch(Context& ctx);
+  HttpResponse Finish(Context& ctx, HttpResponse response);
+
+  HttpResponse CreatePrincipal(Context& ctx);
+  HttpResponse DeletePrincipal(Context& ctx);
+  HttpResponse CreateMerchant(Context& ctx);
+  HttpResponse CreateToken(Context& ctx);
+  HttpResponse GetToken(Context& ctx);
+  HttpResponse DeleteToken(Context& ctx);
+  HttpResponse Detokenize(Context& ctx);
+  HttpResponse ReadAudit(Context& ctx);
+  HttpResponse VerifyAudit(Context& ctx);
+  HttpResponse Ready();
+
+  Vault& vault_;
+  std::shared_ptr<const policy::Policy> policy_;
+  const ServiceOptions options_;
+};
+
+// The one Status -> HTTP mapping: status code and error type of API.md.
+std::pair<int, std::string> HttpStatusOf(const Status& status);
+
+// RFC 3339 UTC with milliseconds, e.g. 2026-11-28T21:40:00.123Z.
+std::string Rfc3339(int64_t unix_millis);
+std::optional<int64_t> ParseRfc3339(const std::string& text);
+
+}  // namespace tokenvault::api
+
+#endif  // TOKENVAULT_API_SERVICE_H_

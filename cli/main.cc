@@ -1,0 +1,246 @@
+// tokenvault: the service binary.
+//   tokenvault init  --data-dir DIR     create the data dir, dev HSM token, database, admin key
+//   tokenvault serve --data-dir DIR     the same on first start, then serve HTTPS
+// Settings: built-in defaults < --config FILE (JSON) < TOKENVAULT_* environment < flags.
+// The HSM PIN is never a flag (argv is visible to every local user): a file or the environment.
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "api/http_server.h"
+#include "api/service.h"
+#include "policy/policy_file.h"
+#include "vault/embedded.h"
+
+namespace {
+
+using namespace tokenvault;
+
+struct Settings {
+  std::string data_dir = "./tokenvault-data";
+  std::string listen = "127.0.0.1";
+  int port = 8443;
+  bool plain_http = false;
+  int io_threads = 2;
+  int worker_threads = 16;
+  std::string policy_file;
+};
+
+void HardenProcess() {
+  // No core dumps: a core of a running vault would hold unwrapped keys and values.
+  rlimit none{0, 0};
+  setrlimit(RLIMIT_CORE, &none);
+  prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+}
+
+bool ReadConfigFile(const std::string& path, Settings* s) {
+  std::ifstream in(path);
+  if (!in) {
+    spdlog::error("cannot read config file {}", path);
+    return false;
+  }
+  nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) {
+    spdlog::error("config file {} is not a JSON object", path);
+    return false;
+  }
+  try {
+    for (const auto& [key, value] : j.items()) {
+      if (key == "data_dir") s->data_dir = value.get<std::string>();
+      else if (key == "listen") s->listen = value.get<std::string>();
+      else if (key == "port") s->port = value.get<int>();
+      else if (key == "plain_http") s->plain_http = value.get<bool>();
+      else if (key == "io_threads") s->io_threads = value.get<int>();
+      else if (key == "worker_threads") s->worker_threads = value.get<int>();
+      else if (key == "policy_file") s->policy_file = value.get<std::string>();
+      else {
+        spdlog::error("config file {}: unknown setting '{}'", path, key);
+        return false;
+      }
+    }
+  } catch (const nlohmann::json::exception&) {
+    spdlog::error("config file {}: a setting has the wrong type", path);
+    return false;
+  }
+  return true;
+}
+
+void ReadEnvironment(Settings* s) {
+  if (const char* v = std::getenv("TOKENVAULT_DATA_DIR")) s->data_dir = v;
+  if (const char* v = std::getenv("TOKENVAULT_LISTEN")) s->listen = v;
+  if (const char* v = std::getenv("TOKENVAULT_PORT")) s->port = std::atoi(v);
+  if (const char* v = std::getenv("TOKENVAULT_POLICY_FILE")) s->policy_file = v;
+}
+
+// Opens the vault (making the data dir, dev token and database on first use) and the bootstrap
+// admin key. Returns null on failure, having logged why.
+std::unique_ptr<Vault> OpenVault(const Settings& s) {
+  EmbeddedConfig config;
+  config.data_dir = s.data_dir;
+  StatusOr<std::unique_ptr<Vault>> vault = OpenEmbeddedVault(config);
+  if (!vault.ok()) {
+    spdlog::error("cannot open the vault in {}: {}", s.data_dir, vault.status().ToString());
+    return nullptr;
+  }
+  spdlog::warn("using the development SoftHSM2 token in {}/hsm: its PIN sits beside the "
+               "database; configure a real HSM for production", s.data_dir);
+  return std::move(vault).value();
+}
+
+bool WriteAdminKey(const std::string& path, const SecretBytes& key) {
+  const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) return false;
+  bool ok = write(fd, key.data(), key.size()) == static_cast<ssize_t>(key.size()) &&
+            write(fd, "\n", 1) == 1 && fsync(fd) == 0;
+  close(fd);
+  return ok;
+}
+
+bool Bootstrap(Vault& vault, api::Service& service, const Settings& s) {
+  StatusOr<std::optional<SecretBytes>> admin = service.EnsureBootstrapAdmin();
+  if (!admin.ok()) {
+    spdlog::error("cannot create the bootstrap admin: {}", admin.status().ToString());
+    return false;
+  }
+  const std::string key_path = s.data_dir + "/admin.key";
+  if (admin->has_value()) {
+    if (!WriteAdminKey(key_path, **admin)) {
+      spdlog::error("cannot write {}", key_path);
+      return false;
+    }
+    spdlog::info("bootstrap principal 'admin' created; its API key is in {} (mode 0600)", key_path);
+  }
+  (void)vault;
+  return true;
+}
+
+int Init(const Settings& s) {
+  std::unique_ptr<Vault> vault = OpenVault(s);
+  if (!vault) return 1;
+  api::Service service(*vault, std::make_shared<const policy::Policy>(policy::Policy::BuiltIn()));
+  if (!Bootstrap(*vault, service, s)) return 1;
+  std::string cert, key;
+  Status tls = api::EnsureDevCertificate(s.data_dir + "/tls", &cert, &key);
+  if (!tls.ok()) {
+    spdlog::error("{}", tls.ToString());
+    return 1;
+  }
+  std::cout << "data dir:    " << s.data_dir << "\n"
+            << "admin key:   " << s.data_dir << "/admin.key\n"
+            << "CA cert:     " << cert << "\n";
+  return 0;
+}
+
+int Serve(const Settings& s) {
+  // Block the signals before any thread exists; the main thread sigwait()s for them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  std::shared_ptr<const policy::Policy> policy;
+  if (s.policy_file.empty()) {
+    policy = std::make_shared<const policy::Policy>(policy::Policy::BuiltIn());
+  } else {
+    StatusOr<policy::Policy> loaded = policy::LoadPolicyFile(s.policy_file);
+    if (!loaded.ok()) {
+      spdlog::error("policy file {}: {}", s.policy_file, loaded.status().ToString());
+      return 1;
+    }
+    policy = std::make_shared<const policy::Policy>(std::move(loaded).value());
+  }
+  std::unique_ptr<Vault> vault = OpenVault(s);
+  if (!vault) return 1;
+  api::Service service(*vault, policy);
+  if (!Bootstrap(*vault, service, s)) return 1;
+
+  api::ServerConfig config;
+  config.bind_address = s.listen;
+  config.port = static_cast<uint16_t>(s.port);
+  config.tls = !s.plain_http;
+  config.io_threads = s.io_threads;
+  config.worker_threads = static_cast<size_t>(s.worker_threads);
+  if (config.tls) {
+    Status tls = api::EnsureDevCertificate(s.data_dir + "/tls", &config.cert_file, &config.key_file);
+    if (!tls.ok()) {
+      spdlog::error("{}", tls.ToString());
+      return 1;
+    }
+  }
+  StatusOr<std::unique_ptr<api::HttpServer>> server = api::HttpServer::Start(config, service);
+  if (!server.ok()) {
+    spdlog::error("{}", server.status().ToString());
+    return 1;
+  }
+  spdlog::info("tokenvault serving on {}://{}:{} (CA certificate: {})",
+               config.tls ? "https" : "http", s.listen, (*server)->port(),
+               config.tls ? config.cert_file : "none");
+  // Tests and scripts read the port from here when they ask for port 0.
+  std::cout << "listening " << (*server)->port() << std::endl;
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  spdlog::info("signal {}: draining in-flight requests", sig);
+  (*server)->Shutdown();
+  server->reset();
+  vault.reset();  // closes the database cleanly
+  spdlog::info("stopped");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  HardenProcess();
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%eZ %l %v", spdlog::pattern_time_type::utc);
+  CLI::App app{"tokenvault: a self-hosted tokenization vault"};
+  app.require_subcommand(1);
+  Settings settings;
+  std::string config_file;
+  std::string data_dir, listen, policy_file;
+  int port = -1;
+  bool plain_http = false;
+  int io_threads = -1, worker_threads = -1;
+
+  auto add_common = [&](CLI::App* cmd) {
+    cmd->add_option("--config", config_file, "JSON settings file");
+    cmd->add_option("--data-dir", data_dir, "data directory (TOKENVAULT_DATA_DIR)");
+  };
+  CLI::App* init = app.add_subcommand("init", "create the data dir, dev HSM token, database and admin key");
+  add_common(init);
+  CLI::App* serve = app.add_subcommand("serve", "serve the HTTPS API");
+  add_common(serve);
+  serve->add_option("--listen", listen, "address to bind (default 127.0.0.1)");
+  serve->add_option("--port", port, "port (default 8443; 0 = any free port)");
+  serve->add_flag("--plain-http", plain_http, "serve plain HTTP (loopback only)");
+  serve->add_option("--io-threads", io_threads, "HTTP worker threads");
+  serve->add_option("--worker-threads", worker_threads, "vault worker threads");
+  serve->add_option("--policy", policy_file, "JSON policy file with custom roles");
+  CLI11_PARSE(app, argc, argv);
+
+  if (!config_file.empty() && !ReadConfigFile(config_file, &settings)) return 2;
+  ReadEnvironment(&settings);
+  if (!data_dir.empty()) settings.data_dir = data_dir;
+  if (!listen.empty()) settings.listen = listen;
+  if (port >= 0) settings.port = port;
+  if (plain_http) settings.plain_http = true;
+  if (io_threads > 0) settings.io_threads = io_threads;
+  if (worker_threads > 0) settings.worker_threads = worker_threads;
+  if (!policy_file.empty()) settings.policy_file = policy_file;
+  if (settings.port < 0 || settings.port > 65535) {
+    spdlog::error("port out of range");
+    return 2;
+  }
+  return init->parsed() ? Init(settings) : Serve(settings);
+}
