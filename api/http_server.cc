@@ -31,10 +31,37 @@ std::string NewRequestId() {
   return id;
 }
 
+// Pistache 0.0.5 does not write raw headers on responses: each header we send is a class.
+class RequestIdHeader : public Http::Header::Header {
+ public:
+  NAME("Request-Id")
+  explicit RequestIdHeader(std::string value) : value_(std::move(value)) {}
+  void parse(const std::string& data) override { value_ = data; }
+  void write(std::ostream& os) const override { os << value_; }
+
+ private:
+  std::string value_;
+};
+
+class RetryAfterHeader : public Http::Header::Header {
+ public:
+  NAME("Retry-After")
+  explicit RetryAfterHeader(std::string value) : value_(std::move(value)) {}
+  void parse(const std::string& data) override { value_ = data; }
+  void write(std::ostream& os) const override { os << value_; }
+
+ private:
+  std::string value_;
+};
+
 void SendJson(Http::ResponseWriter& writer, int status, const std::string& body,
               const std::vector<std::pair<std::string, std::string>>& headers) {
   for (const auto& [name, value] : headers) {
-    writer.headers().addRaw(Http::Header::Raw(name, value));
+    if (name == "Request-Id") {
+      writer.headers().add(std::make_shared<RequestIdHeader>(value));
+    } else if (name == "Retry-After") {
+      writer.headers().add(std::make_shared<RetryAfterHeader>(value));
+    }
   }
   const auto code = static_cast<Http::Code>(status);
   if (body.empty()) {

@@ -114,7 +114,9 @@ std::string OutcomeOf(int status) {
 std::pair<int, std::string> HttpStatusOf(const Status& s) {
   switch (s.code()) {
     case StatusCode::kOk: return {200, ""};
-    case StatusCode::kInvalidArgument: return {400, "invalid_request"};
+    case StatusCode::kInvalidArgument:
+      if (s.reason() == "unsupported_media_type") return {415, "invalid_request"};
+      return {400, "invalid_request"};
     case StatusCode::kUnauthenticated: return {401, "authentication"};
     case StatusCode::kPermissionDenied: return {403, "permission_denied"};
     case StatusCode::kNotFound:
@@ -296,12 +298,6 @@ HttpResponse Service::Dispatch(Context& ctx) {
     return ErrorResponse(s, &ctx.reason);
   };
   if (auto it = rq.params.find("m"); it != rq.params.end()) ctx.merchant = it->second;
-  if (rq.body_too_large) {
-    auto r = Json(413, ErrorJson("invalid_request", "payload_too_large",
-                                 "the request body exceeds the limit"));
-    ctx.reason = "body too large";
-    return r;
-  }
 
   // 1. Authentication.
   const std::string_view bearer = "Bearer ";
@@ -328,6 +324,12 @@ HttpResponse Service::Dispatch(Context& ctx) {
   ctx.auth = "api_key";
 
   // 2. Content type and body.
+  if (rq.body_too_large) {
+    auto r = Json(413, ErrorJson("invalid_request", "payload_too_large",
+                                 "the request body exceeds the limit"));
+    ctx.reason = "body too large";
+    return r;
+  }
   if (rq.method == "POST") {
     if (!IsJsonContentType(rq.content_type)) {
       return fail(InvalidArgumentError("unsupported_media_type", "Content-Type must be application/json"));

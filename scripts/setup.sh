@@ -13,7 +13,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev
   libpistache-dev
   libcli11-dev
-  curl ca-certificates
+  curl ca-certificates libcurl4-openssl-dev wrk
 )
 
 missing=()

@@ -621,11 +621,21 @@ StatusOr<AuditRecord> SqliteStore::AppendAudit(AuditRecord record, const AuditMa
   Status s = Write([&](Database& db) -> Status {
     // Runs on the writer thread, so appends are serialised and the chain is read and extended
     // inside one transaction: a rolled-back batch rolls its records back with it.
-    TV_ASSIGN_OR_RETURN(Statement last,
-                        db.Prepare("SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1"));
-    TV_ASSIGN_OR_RETURN(bool row, last.Step());
-    record.seq = row ? last.ColumnInt(0) + 1 : 1;
-    record.prev_mac = row ? last.ColumnBlob(1) : Bytes(32, 0);
+    // Extend the chain from its recorded head, not from whatever row is last: if the newest
+    // records were deleted, the gap stays visible instead of being papered over.
+    TV_ASSIGN_OR_RETURN(Statement head_row,
+                        db.Prepare("SELECT seq, mac FROM audit_head WHERE id = 1"));
+    TV_ASSIGN_OR_RETURN(bool has_head, head_row.Step());
+    if (has_head) {
+      record.seq = head_row.ColumnInt(0) + 1;
+      record.prev_mac = head_row.ColumnBlob(1);
+    } else {
+      TV_ASSIGN_OR_RETURN(Statement last,
+                          db.Prepare("SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1"));
+      TV_ASSIGN_OR_RETURN(bool row, last.Step());
+      record.seq = row ? last.ColumnInt(0) + 1 : 1;
+      record.prev_mac = row ? last.ColumnBlob(1) : Bytes(32, 0);
+    }
     TV_ASSIGN_OR_RETURN(record.mac, mac.RecordMac(record));
     TV_ASSIGN_OR_RETURN(Bytes head_mac, mac.HeadMac(record.seq, record.mac));
     TV_ASSIGN_OR_RETURN(

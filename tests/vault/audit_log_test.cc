@@ -124,6 +124,12 @@ TEST_F(AuditLogTest, DeletingTheLastRecordsIsCaught) {
   AppendN(20);
   Tamper("DELETE FROM audit_log WHERE seq > 17");
   ExpectBadAt(18, "truncated");
+  // Appending after the truncation keeps the gap: the chain goes on from the recorded head.
+  Open();
+  ASSERT_TRUE(log_->Append(Event(99)).ok());
+  ExpectBadAt(18, "record missing");
+  Tamper("DELETE FROM audit_log WHERE seq > 17; UPDATE audit_head SET seq = 20, "
+         "mac = (SELECT mac FROM audit_log WHERE seq = 17)");
   // Rewinding the head to the new last record needs the key.
   Tamper("UPDATE audit_head SET seq = 17, mac = (SELECT mac FROM audit_log WHERE seq = 17)");
   ExpectBadAt(17, "head of the log was altered");

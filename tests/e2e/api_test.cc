@@ -1,0 +1,434 @@
+// End to end: the real tokenvault binary over HTTPS on 127.0.0.1 (port from the OS), with a
+// real SoftHSM2 token and a real SQLite file in a temp dir, driven through libcurl.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <set>
+#include <thread>
+#include <unordered_set>
+
+#include "storage/sqlite.h"
+#include "tests/e2e/http_client.h"
+#include "tests/e2e/server_process.h"
+#include "tests/support/leak_scan.h"
+#include "tests/support/temp_dir.h"
+
+namespace tokenvault::testing {
+namespace {
+
+using json = nlohmann::json;
+
+class ApiTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    server_ = std::make_unique<ServerProcess>(dir_.Sub("data"), dir_.Sub("server.log"));
+    ASSERT_TRUE(server_->Start()) << "the server did not start; see " << server_->log_file();
+    client_ = std::make_unique<HttpClient>(server_->base_url(), server_->ca_file());
+    admin_ = server_->admin_key();
+    ASSERT_EQ(admin_.size(), 89u);
+  }
+
+  void Restart(int sig = SIGTERM) {
+    server_->Stop(sig);
+    ASSERT_TRUE(server_->Start());
+    client_ = std::make_unique<HttpClient>(server_->base_url(), server_->ca_file());
+  }
+
+  // Creates a principal and returns its API key.
+  std::string Principal(const std::string& name, const std::vector<std::string>& roles,
+                        const json& merchants) {
+    Reply r = client_->Post("/v1/principals", admin_,
+                            {{"name", name}, {"roles", roles}, {"merchants", merchants}});
+    EXPECT_EQ(r.status, 201) << r.body;
+    return r.Json().value("api_key", "");
+  }
+
+  void Merchant(const std::string& id) {
+    Reply r = client_->Post("/v1/merchants", admin_, {{"id", id}});
+    EXPECT_EQ(r.status, 201) << r.body;
+  }
+
+  int64_t AuditCount() {
+    int64_t n = 0;
+    std::string cursor;
+    for (;;) {
+      Reply r = client_->Get("/v1/audit?limit=1000" + (cursor.empty() ? "" : "&cursor=" + cursor), admin_);
+      EXPECT_EQ(r.status, 200);
+      json j = r.Json();
+      n += static_cast<int64_t>(j["records"].size());
+      if (j["next_cursor"].is_null()) break;
+      cursor = j["next_cursor"].get<std::string>();
+    }
+    return n;
+  }
+
+  // No submitted value in the DB file, WAL, or log; positive control on the tokens.
+  void ExpectNoValuesAtRest(const std::unordered_set<std::string>& values) {
+    const std::string db = server_->data_dir() + "/tokenvault.db";
+    for (const std::string& file : {db, db + "-wal", db + "-shm", server_->log_file()}) {
+      if (!FileExists(file)) continue;
+      std::map<size_t, std::unordered_set<std::string>> by_length;
+      for (const std::string& v : values) by_length[v.size()].insert(v);
+      for (const auto& [len, group] : by_length) {
+        std::vector<std::string> hits = FindNeedles(file, group);
+        EXPECT_TRUE(hits.empty()) << hits.size() << " submitted value(s) found in " << file;
+      }
+    }
+  }
+
+  TempDir dir_;
+  std::unique_ptr<ServerProcess> server_;
+  std::unique_ptr<HttpClient> client_;
+  std::string admin_;
+};
+
+// The README's curl session, step by step.
+TEST_F(ApiTest, ReadmeSession) {
+  EXPECT_EQ(client_->Get("/healthz", "").status, 200);
+  EXPECT_EQ(client_->Get("/readyz", "").status, 200);
+  Merchant("acme");
+  const std::string app = Principal("checkout", {"tokenizer"}, {"acme"});
+  const std::string settle = Principal("settlement", {"detokenizer"}, {"acme"});
+  const std::string helpdesk = Principal("helpdesk", {"support"}, {"acme"});
+
+  Reply t = client_->Post("/v1/merchants/acme/tokens", app, {{"value", "4111 1111 1111 1111"}, {"type", "card"}});
+  ASSERT_EQ(t.status, 201) << t.body;
+  const json token = t.Json();
+  EXPECT_EQ(token["type"], "card");
+  EXPECT_EQ(token["last4"], "1111");
+  EXPECT_EQ(token["merchant"], "acme");
+  EXPECT_EQ(token["token"].get<std::string>().rfind("tok_", 0), 0u);
+  EXPECT_EQ(t.body.find("4111111111111111"), std::string::npos);
+  EXPECT_FALSE(t.headers["request-id"].empty());
+
+  const json ask = {{"tokens", {token["token"]}}, {"reveal", "plain"}};
+  Reply plain = client_->Post("/v1/merchants/acme/detokenize", settle, ask);
+  ASSERT_EQ(plain.status, 200) << plain.body;
+  EXPECT_EQ(plain.Json()["items"][0]["value"], "4111111111111111");
+
+  Reply masked = client_->Post("/v1/merchants/acme/detokenize", helpdesk,
+                               {{"tokens", {token["token"]}}, {"reveal", "masked"}});
+  ASSERT_EQ(masked.status, 200);
+  EXPECT_EQ(masked.Json()["items"][0]["value"], "************1111");
+
+  Reply denied = client_->Post("/v1/merchants/acme/detokenize", helpdesk, ask);
+  EXPECT_EQ(denied.status, 403);
+  EXPECT_EQ(denied.Json()["error"]["type"], "permission_denied");
+  EXPECT_EQ(denied.body.find("4111"), std::string::npos);
+
+  Reply audit = client_->Get("/v1/audit?outcome=denied&principal=helpdesk", admin_);
+  ASSERT_EQ(audit.status, 200);
+  const json records = audit.Json()["records"];
+  ASSERT_EQ(records.size(), 1u);
+  EXPECT_EQ(records[0]["action"], "tokens.detokenize");
+  EXPECT_EQ(records[0]["status"], 403);
+  EXPECT_EQ(records[0]["request_id"], denied.headers["request-id"]);
+  EXPECT_EQ(records[0]["resources"][0], token["token"]);
+
+  Reply verify = client_->Get("/v1/audit/verify", admin_);
+  ASSERT_EQ(verify.status, 200);
+  EXPECT_TRUE(verify.Json()["ok"].get<bool>()) << verify.body;
+  ExpectNoValuesAtRest({"4111111111111111", "4111 1111 1111 1111"});
+}
+
+// Every built-in role x every endpoint x own and other merchant.
+TEST_F(ApiTest, AuthorizationMatrix) {
+  Merchant("acme");
+  Merchant("globex");
+  const std::string maker = Principal("maker", {"tokenizer"}, "*");
+  auto tokenize = [&](const std::string& m) {
+    return client_->Post("/v1/merchants/" + m + "/tokens", maker, {{"value", "v"}})
+        .Json()["token"].get<std::string>();
+  };
+  const std::vector<std::string> roles = {"admin", "tokenizer", "detokenizer", "support", "auditor"};
+  std::map<std::string, std::string> keys;
+  for (const std::string& role : roles) keys[role] = Principal("p-" + role, {role}, {"acme"});
+
+  struct Call {
+    std::string name;
+    std::function<Reply(const std::string& key, const std::string& merchant)> run;
+    std::set<std::string> allowed;  // roles that may, inside their scope
+    long ok_status;
+    bool merchant_scoped;
+  };
+  int n = 0;
+  const std::vector<Call> calls = {
+      {"create principal",
+       [&](const std::string& k, const std::string&) {
+         return client_->Post("/v1/principals", k, {{"name", "x" + std::to_string(++n)}, {"roles", {"auditor"}}, {"merchants", "*"}});
+       }, {"admin"}, 201, false},
+      {"delete principal",
+       [&](const std::string& k, const std::string&) {
+         Principal("d" + std::to_string(++n), {"auditor"}, "*");
+         return client_->Delete("/v1/principals/d" + std::to_string(n), k);
+       }, {"admin"}, 204, false},
+      {"create merchant (exists)",
+       [&](const std::string& k, const std::string& m) { return client_->Post("/v1/merchants", k, {{"id", m}}); },
+       {"admin"}, 409, true},
+      {"tokenize",
+       [&](const std::string& k, const std::string& m) {
+         return client_->Post("/v1/merchants/" + m + "/tokens", k, {{"value", "v"}});
+       }, {"tokenizer"}, 201, true},
+      {"read token",
+       [&](const std::string& k, const std::string& m) {
+         return client_->Get("/v1/merchants/" + m + "/tokens/" + tokenize(m), k);
+       }, {"tokenizer", "detokenizer", "support"}, 200, true},
+      {"delete token",
+       [&](const std::string& k, const std::string& m) {
+         return client_->Delete("/v1/merchants/" + m + "/tokens/" + tokenize(m), k);
+       }, {"tokenizer"}, 204, true},
+      {"detokenize plain",
+       [&](const std::string& k, const std::string& m) {
+         return client_->Post("/v1/merchants/" + m + "/detokenize", k, {{"tokens", {tokenize(m)}}, {"reveal", "plain"}});
+       }, {"detokenizer"}, 200, true},
+      {"detokenize masked",
+       [&](const std::string& k, const std::string& m) {
+         return client_->Post("/v1/merchants/" + m + "/detokenize", k, {{"tokens", {tokenize(m)}}, {"reveal", "masked"}});
+       }, {"detokenizer", "support"}, 200, true},
+      {"read audit", [&](const std::string& k, const std::string&) { return client_->Get("/v1/audit", k); },
+       {"admin", "auditor"}, 200, false},
+      {"verify audit", [&](const std::string& k, const std::string&) { return client_->Get("/v1/audit/verify", k); },
+       {"admin", "auditor"}, 200, false},
+  };
+  int cells = 0;
+  for (const Call& call : calls) {
+    for (const std::string& role : roles) {
+      for (const std::string merchant : {"acme", "globex"}) {
+        const bool in_scope = !call.merchant_scoped || merchant == "acme";
+        const long expected = call.allowed.count(role) && in_scope ? call.ok_status : 403;
+        Reply r = call.run(keys[role], merchant);
+        EXPECT_EQ(r.status, expected) << call.name << " as " << role << " on " << merchant << ": " << r.body;
+        ++cells;
+      }
+    }
+  }
+  EXPECT_EQ(cells, 10 * 5 * 2);
+  // No key, a bad key, a deleted principal's key: 401.
+  EXPECT_EQ(client_->Get("/v1/audit", "").status, 401);
+  EXPECT_EQ(client_->Get("/v1/audit", "tvk_00000000000000000000_" + std::string(64, '0')).status, 401);
+  std::string gone = Principal("gone", {"auditor"}, "*");
+  EXPECT_EQ(client_->Get("/v1/audit", gone).status, 200);
+  ASSERT_EQ(client_->Delete("/v1/principals/gone", admin_).status, 204);
+  EXPECT_EQ(client_->Get("/v1/audit", gone).status, 401);
+  // Separation of duties is refused at creation.
+  Reply sod = client_->Post("/v1/principals", admin_, {{"name", "both"}, {"roles", {"admin", "detokenizer"}}, {"merchants", "*"}});
+  EXPECT_EQ(sod.status, 400);
+  EXPECT_EQ(sod.Json()["error"]["code"], "separation_of_duties");
+}
+
+TEST_F(ApiTest, AnotherMerchantsTokenAnswersLikeAnUnknownOne) {
+  Merchant("acme");
+  Merchant("globex");
+  const std::string maker = Principal("maker", {"tokenizer"}, "*");
+  const std::string reader = Principal("reader", {"detokenizer"}, "*");
+  const std::string acme_token =
+      client_->Post("/v1/merchants/acme/tokens", maker, {{"value", "secret"}}).Json()["token"];
+  const std::string unknown = "tok_0000000000000000000000";
+  auto item = [&](const std::string& t) {
+    json j = client_->Post("/v1/merchants/globex/detokenize", reader, {{"tokens", {t}}, {"reveal", "plain"}}).Json();
+    j["items"][0].erase("token");
+    return j["items"][0].dump();
+  };
+  EXPECT_EQ(item(acme_token), item(unknown));
+  Reply a = client_->Get("/v1/merchants/globex/tokens/" + acme_token, maker);
+  Reply b = client_->Get("/v1/merchants/globex/tokens/" + unknown, maker);
+  EXPECT_EQ(a.status, 404);
+  EXPECT_EQ(a.status, b.status);
+  json ja = a.Json(), jb = b.Json();
+  ja["error"].erase("request_id");
+  jb["error"].erase("request_id");
+  EXPECT_EQ(ja, jb);
+}
+
+TEST_F(ApiTest, BadInputGetsAJsonErrorStoresNothingAndIsAudited) {
+  Merchant("acme");
+  const std::string app = Principal("app", {"tokenizer", "support"}, {"acme"});
+  const std::string secret = "SECRET-VALUE-7f3a9c";
+  const std::string big(2 << 20, 'x');
+  std::string many = "[";
+  for (int i = 0; i < 1001; ++i) many += std::string(i ? "," : "") + "\"tok_0000000000000000000000\"";
+  many += "]";
+  struct Case {
+    std::string name, method, path, content_type, body;
+    long status;
+    std::string code;
+  };
+  const std::string tokens = "/v1/merchants/acme/tokens";
+  const std::vector<Case> cases = {
+      {"malformed json", "POST", tokens, "application/json", "{\"value\": \"" + secret, 400, "malformed_json"},
+      {"not an object", "POST", tokens, "application/json", "[\"" + secret + "\"]", 400, "malformed_json"},
+      {"wrong content type", "POST", tokens, "text/plain", "{\"value\":\"" + secret + "\"}", 415, "unsupported_media_type"},
+      {"2 MiB body", "POST", tokens, "application/json", "{\"value\":\"" + big + "\"}", 413, "payload_too_large"},
+      {"value not a string", "POST", tokens, "application/json", R"({"value": 4111111111111111})", 400, "invalid_value"},
+      {"invalid utf-8", "POST", tokens, "application/json", "{\"value\":\"\xff\xfe" + secret + "\"}", 400, "malformed_json"},
+      {"empty value", "POST", tokens, "application/json", R"({"value": ""})", 400, "invalid_value"},
+      {"oversized value", "POST", tokens, "application/json", "{\"value\":\"" + std::string(4097, 'a') + "\"}", 400, "invalid_value"},
+      {"bad card", "POST", tokens, "application/json", R"({"value": "4111111111111112", "type": "card"})", 400, "invalid_card"},
+      {"unknown type", "POST", tokens, "application/json", "{\"value\":\"" + secret + "\",\"type\":\"iban\"}", 400, "invalid_type"},
+      {"unknown field", "POST", tokens, "application/json", "{\"value\":\"" + secret + "\",\"cvv\":\"123\"}", 400, "unknown_field"},
+      {"1001 tokens", "POST", "/v1/merchants/acme/detokenize", "application/json",
+       "{\"reveal\":\"masked\",\"tokens\":" + many + "}", 400, "too_many_tokens"},
+      {"bad merchant id", "POST", "/v1/merchants/ACME!/tokens", "application/json", "{\"value\":\"" + secret + "\"}", 400, "invalid_merchant"},
+      {"bad token", "GET", "/v1/merchants/acme/tokens/tok_short", "", "", 400, "invalid_token"},
+      {"percent-encoded token", "GET", "/v1/merchants/acme/tokens/tok_%2e%2e%2f000000000000000000", "", "", 400, "invalid_token"},
+  };
+  const int64_t audit_before = AuditCount();  // this call is audited too (after the count)
+  for (const Case& c : cases) {
+    Reply r = client_->Send(c.method, c.path, app, c.body, c.content_type);
+    EXPECT_EQ(r.status, c.status) << c.name << ": " << r.body.substr(0, 200);
+    json j = r.Json();
+    ASSERT_TRUE(j.is_object()) << c.name << ": not JSON: " << r.body.substr(0, 200);
+    EXPECT_EQ(j["error"]["code"], c.code) << c.name;
+    EXPECT_FALSE(j["error"]["type"].get<std::string>().empty());
+    EXPECT_EQ(j["error"]["request_id"], r.headers["request-id"]) << c.name;
+    EXPECT_EQ(r.body.find(secret), std::string::npos) << c.name << " echoed the value";
+    EXPECT_EQ(r.body.find("what()"), std::string::npos);
+    EXPECT_EQ(client_->Get("/healthz", "").status, 200) << "server died after " << c.name;
+  }
+  // Exactly one audit record per request (+1 for the first count itself), each an error.
+  EXPECT_EQ(AuditCount(), audit_before + 1 + static_cast<int64_t>(cases.size()));
+  Reply errors = client_->Get("/v1/audit?outcome=error&principal=app&limit=1000", admin_);
+  EXPECT_EQ(errors.Json()["records"].size(), cases.size());
+  // Nothing stored.
+  server_->Stop();
+  auto db = storage::Database::Open(server_->data_dir() + "/tokenvault.db", {});
+  ASSERT_TRUE(db.ok());
+  auto count = (*db)->Prepare("SELECT COUNT(*) FROM tokens");
+  ASSERT_TRUE(count.ok() && *count->Step());
+  EXPECT_EQ(count->ColumnInt(0), 0);
+  ExpectNoValuesAtRest({secret});
+}
+
+class AuditTamperTest : public ApiTest {
+ protected:
+  void MakeTraffic() {
+    Merchant("acme");
+    const std::string app = Principal("app", {"tokenizer"}, {"acme"});
+    for (int i = 0; i < 10; ++i) client_->Post("/v1/merchants/acme/tokens", app, {{"value", "v" + std::to_string(i)}});
+  }
+  json TamperAndVerify(const std::string& sql) {
+    server_->Stop();
+    {
+      auto db = storage::Database::Open(server_->data_dir() + "/tokenvault.db", {});
+      EXPECT_TRUE(db.ok());
+      EXPECT_TRUE((*db)->Exec(sql).ok()) << sql;
+    }
+    EXPECT_TRUE(server_->Start());
+    client_ = std::make_unique<HttpClient>(server_->base_url(), server_->ca_file());
+    Reply v = client_->Get("/v1/audit/verify", admin_);
+    EXPECT_EQ(v.status, 200);
+    return v.Json();
+  }
+};
+
+TEST_F(AuditTamperTest, IntactChainVerifies) {
+  MakeTraffic();
+  Reply v = client_->Get("/v1/audit/verify", admin_);
+  EXPECT_TRUE(v.Json()["ok"].get<bool>()) << v.body;
+  EXPECT_GE(v.Json()["records_checked"].get<int>(), 12);
+}
+
+TEST_F(AuditTamperTest, EditedRecordIsNamed) {
+  MakeTraffic();
+  json v = TamperAndVerify("UPDATE audit_log SET outcome = 'allowed', status = 200 WHERE seq = 5");
+  EXPECT_FALSE(v["ok"].get<bool>());
+  EXPECT_EQ(v["first_bad_seq"], 5) << v.dump();
+}
+
+TEST_F(AuditTamperTest, DeletedMiddleRecordIsNamed) {
+  MakeTraffic();
+  json v = TamperAndVerify("DELETE FROM audit_log WHERE seq = 6");
+  EXPECT_FALSE(v["ok"].get<bool>());
+  EXPECT_EQ(v["first_bad_seq"], 6) << v.dump();
+}
+
+TEST_F(AuditTamperTest, DeletedLastRecordsAreDetected) {
+  MakeTraffic();
+  json v = TamperAndVerify("DELETE FROM audit_log WHERE seq > 9");
+  EXPECT_FALSE(v["ok"].get<bool>());
+  EXPECT_EQ(v["first_bad_seq"], 10) << v.dump();
+}
+
+TEST_F(ApiTest, AuditFailureMeansNoValue) {
+  Merchant("acme");
+  const std::string app = Principal("app", {"tokenizer"}, {"acme"});
+  const std::string settle = Principal("settle", {"detokenizer"}, {"acme"});
+  const std::string token = client_->Post("/v1/merchants/acme/tokens", app, {{"value", "TOP-SECRET-91"}}).Json()["token"];
+  server_->Stop();
+  {
+    // The audit table refuses every insert from now on.
+    auto db = storage::Database::Open(server_->data_dir() + "/tokenvault.db", {});
+    ASSERT_TRUE(db.ok());
+    ASSERT_TRUE((*db)->Exec("CREATE TRIGGER audit_read_only BEFORE INSERT ON audit_log "
+                            "BEGIN SELECT RAISE(ABORT, 'audit log is read-only'); END;").ok());
+  }
+  ASSERT_TRUE(server_->Start());
+  client_ = std::make_unique<HttpClient>(server_->base_url(), server_->ca_file());
+  Reply r = client_->Post("/v1/merchants/acme/detokenize", settle, {{"tokens", {token}}, {"reveal", "plain"}});
+  EXPECT_EQ(r.status, 503);
+  EXPECT_EQ(r.body.find("TOP-SECRET-91"), std::string::npos);
+  EXPECT_FALSE(r.headers["retry-after"].empty());
+}
+
+// SIGTERM and SIGKILL in the middle of a stream of tokenize calls: every token answered 201
+// detokenizes to its value after the restart.
+void StreamAndInterrupt(ApiTest* test, ServerProcess& server, HttpClient& admin_client,
+                        const std::string& admin, int sig) {
+  (void)test;
+  admin_client.Post("/v1/merchants", admin, {{"id", "acme"}});
+  std::string app = admin_client.Post("/v1/principals", admin, {{"name", "app"}, {"roles", {"tokenizer"}}, {"merchants", {"acme"}}}).Json()["api_key"];
+  std::string reader = admin_client.Post("/v1/principals", admin, {{"name", "reader"}, {"roles", {"detokenizer"}}, {"merchants", {"acme"}}}).Json()["api_key"];
+  std::mutex mu;
+  std::vector<std::pair<std::string, std::string>> acked;
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> writers;
+  for (int w = 0; w < 4; ++w) {
+    writers.emplace_back([&, w] {
+      HttpClient c(server.base_url(), server.ca_file());
+      for (int i = 0; !stop && i < 5000; ++i) {
+        const std::string value = "stream-" + std::to_string(w) + "-" + std::to_string(i);
+        Reply r = c.Post("/v1/merchants/acme/tokens", app, {{"value", value}});
+        if (r.status == 0) break;  // the server is gone
+        if (r.status == 201) {
+          std::lock_guard<std::mutex> lock(mu);
+          acked.emplace_back(r.Json()["token"], value);
+        }
+      }
+    });
+  }
+  while (true) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (acked.size() >= 200) break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  server.Stop(sig);
+  stop = true;
+  for (auto& t : writers) t.join();
+  ASSERT_TRUE(server.Start());
+  HttpClient c(server.base_url(), server.ca_file());
+  size_t ok = 0;
+  for (size_t i = 0; i < acked.size(); i += 100) {
+    json ask = {{"reveal", "plain"}, {"tokens", json::array()}};
+    for (size_t j = i; j < std::min(acked.size(), i + 100); ++j) ask["tokens"].push_back(acked[j].first);
+    json items = c.Post("/v1/merchants/acme/detokenize", reader, ask).Json()["items"];
+    for (size_t j = i; j < std::min(acked.size(), i + 100); ++j) {
+      if (items[j - i].value("value", "") == acked[j].second) ++ok;
+    }
+  }
+  EXPECT_EQ(ok, acked.size()) << "after signal " << sig;
+  std::printf("signal %d: %zu acknowledged tokens, all readable after restart: %s\n", sig,
+              acked.size(), ok == acked.size() ? "yes" : "NO");
+}
+
+TEST_F(ApiTest, SigtermMidStreamLosesNoAcknowledgedToken) {
+  StreamAndInterrupt(this, *server_, *client_, admin_, SIGTERM);
+}
+
+TEST_F(ApiTest, SigkillMidStreamLosesNoAcknowledgedToken) {
+  StreamAndInterrupt(this, *server_, *client_, admin_, SIGKILL);
+}
+
+}  // namespace
+}  // namespace tokenvault::testing

@@ -1,0 +1,43 @@
+// A small HTTPS client over libcurl for end-to-end tests: keep-alive, the server's CA pinned.
+#ifndef TOKENVAULT_TESTS_E2E_HTTP_CLIENT_H_
+#define TOKENVAULT_TESTS_E2E_HTTP_CLIENT_H_
+
+#include <curl/curl.h>
+
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+
+namespace tokenvault::testing {
+
+struct Reply {
+  long status = 0;  // 0: no answer (connection failed)
+  std::string body;
+  std::map<std::string, std::string> headers;  // lower-case names
+  nlohmann::json Json() const { return nlohmann::json::parse(body, nullptr, false); }
+};
+
+class HttpClient {
+ public:
+  HttpClient(std::string base_url, std::string ca_file);
+  ~HttpClient();
+  HttpClient(const HttpClient&) = delete;
+  HttpClient& operator=(const HttpClient&) = delete;
+
+  // 'api_key' empty: no Authorization header. 'content_type' empty: none sent.
+  Reply Send(const std::string& method, const std::string& path, const std::string& api_key,
+             const std::string& body = "", const std::string& content_type = "application/json");
+  Reply Get(const std::string& path, const std::string& key) { return Send("GET", path, key); }
+  Reply Post(const std::string& path, const std::string& key, const nlohmann::json& body) {
+    return Send("POST", path, key, body.dump());
+  }
+  Reply Delete(const std::string& path, const std::string& key) { return Send("DELETE", path, key); }
+
+ private:
+  std::string base_url_, ca_file_;
+  CURL* curl_;
+};
+
+}  // namespace tokenvault::testing
+
+#endif  // TOKENVAULT_TESTS_E2E_HTTP_CLIENT_H_
