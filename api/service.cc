@@ -193,7 +193,8 @@ struct Service::Context {
   std::string resource;
   std::vector<std::string> resources;
   std::string reason;
-  json body;  // parsed request body
+  json body;          // parsed request body
+  bool audited = false;  // the handler already wrote the audit record with its data
 };
 
 Service::Service(Vault& vault, std::shared_ptr<const policy::Policy> policy,
@@ -228,7 +229,7 @@ HttpResponse Service::Handle(HttpRequest request) {
   return Finish(ctx, std::move(response));
 }
 
-HttpResponse Service::Finish(Context& ctx, HttpResponse response) {
+storage::AuditRecord Service::AuditOf(const Context& ctx, int status) {
   storage::AuditRecord record;
   record.request_id = ctx.request.request_id;
   record.principal = ctx.principal ? ctx.principal->name : "";
@@ -238,14 +239,19 @@ HttpResponse Service::Finish(Context& ctx, HttpResponse response) {
   record.merchant = ctx.merchant;
   record.resource = ctx.resource;
   record.resources = ctx.resources;
-  record.status = response.status;
-  record.outcome = OutcomeOf(response.status);
+  record.status = status;
+  record.outcome = OutcomeOf(status);
   record.reason = ctx.reason;
-  StatusOr<storage::AuditRecord> written = vault_.audit().Append(std::move(record));
+  return record;
+}
+
+HttpResponse Service::Finish(Context& ctx, HttpResponse response) {
+  Status written = ctx.audited ? Status::Ok()
+                               : vault_.audit().Append(AuditOf(ctx, response.status)).status();
   if (!written.ok()) {
     // Fail closed: no audit record, no answer - and above all no value.
     spdlog::error("request_id={} audit append failed: {}", ctx.request.request_id,
-                  written.status().ToString());
+                  written.ToString());
     Cleanse(response.body);
     response = Json(503, ErrorJson("unavailable", "audit_unavailable",
                                    "the audit trail cannot be written; nothing was revealed"));
@@ -483,9 +489,13 @@ HttpResponse Service::CreateToken(Context& ctx) {
     if (b.contains(later)) TV_OR_FAIL(BadRequest("unsupported_field", std::string("'") + later + "' is not supported yet"));
   }
   std::string& value = b["value"].get_ref<std::string&>();
-  StatusOr<TokenInfo> t = vault_.Tokenize(ctx.merchant, AsBytes(value), type);
+  // The token and its audit record commit together (one transaction, shared with concurrent
+  // requests by group commit).
+  const storage::AuditRecord audit = AuditOf(ctx, 201);
+  StatusOr<TokenInfo> t = vault_.Tokenize(ctx.merchant, AsBytes(value), type, &audit);
   Cleanse(value);
   TV_OR_FAIL(t.status());
+  ctx.audited = true;
   ctx.resource = t->token;
   return Json(201, TokenObject(*t));
 }

@@ -67,6 +67,7 @@ class Service {
   struct Context;
   HttpResponse Dispatch(Context& ctx);
   HttpResponse Finish(Context& ctx, HttpResponse response);
+  static storage::AuditRecord AuditOf(const Context& ctx, int status);
 
   HttpResponse CreatePrincipal(Context& ctx);
   HttpResponse DeletePrincipal(Context& ctx);

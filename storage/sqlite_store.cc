@@ -423,28 +423,34 @@ Status SqliteStore::ReserveEncryptions(std::string_view merchant, uint32_t versi
   });
 }
 
+namespace {
+
+Status InsertTokenInTxn(Database& db, const TokenRecord& t) {
+  TV_ASSIGN_OR_RETURN(
+      Statement stmt,
+      db.Prepare("INSERT INTO tokens (token, merchant_id, type, format, record_version, "
+                 "dek_version, nonce, ciphertext, tag, created_at, expires_at, deleted_at, last4) "
+                 "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"));
+  return stmt.Bind(1, std::string_view(t.token))
+      .Bind(2, std::string_view(t.merchant))
+      .Bind(3, std::string_view(t.type))
+      .Bind(4, std::string_view(t.format))
+      .Bind(5, int64_t{t.record_version})
+      .Bind(6, int64_t{t.dek_version})
+      .Bind(7, ByteView(t.nonce))
+      .Bind(8, ByteView(t.ciphertext))
+      .Bind(9, ByteView(t.tag))
+      .Bind(10, t.created_at_ms)
+      .Bind(11, t.expires_at_ms)
+      .Bind(12, t.deleted_at_ms)
+      .Bind(13, t.last4 ? std::optional<std::string_view>(*t.last4) : std::nullopt)
+      .Run();
+}
+
+}  // namespace
+
 Status SqliteStore::InsertToken(const TokenRecord& t) {
-  return Write([&](Database& db) -> Status {
-    TV_ASSIGN_OR_RETURN(
-        Statement stmt,
-        db.Prepare("INSERT INTO tokens (token, merchant_id, type, format, record_version, "
-                   "dek_version, nonce, ciphertext, tag, created_at, expires_at, deleted_at, last4) "
-                   "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"));
-    return stmt.Bind(1, std::string_view(t.token))
-        .Bind(2, std::string_view(t.merchant))
-        .Bind(3, std::string_view(t.type))
-        .Bind(4, std::string_view(t.format))
-        .Bind(5, int64_t{t.record_version})
-        .Bind(6, int64_t{t.dek_version})
-        .Bind(7, ByteView(t.nonce))
-        .Bind(8, ByteView(t.ciphertext))
-        .Bind(9, ByteView(t.tag))
-        .Bind(10, t.created_at_ms)
-        .Bind(11, t.expires_at_ms)
-        .Bind(12, t.deleted_at_ms)
-        .Bind(13, t.last4 ? std::optional<std::string_view>(*t.last4) : std::nullopt)
-        .Run();
-  });
+  return Write([&](Database& db) { return InsertTokenInTxn(db, t); });
 }
 
 Status SqliteStore::DeleteToken(std::string_view merchant, std::string_view token,
@@ -617,56 +623,73 @@ Status SqliteStore::InsertSystemKey(std::string_view name, const DataKeyRecord& 
   });
 }
 
+namespace {
+
+// Appends 'record' inside the caller's transaction (on the writer thread).
+Status AppendAuditInTxn(Database& db, AuditRecord& record, const AuditMac& mac) {
+  // Runs on the writer thread, so appends are serialised and the chain is read and extended
+  // inside one transaction: a rolled-back batch rolls its records back with it.
+  // Extend the chain from its recorded head, not from whatever row is last: if the newest
+  // records were deleted, the gap stays visible instead of being papered over.
+  TV_ASSIGN_OR_RETURN(Statement head_row,
+                      db.Prepare("SELECT seq, mac FROM audit_head WHERE id = 1"));
+  TV_ASSIGN_OR_RETURN(bool has_head, head_row.Step());
+  if (has_head) {
+    record.seq = head_row.ColumnInt(0) + 1;
+    record.prev_mac = head_row.ColumnBlob(1);
+  } else {
+    TV_ASSIGN_OR_RETURN(Statement last,
+                        db.Prepare("SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1"));
+    TV_ASSIGN_OR_RETURN(bool row, last.Step());
+    record.seq = row ? last.ColumnInt(0) + 1 : 1;
+    record.prev_mac = row ? last.ColumnBlob(1) : Bytes(32, 0);
+  }
+  TV_ASSIGN_OR_RETURN(record.mac, mac.RecordMac(record));
+  TV_ASSIGN_OR_RETURN(Bytes head_mac, mac.HeadMac(record.seq, record.mac));
+  TV_ASSIGN_OR_RETURN(
+      Statement insert,
+      db.Prepare("INSERT INTO audit_log (seq, time, request_id, principal, auth, source_ip, "
+                 "action, merchant, resource, resources, outcome, status, reason, prev_mac, mac) "
+                 "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"));
+  TV_RETURN_IF_ERROR(insert.Bind(1, record.seq)
+                         .Bind(2, record.time_ms)
+                         .Bind(3, std::string_view(record.request_id))
+                         .Bind(4, std::string_view(record.principal))
+                         .Bind(5, std::string_view(record.auth))
+                         .Bind(6, std::string_view(record.source_ip))
+                         .Bind(7, std::string_view(record.action))
+                         .Bind(8, std::string_view(record.merchant))
+                         .Bind(9, std::string_view(record.resource))
+                         .Bind(10, std::string_view(JoinNames(record.resources)))
+                         .Bind(11, std::string_view(record.outcome))
+                         .Bind(12, int64_t{record.status})
+                         .Bind(13, std::string_view(record.reason))
+                         .Bind(14, ByteView(record.prev_mac))
+                         .Bind(15, ByteView(record.mac))
+                         .Run());
+  TV_ASSIGN_OR_RETURN(Statement head,
+                      db.Prepare("INSERT INTO audit_head (id, seq, mac, head_mac) "
+                                 "VALUES (1, ?1, ?2, ?3) ON CONFLICT(id) DO UPDATE SET "
+                                 "seq = excluded.seq, mac = excluded.mac, head_mac = excluded.head_mac"));
+  return head.Bind(1, record.seq).Bind(2, ByteView(record.mac)).Bind(3, ByteView(head_mac)).Run();
+}
+
+}  // namespace
+
 StatusOr<AuditRecord> SqliteStore::AppendAudit(AuditRecord record, const AuditMac& mac) {
-  Status s = Write([&](Database& db) -> Status {
-    // Runs on the writer thread, so appends are serialised and the chain is read and extended
-    // inside one transaction: a rolled-back batch rolls its records back with it.
-    // Extend the chain from its recorded head, not from whatever row is last: if the newest
-    // records were deleted, the gap stays visible instead of being papered over.
-    TV_ASSIGN_OR_RETURN(Statement head_row,
-                        db.Prepare("SELECT seq, mac FROM audit_head WHERE id = 1"));
-    TV_ASSIGN_OR_RETURN(bool has_head, head_row.Step());
-    if (has_head) {
-      record.seq = head_row.ColumnInt(0) + 1;
-      record.prev_mac = head_row.ColumnBlob(1);
-    } else {
-      TV_ASSIGN_OR_RETURN(Statement last,
-                          db.Prepare("SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1"));
-      TV_ASSIGN_OR_RETURN(bool row, last.Step());
-      record.seq = row ? last.ColumnInt(0) + 1 : 1;
-      record.prev_mac = row ? last.ColumnBlob(1) : Bytes(32, 0);
-    }
-    TV_ASSIGN_OR_RETURN(record.mac, mac.RecordMac(record));
-    TV_ASSIGN_OR_RETURN(Bytes head_mac, mac.HeadMac(record.seq, record.mac));
-    TV_ASSIGN_OR_RETURN(
-        Statement insert,
-        db.Prepare("INSERT INTO audit_log (seq, time, request_id, principal, auth, source_ip, "
-                   "action, merchant, resource, resources, outcome, status, reason, prev_mac, mac) "
-                   "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"));
-    TV_RETURN_IF_ERROR(insert.Bind(1, record.seq)
-                           .Bind(2, record.time_ms)
-                           .Bind(3, std::string_view(record.request_id))
-                           .Bind(4, std::string_view(record.principal))
-                           .Bind(5, std::string_view(record.auth))
-                           .Bind(6, std::string_view(record.source_ip))
-                           .Bind(7, std::string_view(record.action))
-                           .Bind(8, std::string_view(record.merchant))
-                           .Bind(9, std::string_view(record.resource))
-                           .Bind(10, std::string_view(JoinNames(record.resources)))
-                           .Bind(11, std::string_view(record.outcome))
-                           .Bind(12, int64_t{record.status})
-                           .Bind(13, std::string_view(record.reason))
-                           .Bind(14, ByteView(record.prev_mac))
-                           .Bind(15, ByteView(record.mac))
-                           .Run());
-    TV_ASSIGN_OR_RETURN(Statement head,
-                        db.Prepare("INSERT INTO audit_head (id, seq, mac, head_mac) "
-                                   "VALUES (1, ?1, ?2, ?3) ON CONFLICT(id) DO UPDATE SET "
-                                   "seq = excluded.seq, mac = excluded.mac, head_mac = excluded.head_mac"));
-    return head.Bind(1, record.seq).Bind(2, ByteView(record.mac)).Bind(3, ByteView(head_mac)).Run();
-  });
+  Status s = Write([&](Database& db) -> Status { return AppendAuditInTxn(db, record, mac); });
   if (!s.ok()) return s;
   return record;
+}
+
+StatusOr<AuditRecord> SqliteStore::InsertTokenAudited(const TokenRecord& token, AuditRecord audit,
+                                                      const AuditMac& mac) {
+  Status s = Write([&](Database& db) -> Status {
+    TV_RETURN_IF_ERROR(InsertTokenInTxn(db, token));
+    return AppendAuditInTxn(db, audit, mac);
+  });
+  if (!s.ok()) return s;
+  return audit;
 }
 
 StatusOr<std::vector<AuditRecord>> SqliteStore::ScanAudit(const AuditQuery& q) {

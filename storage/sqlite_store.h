@@ -43,6 +43,8 @@ class SqliteStore final : public Store {
   Status ReserveEncryptions(std::string_view merchant, uint32_t version,
                             uint64_t reserved) override;
   Status InsertToken(const TokenRecord& token) override;
+  StatusOr<AuditRecord> InsertTokenAudited(const TokenRecord& token, AuditRecord audit,
+                                           const AuditMac& mac) override;
   StatusOr<TokenRecord> FindToken(std::string_view token) override;
   Status DeleteToken(std::string_view merchant, std::string_view token,
                      int64_t deleted_at_ms) override;

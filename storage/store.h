@@ -156,6 +156,10 @@ class Store {
 
   // kAlreadyExists if the token string exists (in any merchant).
   virtual Status InsertToken(const TokenRecord& token) = 0;
+  // InsertToken and AppendAudit in one transaction: the token exists if and only if its audit
+  // record does.
+  virtual StatusOr<AuditRecord> InsertTokenAudited(const TokenRecord& token, AuditRecord audit,
+                                                   const AuditMac& mac) = 0;
   // kNotFound if there is no such token (in any merchant).
   virtual StatusOr<TokenRecord> FindToken(std::string_view token) = 0;
   // Removes the sealed value of a live token of 'merchant' and marks it deleted. kNotFound if no

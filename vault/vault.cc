@@ -54,7 +54,8 @@ StatusOr<MerchantInfo> Vault::CreateMerchant(std::string_view merchant) {
                       record.current_dek_version};
 }
 
-StatusOr<TokenInfo> Vault::Tokenize(std::string_view merchant, ByteView value, ValueType type) {
+StatusOr<TokenInfo> Vault::Tokenize(std::string_view merchant, ByteView value, ValueType type,
+                                    const storage::AuditRecord* audit) {
   if (!IsValidMerchantId(merchant)) {
     return InvalidArgumentError(kReasonInvalidMerchant, "invalid merchant id");
   }
@@ -81,7 +82,14 @@ StatusOr<TokenInfo> Vault::Tokenize(std::string_view merchant, ByteView value, V
     record.tag.assign(box.tag.begin(), box.tag.end());
     record.last4 = Last4(type, normalized);
     record.created_at_ms = clock_.NowUnixMillis();
-    last_error = store_->InsertToken(record);
+    if (audit != nullptr) {
+      storage::AuditRecord entry = *audit;
+      entry.resource = token;
+      if (entry.time_ms == 0) entry.time_ms = record.created_at_ms;
+      last_error = store_->InsertTokenAudited(record, std::move(entry), *audit_).status();
+    } else {
+      last_error = store_->InsertToken(record);
+    }
     if (last_error.ok()) {
       return TokenInfo{token, std::string(merchant), type, record.format, lease.version,
                        record.created_at_ms, std::nullopt, record.last4};

@@ -75,7 +75,10 @@ class Vault {
   // Normalises and validates 'value' for 'type' (kInvalidArgument on bad input), seals it and
   // stores it under a new random token. kNotFound (merchant_not_found) for an unknown merchant.
   // Returns only once the sealed value is durable.
-  StatusOr<TokenInfo> Tokenize(std::string_view merchant, ByteView value, ValueType type);
+  // With 'audit', that record (its resource set to the new token) is appended in the same
+  // transaction as the token: the token exists if and only if its audit record does.
+  StatusOr<TokenInfo> Tokenize(std::string_view merchant, ByteView value, ValueType type,
+                               const storage::AuditRecord* audit = nullptr);
 
   // The value behind 'token'. kInvalidArgument (invalid_token) when the token is malformed;
   // kNotFound (token_not_found) when the token does not exist *or belongs to another merchant* -

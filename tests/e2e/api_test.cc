@@ -368,6 +368,15 @@ TEST_F(ApiTest, AuditFailureMeansNoValue) {
   EXPECT_EQ(r.status, 503);
   EXPECT_EQ(r.body.find("TOP-SECRET-91"), std::string::npos);
   EXPECT_FALSE(r.headers["retry-after"].empty());
+  // A token is never created without its audit record: both are one transaction.
+  Reply t = client_->Post("/v1/merchants/acme/tokens", app, {{"value", "ANOTHER-SECRET-92"}});
+  EXPECT_EQ(t.status, 503) << t.body;
+  server_->Stop();
+  auto db = storage::Database::Open(server_->data_dir() + "/tokenvault.db", {});
+  ASSERT_TRUE(db.ok());
+  auto count = (*db)->Prepare("SELECT COUNT(*) FROM tokens");
+  ASSERT_TRUE(count.ok() && *count->Step());
+  EXPECT_EQ(count->ColumnInt(0), 1);
 }
 
 // SIGTERM and SIGKILL in the middle of a stream of tokenize calls: every token answered 201
