@@ -45,8 +45,14 @@ Bytes CanonicalAuditEncoding(const storage::AuditRecord& r) {
   return out;
 }
 
+AuditLog::~AuditLog() { EVP_MAC_free(hmac_); }
+
 StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(hsm::Hsm& hsm, storage::Store& store,
                                                    const Clock& clock) {
+  EVP_MAC* hmac = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
+  if (hmac == nullptr) return InternalError("crypto_error", "HMAC unavailable");
+  // Owned by the log once it exists; freed here on every earlier way out.
+  std::unique_ptr<EVP_MAC, decltype(&EVP_MAC_free)> hmac_guard(hmac, &EVP_MAC_free);
   const hsm::KekRef kek{kAuditKekOwner, kAuditKeyVersion};
   const Bytes aad = envelope::SystemKeyAad(kAuditKeyName, kAuditKeyVersion, kek.version);
   StatusOr<storage::DataKeyRecord> stored = store.GetSystemKey(kAuditKeyName);
@@ -59,7 +65,8 @@ StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(hsm::Hsm& hsm, storage::Store
       return DataLossError("integrity_failure", "the audit key's KEK is missing from the HSM");
     }
     TV_RETURN_IF_ERROR(key.status());
-    return std::unique_ptr<AuditLog>(new AuditLog(store, std::move(key).value(), clock));
+    return std::unique_ptr<AuditLog>(
+        new AuditLog(store, std::move(key).value(), clock, hmac_guard.release()));
   }
   if (stored.status().code() != StatusCode::kNotFound) return stored.status();
 
@@ -76,14 +83,12 @@ StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(hsm::Hsm& hsm, storage::Store
   record.wrapped = envelope::EncodeWrappedDek(wrapped);
   record.created_at_ms = clock.NowUnixMillis();
   TV_RETURN_IF_ERROR(store.InsertSystemKey(kAuditKeyName, record));
-  return std::unique_ptr<AuditLog>(new AuditLog(store, std::move(key), clock));
+  return std::unique_ptr<AuditLog>(new AuditLog(store, std::move(key), clock, hmac_guard.release()));
 }
 
 StatusOr<Bytes> AuditLog::Hmac(ByteView a, ByteView b) const {
   Bytes mac(kMacSize);
-  EVP_MAC* impl = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
-  if (impl == nullptr) return InternalError("crypto_error", "HMAC unavailable");
-  EVP_MAC_CTX* ctx = EVP_MAC_CTX_new(impl);
+  EVP_MAC_CTX* ctx = EVP_MAC_CTX_new(hmac_);
   OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string("digest", const_cast<char*>("SHA256"), 0),
                          OSSL_PARAM_construct_end()};
   size_t out_len = 0;
@@ -92,7 +97,6 @@ StatusOr<Bytes> AuditLog::Hmac(ByteView a, ByteView b) const {
                   EVP_MAC_update(ctx, b.data(), b.size()) == 1 &&
                   EVP_MAC_final(ctx, mac.data(), &out_len, mac.size()) == 1;
   EVP_MAC_CTX_free(ctx);
-  EVP_MAC_free(impl);
   if (!ok || out_len != kMacSize) return InternalError("crypto_error", "HMAC failed");
   return mac;
 }

@@ -20,6 +20,8 @@
 #include "vault/base/clock.h"
 #include "vault/base/secret_bytes.h"
 
+struct evp_mac_st;
+
 namespace tokenvault {
 
 // FROZEN: changing a byte here breaks verification of every existing record.
@@ -55,18 +57,21 @@ class AuditLog final : public storage::AuditMac {
   // Names the first bad sequence number.
   StatusOr<AuditVerification> Verify();
 
+  ~AuditLog() override;
+
   // storage::AuditMac
   StatusOr<Bytes> RecordMac(const storage::AuditRecord& record) const override;
   StatusOr<Bytes> HeadMac(int64_t seq, ByteView mac) const override;
 
  private:
-  AuditLog(storage::Store& store, SecretBytes key, const Clock& clock)
-      : store_(store), key_(std::move(key)), clock_(clock) {}
+  AuditLog(storage::Store& store, SecretBytes key, const Clock& clock, evp_mac_st* hmac)
+      : store_(store), key_(std::move(key)), clock_(clock), hmac_(hmac) {}
   StatusOr<Bytes> Hmac(ByteView a, ByteView b) const;
 
   storage::Store& store_;
   const SecretBytes key_;
   const Clock& clock_;
+  evp_mac_st* const hmac_;  // OpenSSL's HMAC implementation, fetched once (thread-safe to share)
 };
 
 }  // namespace tokenvault
