@@ -210,27 +210,22 @@ class HttpServer::Impl {
                          return Rest::Route::Result::Ok;
                        });
     }
-    // JSON 405s for the methods a path does not take.
+    // JSON 405s for the methods a path does not take, and JSON 404s: both go through the service
+    // like any request, so they are authenticated and audited too.
     for (const auto& [path, methods] : methods_by_path) {
       for (const char* m : {"GET", "POST", "PUT", "PATCH", "DELETE"}) {
         if (methods.count(m)) continue;
-        router_.addRoute(MethodOf(m), path, [](const Rest::Request&, Http::ResponseWriter w) {
-          const std::string id = NewRequestId();
-          SendJson(w, 405,
-                   R"({"error":{"type":"invalid_request","code":"method_not_allowed","message":"method not allowed","request_id":")" +
-                       id + "\"}}",
-                   {{"Request-Id", id}});
+        const RouteSpec spec{m, path, "method_not_allowed"};
+        router_.addRoute(MethodOf(m), path, [this, spec](const Rest::Request& rq, Http::ResponseWriter w) {
+          Accept(spec, rq, std::move(w));
           return Rest::Route::Result::Ok;
         });
       }
     }
-    router_.addNotFoundHandler([](const Rest::Request& rq, Http::ResponseWriter w) {
+    router_.addNotFoundHandler([this](const Rest::Request& rq, Http::ResponseWriter w) {
       KeepAlive(rq, w);
-      const std::string id = NewRequestId();
-      SendJson(w, 404,
-               R"({"error":{"type":"not_found","code":"no_route","message":"no such endpoint","request_id":")" +
-                   id + "\"}}",
-               {{"Request-Id", id}});
+      const RouteSpec spec{Http::methodString(rq.method()), rq.resource(), "not_found"};
+      Accept(spec, rq, std::move(w));
       return Rest::Route::Result::Ok;
     });
   }

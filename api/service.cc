@@ -329,6 +329,12 @@ HttpResponse Service::Dispatch(Context& ctx) {
           : policy::MerchantScope::Only({stored->merchants.begin(), stored->merchants.end()})};
   ctx.auth = "api_key";
 
+  if (rq.route == "not_found") return fail(NotFoundError("no_route", "no such endpoint"));
+  if (rq.route == "method_not_allowed") {
+    ctx.reason = "method not allowed";
+    return Json(405, ErrorJson("invalid_request", "method_not_allowed", "method not allowed"));
+  }
+
   // 2. Content type and body.
   if (rq.body_too_large) {
     auto r = Json(413, ErrorJson("invalid_request", "payload_too_large",
