@@ -31,11 +31,26 @@ bool Exists(const std::string& path) {
 
 Status Fail(const std::string& what) { return InternalError("tls_setup", "dev certificate: " + what); }
 
-// A file created with 'mode' (never wider), opened for writing.
-std::unique_ptr<FILE, Freer> CreateFile(const std::string& path, mode_t mode) {
-  const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
-  if (fd < 0) return nullptr;
-  return std::unique_ptr<FILE, Freer>(fdopen(fd, "w"));
+// Writes a PEM through 'write' into a new temporary file with 'mode', fsyncs it and renames it
+// to 'path': the file is either complete or absent, and never wider than 'mode'.
+template <typename WriteFn>
+bool WriteAtomically(const std::string& path, mode_t mode, WriteFn write_pem) {
+  const std::string tmp = path + ".tmp";
+  unlink(tmp.c_str());
+  const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
+  if (fd < 0) return false;
+  FILE* f = fdopen(fd, "w");
+  if (f == nullptr) {
+    close(fd);
+    return false;
+  }
+  bool ok = write_pem(f) && std::fflush(f) == 0 && fsync(fd) == 0;
+  ok = (std::fclose(f) == 0) && ok;
+  if (!ok || rename(tmp.c_str(), path.c_str()) != 0) {
+    unlink(tmp.c_str());
+    return false;
+  }
+  return true;
 }
 
 bool AddExtension(X509* cert, int nid, const char* value) {
@@ -82,15 +97,14 @@ Status EnsureDevCertificate(const std::string& dir, std::string* cert_file, std:
   }
   if (X509_sign(cert.get(), key.get(), EVP_sha256()) == 0) return Fail("signing failed");
 
-  {
-    auto out = CreateFile(*key_file, 0600);
-    if (!out || PEM_write_PrivateKey(out.get(), key.get(), nullptr, nullptr, 0, nullptr, nullptr) != 1) {
-      return Fail("cannot write " + *key_file);
-    }
+  // The key first, the certificate last: "both files exist" then means both are complete.
+  if (!WriteAtomically(*key_file, 0600, [&](FILE* f) {
+        return PEM_write_PrivateKey(f, key.get(), nullptr, nullptr, 0, nullptr, nullptr) == 1;
+      })) {
+    return Fail("cannot write " + *key_file);
   }
-  {
-    auto out = CreateFile(*cert_file, 0644);
-    if (!out || PEM_write_X509(out.get(), cert.get()) != 1) return Fail("cannot write " + *cert_file);
+  if (!WriteAtomically(*cert_file, 0644, [&](FILE* f) { return PEM_write_X509(f, cert.get()) == 1; })) {
+    return Fail("cannot write " + *cert_file);
   }
   return Status::Ok();
 }

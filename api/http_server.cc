@@ -43,6 +43,17 @@ class RequestIdHeader : public Http::Header::Header {
   std::string value_;
 };
 
+class WwwAuthenticateHeader : public Http::Header::Header {
+ public:
+  NAME("WWW-Authenticate")
+  explicit WwwAuthenticateHeader(std::string value) : value_(std::move(value)) {}
+  void parse(const std::string& data) override { value_ = data; }
+  void write(std::ostream& os) const override { os << value_; }
+
+ private:
+  std::string value_;
+};
+
 class RetryAfterHeader : public Http::Header::Header {
  public:
   NAME("Retry-After")
@@ -61,6 +72,8 @@ void SendJson(Http::ResponseWriter& writer, int status, const std::string& body,
       writer.headers().add(std::make_shared<RequestIdHeader>(value));
     } else if (name == "Retry-After") {
       writer.headers().add(std::make_shared<RetryAfterHeader>(value));
+    } else if (name == "WWW-Authenticate") {
+      writer.headers().add(std::make_shared<WwwAuthenticateHeader>(value));
     }
   }
   const auto code = static_cast<Http::Code>(status);
@@ -71,12 +84,28 @@ void SendJson(Http::ResponseWriter& writer, int status, const std::string& body,
   }
 }
 
+// Every method Pistache 0.0.5 parses (HTTP_METHODS): each is registered at start so that the
+// router's map is only ever read by the workers (§3.11; TRACE and CONNECT included).
+constexpr Http::Method kAllMethods[] = {Http::Method::Options, Http::Method::Get,
+                                        Http::Method::Post,    Http::Method::Head,
+                                        Http::Method::Put,     Http::Method::Patch,
+                                        Http::Method::Delete,  Http::Method::Trace,
+                                        Http::Method::Connect};
+
 void KeepAlive(const Http::Request& rq, Http::ResponseWriter& rw) {
   // §3.1: without this, Pistache answers "Connection: Close" and never closes.
   if (rq.version() == Http::Version::Http11 && !rq.headers().has<Http::Header::Connection>()) {
     rw.headers().remove<Http::Header::Connection>();
     rw.headers().add<Http::Header::Connection>(Http::ConnectionControl::KeepAlive);
   }
+}
+
+// The few answers the HTTP layer gives itself (the request never reached the service, so they
+// are not audited): fixed texts, never input.
+std::string ServerError(const char* type, const char* code, const char* message,
+                        const std::string& request_id) {
+  return std::string(R"({"error":{"type":")") + type + R"(","code":")" + code +
+         R"(","message":")" + message + R"(","request_id":")" + request_id + "\"}}";
 }
 
 // A fixed pool of threads running vault work off the Pistache workers.
@@ -91,7 +120,7 @@ class Executor {
   bool Submit(std::function<void()> task) {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (stopping_ || queue_.size() >= max_queued_) return false;
+      if (closed_ || stopping_ || queue_.size() >= max_queued_) return false;
       queue_.push_back(std::move(task));
       ++in_flight_;
     }
@@ -99,10 +128,16 @@ class Executor {
     return true;
   }
 
-  // Waits until every submitted task has finished.
-  void Drain() {
+  // From now on Submit refuses; tasks already queued still run.
+  void Close() {
+    std::lock_guard<std::mutex> lock(mu_);
+    closed_ = true;
+  }
+
+  // Waits (at most 'limit') until every submitted task has finished. False on timeout.
+  bool Drain(std::chrono::seconds limit) {
     std::unique_lock<std::mutex> lock(mu_);
-    idle_.wait(lock, [&] { return in_flight_ == 0; });
+    return idle_.wait_for(lock, limit, [&] { return in_flight_ == 0; });
   }
 
   void Stop() {
@@ -127,7 +162,12 @@ class Executor {
         task = std::move(queue_.front());
         queue_.pop_front();
       }
-      task();
+      try {
+        task();
+      } catch (...) {
+        // A task must never take a worker (and the in-flight count) down with it.
+        spdlog::error("a request task threw; its connection gets no answer");
+      }
       std::lock_guard<std::mutex> lock(mu_);
       if (--in_flight_ == 0) idle_.notify_all();
     }
@@ -138,6 +178,7 @@ class Executor {
   std::condition_variable cv_, idle_;
   std::deque<std::function<void()>> queue_;
   size_t in_flight_ = 0;
+  bool closed_ = false;
   bool stopping_ = false;
   std::vector<std::thread> workers_;
 };
@@ -163,7 +204,11 @@ class HttpServer::Impl {
                     .bodyTimeout(config_.body_timeout)
                     .keepaliveTimeout(config_.keepalive_timeout);
     endpoint_.init(opts);
-    if (config_.tls) endpoint_.useSSL(config_.cert_file, config_.key_file);  // after init()
+    try {
+      if (config_.tls) endpoint_.useSSL(config_.cert_file, config_.key_file);  // after init()
+    } catch (const std::exception&) {
+      return FailedPreconditionError("tls_setup", "cannot load the TLS certificate or key");
+    }
     BuildRoutes();
     endpoint_.setHandler(router_.handler());
     try {
@@ -179,9 +224,13 @@ class HttpServer::Impl {
 
   void Shutdown() {
     if (shut_down_.exchange(true)) return;
-    accepting_ = false;    // new requests get 503
-    executor_.Drain();     // answers for everything in flight are queued to their workers
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // let the workers flush them
+    accepting_ = false;  // new requests get 503
+    executor_.Close();   // and nothing more can be queued, even by a request already past that
+    if (!executor_.Drain(std::chrono::seconds(30))) {
+      spdlog::error("shutdown: requests still running after 30 s; stopping anyway");
+    }
+    // The answers are queued to their Pistache workers; give them a moment to be written.
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
     endpoint_.shutdown();
     executor_.Stop();
   }
@@ -189,9 +238,7 @@ class HttpServer::Impl {
  private:
   void BuildRoutes() {
     // §3.11: register every method once so that the router's map is never written concurrently.
-    for (Http::Method m : {Http::Method::Get, Http::Method::Post, Http::Method::Put,
-                           Http::Method::Patch, Http::Method::Delete, Http::Method::Options,
-                           Http::Method::Head}) {
+    for (Http::Method m : kAllMethods) {
       router_.addRoute(m, "/__tokenvault_never__", [](const Rest::Request&, Http::ResponseWriter w) {
         w.send(Http::Code::Not_Found);
         return Rest::Route::Result::Ok;
@@ -213,10 +260,11 @@ class HttpServer::Impl {
     // JSON 405s for the methods a path does not take, and JSON 404s: both go through the service
     // like any request, so they are authenticated and audited too.
     for (const auto& [path, methods] : methods_by_path) {
-      for (const char* m : {"GET", "POST", "PUT", "PATCH", "DELETE"}) {
+      for (Http::Method method : kAllMethods) {
+        const std::string m = Http::methodString(method);
         if (methods.count(m)) continue;
         const RouteSpec spec{m, path, "method_not_allowed"};
-        router_.addRoute(MethodOf(m), path, [this, spec](const Rest::Request& rq, Http::ResponseWriter w) {
+        router_.addRoute(method, path, [this, spec](const Rest::Request& rq, Http::ResponseWriter w) {
           Accept(spec, rq, std::move(w));
           return Rest::Route::Result::Ok;
         });
@@ -262,8 +310,7 @@ class HttpServer::Impl {
       request.source_ip = rq.address().host();
       request.body = rq.body();
     } catch (...) {
-      SendJson(writer, 400,
-               R"({"error":{"type":"invalid_request","code":"malformed_request","message":"the request cannot be read"}})",
+      SendJson(writer, 400, ServerError("invalid_request", "malformed_request", "the request cannot be read", request.request_id),
                {{"Request-Id", request.request_id}});
       return;
     }
@@ -274,8 +321,7 @@ class HttpServer::Impl {
       request.body_too_large = true;
     }
     if (!accepting_) {
-      SendJson(writer, 503,
-               R"({"error":{"type":"unavailable","code":"shutting_down","message":"the server is shutting down"}})",
+      SendJson(writer, 503, ServerError("unavailable", "shutting_down", "the server is shutting down", request.request_id),
                {{"Request-Id", request.request_id}, {"Retry-After", "1"}});
       return;
     }
@@ -296,7 +342,7 @@ class HttpServer::Impl {
     });
     if (!queued) {
       SendJson(*shared_writer, 503,
-               R"({"error":{"type":"unavailable","code":"overloaded","message":"too many requests in flight"}})",
+               ServerError("unavailable", "overloaded", "too many requests in flight", shared_request->request_id),
                {{"Request-Id", shared_request->request_id}, {"Retry-After", "1"}});
     }
   }

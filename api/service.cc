@@ -3,6 +3,7 @@
 #include <openssl/crypto.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <ctime>
 #include <nlohmann/json.hpp>
 
@@ -66,7 +67,8 @@ Status CheckFields(const json& body, std::initializer_list<std::string_view> all
   for (const auto& [key, value] : body.items()) {
     bool known = false;
     for (std::string_view a : allowed) known |= key == a;
-    if (!known) return BadRequest("unknown_field", "unknown field '" + key + "'");
+    // The field name is not repeated: it is client input and could be anything.
+    if (!known) return BadRequest("unknown_field", "the body has a field this endpoint does not take");
   }
   return Status::Ok();
 }
@@ -144,26 +146,49 @@ std::string Rfc3339(int64_t ms) {
 }
 
 std::optional<int64_t> ParseRfc3339(const std::string& text) {
-  std::tm tm{};
-  int ms = 0;
-  char frac[16] = {0};
-  // 2026-11-28T21:40:00Z or with .fff
-  if (std::sscanf(text.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
-                  &tm.tm_hour, &tm.tm_min, &tm.tm_sec) != 6) {
+  // YYYY-MM-DDTHH:MM:SS[.fff...](Z|+00:00|-00:00); other offsets are refused rather than guessed.
+  auto digits = [&](size_t at, size_t n) -> std::optional<int> {
+    if (at + n > text.size()) return std::nullopt;
+    int v = 0;
+    for (size_t i = at; i < at + n; ++i) {
+      if (text[i] < '0' || text[i] > '9') return std::nullopt;
+      v = v * 10 + (text[i] - '0');
+    }
+    return v;
+  };
+  if (text.size() < 20 || text[4] != '-' || text[7] != '-' || (text[10] != 'T' && text[10] != 't') ||
+      text[13] != ':' || text[16] != ':') {
     return std::nullopt;
   }
-  const std::string rest = text.size() > 19 ? text.substr(19) : "";
-  if (rest.empty() || rest.back() != 'Z') return std::nullopt;
-  if (rest.size() > 1) {
-    if (rest[0] != '.' || std::sscanf(rest.c_str(), ".%9[0-9]Z", frac) != 1) return std::nullopt;
-    std::string f(frac);
-    f.resize(3, '0');
-    ms = std::stoi(f.substr(0, 3));
+  auto y = digits(0, 4), mo = digits(5, 2), d = digits(8, 2), h = digits(11, 2), mi = digits(14, 2),
+       sec = digits(17, 2);
+  if (!y || !mo || !d || !h || !mi || !sec || *mo < 1 || *mo > 12 || *d < 1 || *d > 31 || *h > 23 ||
+      *mi > 59 || *sec > 60) {
+    return std::nullopt;
   }
-  tm.tm_year -= 1900;
-  tm.tm_mon -= 1;
+  size_t at = 19;
+  int ms = 0;
+  if (at < text.size() && text[at] == '.') {
+    size_t n = 0;
+    ++at;
+    while (at < text.size() && text[at] >= '0' && text[at] <= '9') {
+      if (n < 3) ms = ms * 10 + (text[at] - '0');
+      ++n;
+      ++at;
+    }
+    if (n == 0) return std::nullopt;
+    for (; n < 3; ++n) ms *= 10;
+  }
+  const std::string zone = text.substr(at);
+  if (zone != "Z" && zone != "z" && zone != "+00:00" && zone != "-00:00") return std::nullopt;
+  std::tm tm{};
+  tm.tm_year = *y - 1900;
+  tm.tm_mon = *mo - 1;
+  tm.tm_mday = *d;
+  tm.tm_hour = *h;
+  tm.tm_min = *mi;
+  tm.tm_sec = *sec;
   const time_t secs = timegm(&tm);
-  if (secs == static_cast<time_t>(-1)) return std::nullopt;
   return static_cast<int64_t>(secs) * 1000 + ms;
 }
 
@@ -217,7 +242,7 @@ HttpResponse Service::Handle(HttpRequest request) {
       return response;
     }
     response = Dispatch(ctx);
-  } catch (const std::exception&) {
+  } catch (...) {
     // Never e.what(): it can carry library text or input.
     spdlog::error("request_id={} route={} unexpected exception", ctx.request.request_id,
                   ctx.request.route);
@@ -226,7 +251,16 @@ HttpResponse Service::Handle(HttpRequest request) {
   }
   Cleanse(ctx.request.body);
   Cleanse(ctx.request.authorization);
-  return Finish(ctx, std::move(response));
+  try {
+    return Finish(ctx, std::move(response));
+  } catch (...) {
+    // Whatever the handler produced, without its audit record it is not sent.
+    HttpResponse failed = Json(503, ErrorJson("unavailable", "audit_unavailable",
+                                              "the audit trail cannot be written; nothing was revealed"));
+    failed.headers.emplace_back("Retry-After", kRetryAfterSeconds);
+    failed.headers.emplace_back("Request-Id", ctx.request.request_id);
+    return failed;
+  }
 }
 
 storage::AuditRecord Service::AuditOf(const Context& ctx, int status) {
@@ -277,6 +311,13 @@ HttpResponse Service::Ready() {
     r.headers.emplace_back("Retry-After", kRetryAfterSeconds);
     return r;
   }
+  // Storage answers if a read goes through (the merchant does not exist; NotFound is an answer).
+  Status store = vault_.store().GetMerchant("-readyz").status();
+  if (!store.ok() && store.code() != StatusCode::kNotFound) {
+    HttpResponse r = Json(503, ErrorJson("unavailable", store.reason(), "the database does not answer"));
+    r.headers.emplace_back("Retry-After", kRetryAfterSeconds);
+    return r;
+  }
   return Json(200, {{"status", "ready"}});
 }
 
@@ -289,6 +330,7 @@ HttpResponse ErrorResponse(const Status& s, std::string* reason_out) {
   if (code >= 500) message = code == 503 ? "a dependency is unavailable; retry later" : "internal error";
   HttpResponse r = Json(code, ErrorJson(type, s.reason().empty() ? type : s.reason(), message));
   if (code == 503) r.headers.emplace_back("Retry-After", kRetryAfterSeconds);
+  if (code == 401) r.headers.emplace_back("WWW-Authenticate", "Bearer");
   return r;
 }
 
@@ -303,15 +345,20 @@ HttpResponse Service::Dispatch(Context& ctx) {
     }
     return ErrorResponse(s, &ctx.reason);
   };
-  if (auto it = rq.params.find("m"); it != rq.params.end()) ctx.merchant = it->second;
+  // URL text reaches the audit record only once it has the shape of what it claims to be.
+  const std::string url_merchant = rq.params.count("m") ? rq.params.at("m") : "";
+  if (IsValidMerchantId(url_merchant)) ctx.merchant = url_merchant;
 
   // 1. Authentication.
-  const std::string_view bearer = "Bearer ";
-  if (rq.authorization.size() <= bearer.size() ||
-      std::string_view(rq.authorization).substr(0, bearer.size()) != bearer) {
+  // The scheme is case-insensitive (RFC 9110 §11.1).
+  constexpr size_t kBearer = 7;  // "Bearer "
+  std::string scheme = rq.authorization.substr(0, kBearer);
+  std::transform(scheme.begin(), scheme.end(), scheme.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  if (rq.authorization.size() <= kBearer || scheme != "bearer ") {
     return fail(UnauthenticatedError("missing_api_key", "an API key is required (Authorization: Bearer)"));
   }
-  StatusOr<policy::ApiKey> key = policy::ParseApiKey(std::string_view(rq.authorization).substr(bearer.size()));
+  StatusOr<policy::ApiKey> key = policy::ParseApiKey(std::string_view(rq.authorization).substr(kBearer));
   if (!key.ok()) return fail(key.status());
   StatusOr<storage::PrincipalRecord> stored = vault_.store().FindPrincipalByKeyId(key->key_id);
   if (!stored.ok() && stored.status().code() != StatusCode::kNotFound) return fail(stored.status());
@@ -352,7 +399,7 @@ HttpResponse Service::Dispatch(Context& ctx) {
   } else if (!rq.body.empty() && !IsJsonContentType(rq.content_type)) {
     return fail(InvalidArgumentError("unsupported_media_type", "Content-Type must be application/json"));
   }
-  if (!ctx.merchant.empty() && !IsValidMerchantId(ctx.merchant)) {
+  if (!url_merchant.empty() && !IsValidMerchantId(url_merchant)) {
     return fail(BadRequest("invalid_merchant", "merchant ids match ^[a-z0-9][a-z0-9_-]{0,63}$"));
   }
 
@@ -403,6 +450,9 @@ HttpResponse Service::CreatePrincipal(Context& ctx) {
   if (!b.contains("merchants")) TV_OR_FAIL(BadRequest("invalid_principal", "'merchants' is required"));
   policy::Principal p;
   p.name = b["name"].get<std::string>();
+  if (!policy::IsValidName(p.name)) {
+    TV_OR_FAIL(BadRequest("invalid_principal", "principal names match ^[a-z0-9][a-z0-9_.-]{0,63}$"));
+  }
   ctx.resource = "principal:" + p.name;
   for (const json& r : b["roles"]) {
     if (!r.is_string()) TV_OR_FAIL(BadRequest("invalid_principal", "roles are strings"));
@@ -424,6 +474,16 @@ HttpResponse Service::CreatePrincipal(Context& ctx) {
     TV_OR_FAIL(BadRequest("invalid_principal", "'merchants' is a list of ids or \"*\""));
   }
   TV_OR_FAIL(policy_->ValidatePrincipal(p));
+  // Nobody hands out more than they hold: the new principal's merchants must lie inside the
+  // creator's scope.
+  if (!ctx.principal->scope.all()) {
+    bool inside = !p.scope.all();
+    for (const std::string& id : p.scope.merchants()) inside &= ctx.principal->scope.Contains(id);
+    if (!inside) {
+      ctx.reason = "the new principal's merchants are outside the creator's scope";
+      return Json(403, ErrorJson("permission_denied", "permission_denied", "the API key may not do this"));
+    }
+  }
   StatusOr<policy::NewApiKey> key = policy::GenerateApiKey();
   TV_OR_FAIL(key.status());
   storage::PrincipalRecord record;
@@ -450,7 +510,22 @@ HttpResponse Service::CreatePrincipal(Context& ctx) {
 HttpResponse Service::DeletePrincipal(Context& ctx) {
   TV_AUTHORIZE(Permission::kPrincipalsManage, "");
   const std::string name = ctx.request.params["name"];
+  if (!policy::IsValidName(name)) TV_OR_FAIL(BadRequest("invalid_principal", "malformed principal name"));
   ctx.resource = "principal:" + name;
+  // A principal may only be deleted by one whose scope covers it.
+  StatusOr<storage::PrincipalRecord> target = vault_.store().FindPrincipal(name);
+  if (!target.ok() || target->deleted_at_ms) {
+    TV_OR_FAIL(target.ok() ? NotFoundError("principal_not_found", "no such principal") : target.status());
+  }
+  bool covered = ctx.principal->scope.all();
+  if (!covered && !target->all_merchants) {
+    covered = true;
+    for (const std::string& m : target->merchants) covered &= ctx.principal->scope.Contains(m);
+  }
+  if (!covered) {
+    ctx.reason = "the principal's merchants are outside the deleter's scope";
+    return Json(403, ErrorJson("permission_denied", "permission_denied", "the API key may not do this"));
+  }
   Status deleted = vault_.store().DeletePrincipal(name, Clock::Real().NowUnixMillis());
   TV_OR_FAIL(deleted);
   HttpResponse r;
@@ -491,8 +566,15 @@ HttpResponse Service::CreateToken(Context& ctx) {
   if (b.contains("format") && !(b["format"].is_string() && b["format"] == "random")) {
     TV_OR_FAIL(BadRequest("unsupported_format", "only the 'random' format is available"));
   }
-  for (const char* later : {"deterministic", "ttl_seconds", "metadata"}) {
-    if (b.contains(later)) TV_OR_FAIL(BadRequest("unsupported_field", std::string("'") + later + "' is not supported yet"));
+  // Only the defaults of these are available yet (later milestones add the rest).
+  if (b.contains("deterministic") && !(b["deterministic"].is_boolean() && !b["deterministic"].get<bool>())) {
+    TV_OR_FAIL(BadRequest("unsupported_field", "deterministic tokens are not available yet"));
+  }
+  if (b.contains("ttl_seconds") && !b["ttl_seconds"].is_null()) {
+    TV_OR_FAIL(BadRequest("unsupported_field", "token TTLs are not available yet"));
+  }
+  if (b.contains("metadata") && !(b["metadata"].is_object() && b["metadata"].empty())) {
+    TV_OR_FAIL(BadRequest("unsupported_field", "token metadata is not available yet"));
   }
   std::string& value = b["value"].get_ref<std::string&>();
   // The token and its audit record commit together (one transaction, shared with concurrent
@@ -508,16 +590,18 @@ HttpResponse Service::CreateToken(Context& ctx) {
 
 HttpResponse Service::GetToken(Context& ctx) {
   TV_AUTHORIZE(Permission::kTokensRead, ctx.merchant);
-  ctx.resource = ctx.request.params["token"];
-  StatusOr<TokenInfo> t = vault_.GetToken(ctx.merchant, ctx.resource);
+  const std::string token = ctx.request.params["token"];
+  ctx.resource = IsWellFormedRandomToken(token) ? token : "(malformed)";
+  StatusOr<TokenInfo> t = vault_.GetToken(ctx.merchant, token);
   TV_OR_FAIL(t.status());
   return Json(200, TokenObject(*t));
 }
 
 HttpResponse Service::DeleteToken(Context& ctx) {
   TV_AUTHORIZE(Permission::kTokensDelete, ctx.merchant);
-  ctx.resource = ctx.request.params["token"];
-  TV_OR_FAIL(vault_.DeleteToken(ctx.merchant, ctx.resource));
+  const std::string token = ctx.request.params["token"];
+  ctx.resource = IsWellFormedRandomToken(token) ? token : "(malformed)";
+  TV_OR_FAIL(vault_.DeleteToken(ctx.merchant, token));
   HttpResponse r;
   r.status = 204;
   return r;
@@ -572,7 +656,7 @@ HttpResponse Service::ReadAudit(Context& ctx) {
   for (const auto& [k, v] : query) {
     static const std::set<std::string> kKnown = {"since", "until", "principal", "merchant",
                                                  "action", "outcome", "limit", "cursor"};
-    if (!kKnown.count(k)) TV_OR_FAIL(BadRequest("unknown_parameter", "unknown query parameter '" + k + "'"));
+    if (!kKnown.count(k)) TV_OR_FAIL(BadRequest("unknown_parameter", "unknown query parameter"));
   }
   if (query.count("since")) {
     q.since_ms = ParseRfc3339(query["since"]);
@@ -624,11 +708,13 @@ HttpResponse Service::VerifyAudit(Context& ctx) {
   return Json(200, out);
 }
 
-StatusOr<std::optional<SecretBytes>> Service::EnsureBootstrapAdmin() {
+StatusOr<bool> Service::EnsureBootstrapAdmin(
+    const std::function<Status(const SecretBytes&)>& persist_key) {
   StatusOr<storage::PrincipalRecord> existing = vault_.store().FindPrincipal("admin");
-  if (existing.ok()) return std::optional<SecretBytes>();
+  if (existing.ok()) return false;
   if (existing.status().code() != StatusCode::kNotFound) return existing.status();
   TV_ASSIGN_OR_RETURN(policy::NewApiKey key, policy::GenerateApiKey());
+  TV_RETURN_IF_ERROR(persist_key(key.full_key));
   storage::PrincipalRecord record;
   record.name = "admin";
   record.roles = {"admin"};
@@ -648,7 +734,7 @@ StatusOr<std::optional<SecretBytes>> Service::EnsureBootstrapAdmin() {
   audit.status = 201;
   audit.reason = "first start: bootstrap administrator";
   TV_RETURN_IF_ERROR(vault_.audit().Append(std::move(audit)).status());
-  return std::optional<SecretBytes>(std::move(key.full_key));
+  return true;
 }
 
 }  // namespace tokenvault::api

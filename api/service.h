@@ -4,6 +4,7 @@
 #ifndef TOKENVAULT_API_SERVICE_H_
 #define TOKENVAULT_API_SERVICE_H_
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -60,8 +61,10 @@ class Service {
   HttpResponse Handle(HttpRequest request);
 
   // Creates the principal "admin" (role admin, every merchant) if no principal of that name
-  // exists, and returns its API key (shown once). nullopt if it existed.
-  StatusOr<std::optional<SecretBytes>> EnsureBootstrapAdmin();
+  // exists. 'persist_key' is called with the new API key BEFORE the principal is stored, so that
+  // a crash can never leave an administrator whose key nobody has; if it fails, nothing is
+  // stored. Returns true if the admin was created now.
+  StatusOr<bool> EnsureBootstrapAdmin(const std::function<Status(const SecretBytes&)>& persist_key);
 
  private:
   struct Context;

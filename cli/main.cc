@@ -78,7 +78,11 @@ bool ReadConfigFile(const std::string& path, Settings* s) {
 void ReadEnvironment(Settings* s) {
   if (const char* v = std::getenv("TOKENVAULT_DATA_DIR")) s->data_dir = v;
   if (const char* v = std::getenv("TOKENVAULT_LISTEN")) s->listen = v;
-  if (const char* v = std::getenv("TOKENVAULT_PORT")) s->port = std::atoi(v);
+  if (const char* v = std::getenv("TOKENVAULT_PORT")) {
+    char* end = nullptr;
+    const long port = std::strtol(v, &end, 10);
+    s->port = (*v != '\0' && *end == '\0') ? static_cast<int>(port) : -1;  // -1: refused below
+  }
   if (const char* v = std::getenv("TOKENVAULT_POLICY_FILE")) s->policy_file = v;
 }
 
@@ -97,30 +101,34 @@ std::unique_ptr<Vault> OpenVault(const Settings& s) {
   return std::move(vault).value();
 }
 
-bool WriteAdminKey(const std::string& path, const SecretBytes& key) {
-  const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (fd < 0) return false;
-  bool ok = write(fd, key.data(), key.size()) == static_cast<ssize_t>(key.size()) &&
-            write(fd, "\n", 1) == 1 && fsync(fd) == 0;
+// Writes the key to a temporary file (0600), fsyncs it and renames it over 'path': the file is
+// either the whole new key or untouched.
+Status WriteAdminKey(const std::string& path, const SecretBytes& key) {
+  const std::string tmp = path + ".tmp";
+  unlink(tmp.c_str());
+  const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) return FailedPreconditionError("data_dir_unwritable", "cannot create " + tmp);
+  const bool ok = write(fd, key.data(), key.size()) == static_cast<ssize_t>(key.size()) &&
+                  write(fd, "\n", 1) == 1 && fsync(fd) == 0;
   close(fd);
-  return ok;
+  if (!ok || rename(tmp.c_str(), path.c_str()) != 0) {
+    unlink(tmp.c_str());
+    return FailedPreconditionError("data_dir_unwritable", "cannot write " + path);
+  }
+  return Status::Ok();
 }
 
-bool Bootstrap(Vault& vault, api::Service& service, const Settings& s) {
-  StatusOr<std::optional<SecretBytes>> admin = service.EnsureBootstrapAdmin();
-  if (!admin.ok()) {
-    spdlog::error("cannot create the bootstrap admin: {}", admin.status().ToString());
+bool Bootstrap(api::Service& service, const Settings& s) {
+  const std::string key_path = s.data_dir + "/admin.key";
+  StatusOr<bool> created = service.EnsureBootstrapAdmin(
+      [&](const SecretBytes& key) { return WriteAdminKey(key_path, key); });
+  if (!created.ok()) {
+    spdlog::error("cannot create the bootstrap admin: {}", created.status().ToString());
     return false;
   }
-  const std::string key_path = s.data_dir + "/admin.key";
-  if (admin->has_value()) {
-    if (!WriteAdminKey(key_path, **admin)) {
-      spdlog::error("cannot write {}", key_path);
-      return false;
-    }
+  if (*created) {
     spdlog::info("bootstrap principal 'admin' created; its API key is in {} (mode 0600)", key_path);
   }
-  (void)vault;
   return true;
 }
 
@@ -128,7 +136,7 @@ int Init(const Settings& s) {
   std::unique_ptr<Vault> vault = OpenVault(s);
   if (!vault) return 1;
   api::Service service(*vault, std::make_shared<const policy::Policy>(policy::Policy::BuiltIn()));
-  if (!Bootstrap(*vault, service, s)) return 1;
+  if (!Bootstrap(service, s)) return 1;
   std::string cert, key;
   Status tls = api::EnsureDevCertificate(s.data_dir + "/tls", &cert, &key);
   if (!tls.ok()) {
@@ -163,7 +171,7 @@ int Serve(const Settings& s) {
   std::unique_ptr<Vault> vault = OpenVault(s);
   if (!vault) return 1;
   api::Service service(*vault, policy);
-  if (!Bootstrap(*vault, service, s)) return 1;
+  if (!Bootstrap(service, s)) return 1;
 
   api::ServerConfig config;
   config.bind_address = s.listen;
@@ -239,7 +247,12 @@ int main(int argc, char** argv) {
   if (worker_threads > 0) settings.worker_threads = worker_threads;
   if (!policy_file.empty()) settings.policy_file = policy_file;
   if (settings.port < 0 || settings.port > 65535) {
-    spdlog::error("port out of range");
+    spdlog::error("the port must be a number from 0 to 65535");
+    return 2;
+  }
+  if (settings.io_threads < 1 || settings.io_threads > 64 || settings.worker_threads < 1 ||
+      settings.worker_threads > 1024) {
+    spdlog::error("thread counts must be positive (io 1-64, workers 1-1024)");
     return 2;
   }
   return init->parsed() ? Init(settings) : Serve(settings);

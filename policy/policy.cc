@@ -138,7 +138,7 @@ Status Policy::ValidatePrincipal(const Principal& principal) const {
   }
   for (const std::string& name : principal.roles) {
     if (FindRole(name) == nullptr) {
-      return InvalidArgumentError("unknown_role", "no role named '" + name + "'");
+      return InvalidArgumentError("unknown_role", "a role of the principal does not exist");
     }
   }
   // Roles that are fine alone may not be combined into a principal that breaks the rule.

@@ -37,17 +37,21 @@ bool ServerProcess::Start() {
   posix_spawn_file_actions_destroy(&actions);
   if (rc != 0) return false;
   pid_ = pid;
-  // The server prints "listening <port>" once it serves; look for the last such line.
+  // The server prints "listening <port>" once it serves. The log may hold lines of earlier
+  // runs: wait for one more such line than there were before.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
   while (std::chrono::steady_clock::now() < deadline) {
     std::ifstream in(log_file_);
     std::string line;
-    int found = 0;
+    int found = 0, count = 0;
     while (std::getline(in, line)) {
-      if (line.rfind("listening ", 0) == 0) found = std::stoi(line.substr(10));
+      if (line.rfind("listening ", 0) == 0) {
+        found = std::stoi(line.substr(10));
+        ++count;
+      }
     }
-    // A previous run may have written to the same log: count only a new line.
-    if (found > 0 && found != port_) {
+    if (count > starts_) {
+      starts_ = count;
       port_ = found;
       return true;
     }
@@ -65,7 +69,16 @@ int ServerProcess::Stop(int sig) {
   if (pid_ <= 0) return -1;
   kill(pid_, sig);
   int status = 0;
-  waitpid(pid_, &status, 0);
+  // A server that does not stop within 60 s is killed: the suite must not hang.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (waitpid(pid_, &status, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, &status, 0);
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
   pid_ = -1;
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   return WIFSIGNALED(status) ? -WTERMSIG(status) : -1;

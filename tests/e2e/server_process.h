@@ -34,6 +34,7 @@ class ServerProcess {
   std::vector<std::string> extra_args_;
   int pid_ = -1;
   int port_ = 0;
+  int starts_ = 0;  // "listening" lines seen in the log so far
 };
 
 }  // namespace tokenvault::testing
