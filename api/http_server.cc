@@ -31,39 +31,23 @@ std::string NewRequestId() {
   return id;
 }
 
-// Pistache 0.0.5 does not write raw headers on responses: each header we send is a class.
-class RequestIdHeader : public Http::Header::Header {
- public:
-  NAME("Request-Id")
-  explicit RequestIdHeader(std::string value) : value_(std::move(value)) {}
-  void parse(const std::string& data) override { value_ = data; }
-  void write(std::ostream& os) const override { os << value_; }
-
- private:
-  std::string value_;
-};
-
-class WwwAuthenticateHeader : public Http::Header::Header {
- public:
-  NAME("WWW-Authenticate")
-  explicit WwwAuthenticateHeader(std::string value) : value_(std::move(value)) {}
-  void parse(const std::string& data) override { value_ = data; }
-  void write(std::ostream& os) const override { os << value_; }
-
- private:
-  std::string value_;
-};
-
-class RetryAfterHeader : public Http::Header::Header {
- public:
-  NAME("Retry-After")
-  explicit RetryAfterHeader(std::string value) : value_(std::move(value)) {}
-  void parse(const std::string& data) override { value_ = data; }
-  void write(std::ostream& os) const override { os << value_; }
-
- private:
-  std::string value_;
-};
+// Pistache 0.0.5 does not write raw headers on responses: each header we send is a class, and
+// its NAME() must be a literal, hence a macro rather than a template.
+#define TV_RESPONSE_HEADER(Class, header_name)                                 \
+  class Class : public Http::Header::Header {                                  \
+   public:                                                                     \
+    NAME(header_name)                                                          \
+    explicit Class(std::string value) : value_(std::move(value)) {}            \
+    void parse(const std::string& data) override { value_ = data; }            \
+    void write(std::ostream& os) const override { os << value_; }              \
+                                                                               \
+   private:                                                                    \
+    std::string value_;                                                        \
+  };
+TV_RESPONSE_HEADER(RequestIdHeader, "Request-Id")
+TV_RESPONSE_HEADER(RetryAfterHeader, "Retry-After")
+TV_RESPONSE_HEADER(WwwAuthenticateHeader, "WWW-Authenticate")
+#undef TV_RESPONSE_HEADER
 
 void SendJson(Http::ResponseWriter& writer, int status, const std::string& body,
               const std::vector<std::pair<std::string, std::string>>& headers) {
