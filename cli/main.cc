@@ -4,6 +4,7 @@
 // Settings: built-in defaults < --config FILE (JSON) < TOKENVAULT_* environment < flags.
 // The HSM PIN is never a flag (argv is visible to every local user): a file or the environment.
 #include <signal.h>
+#include <spdlog/cfg/env.h>
 #include <spdlog/spdlog.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -32,7 +33,7 @@ struct Settings {
   int port = 8443;
   bool plain_http = false;
   int io_threads = 2;
-  int worker_threads = 16;
+  int worker_threads = 64;
   std::string policy_file;
 };
 
@@ -212,6 +213,7 @@ int Serve(const Settings& s) {
 int main(int argc, char** argv) {
   HardenProcess();
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%eZ %l %v", spdlog::pattern_time_type::utc);
+  spdlog::cfg::load_env_levels();  // SPDLOG_LEVEL=warn silences the per-request lines
   CLI::App app{"tokenvault: a self-hosted tokenization vault"};
   app.require_subcommand(1);
   Settings settings;

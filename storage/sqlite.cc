@@ -227,25 +227,36 @@ Status Transaction::Commit() {
   return s;
 }
 
+namespace {
+
+// Savepoints run once per write operation: through cached statements, not sqlite3_exec, which
+// would parse the SQL every time.
+Status RunCached(Database& db, std::string_view sql) {
+  TV_ASSIGN_OR_RETURN(Statement stmt, db.Prepare(sql));
+  return stmt.Run();
+}
+
+}  // namespace
+
 StatusOr<Savepoint> Savepoint::Begin(Database& db) {
-  TV_RETURN_IF_ERROR(db.Exec("SAVEPOINT op"));
+  TV_RETURN_IF_ERROR(RunCached(db, "SAVEPOINT op"));
   return Savepoint(&db);
 }
 
 Savepoint::~Savepoint() {
   if (db_ != nullptr) {
-    db_->Exec("ROLLBACK TO op").IgnoreError();
-    db_->Exec("RELEASE op").IgnoreError();
+    RunCached(*db_, "ROLLBACK TO op").IgnoreError();
+    RunCached(*db_, "RELEASE op").IgnoreError();
   }
 }
 
 Status Savepoint::Release() {
   Database* db = std::exchange(db_, nullptr);
   if (db == nullptr) return InternalError("storage_error", "savepoint already finished");
-  Status s = db->Exec("RELEASE op");
+  Status s = RunCached(*db, "RELEASE op");
   if (!s.ok() && db->InTransaction()) {
-    db->Exec("ROLLBACK TO op").IgnoreError();
-    db->Exec("RELEASE op").IgnoreError();
+    RunCached(*db, "ROLLBACK TO op").IgnoreError();
+    RunCached(*db, "RELEASE op").IgnoreError();
   }
   return s;
 }

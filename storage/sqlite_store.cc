@@ -150,12 +150,15 @@ Status InsertDataKey(Database& db, const DataKeyRecord& dek) {
 
 class SqliteStore::Impl {
  public:
-  Impl(FileLock lock, std::unique_ptr<Database> writer, const SqliteStoreOptions& options)
+  Impl(FileLock lock, std::unique_ptr<Database> writer, std::unique_ptr<Database> checkpointer,
+       const SqliteStoreOptions& options)
       : lock_(std::move(lock)),
         writer_(std::move(writer)),
+        checkpointer_(std::move(checkpointer)),
         readers_(options.path, options.read_connections),
         max_batch_(options.max_batch == 0 ? 1 : options.max_batch),
-        thread_([this] { WriterLoop(); }) {}
+        thread_([this] { WriterLoop(); }),
+        checkpoint_thread_([this] { CheckpointLoop(); }) {}
 
   ~Impl() {
     {
@@ -163,7 +166,10 @@ class SqliteStore::Impl {
       stopping_ = true;
     }
     cv_.notify_all();
+    checkpoint_cv_.notify_all();
     thread_.join();
+    checkpoint_thread_.join();
+    checkpointer_.reset();
     readers_.Clear();
   }
 
@@ -202,6 +208,22 @@ class SqliteStore::Impl {
     std::function<Status(Database&)> op;
     std::promise<Status> result;
   };
+
+  // Copies the WAL back into the database file from a connection of its own, so that the writer
+  // never stalls a batch on a checkpoint's fsyncs (the writer has wal_autocheckpoint=0).
+  // PASSIVE never blocks the writer; if it falls behind, the WAL just grows until it catches up.
+  void CheckpointLoop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!stopping_) {
+      // Its own condition variable: sharing the writer's would let a Write's notify_one wake
+      // this thread instead of the writer, and the write would wait forever.
+      checkpoint_cv_.wait_for(lock, std::chrono::milliseconds(200));
+      if (stopping_) break;
+      lock.unlock();
+      checkpointer_->Exec("PRAGMA wal_checkpoint(PASSIVE)").IgnoreError();  // retried next round
+      lock.lock();
+    }
+  }
 
   void WriterLoop() {
     std::vector<Pending> batch;
@@ -273,15 +295,18 @@ class SqliteStore::Impl {
   }
 
   FileLock lock_;
-  std::unique_ptr<Database> writer_;  // used by the writer thread only
+  std::unique_ptr<Database> writer_;        // used by the writer thread only
+  std::unique_ptr<Database> checkpointer_;  // used by the checkpoint thread only
   ReadPool readers_;
   const size_t max_batch_;
   mutable std::mutex mu_;
-  std::condition_variable cv_;
+  std::condition_variable cv_;             // the writer's: work queued or stopping
+  std::condition_variable checkpoint_cv_;  // the checkpointer's: stopping
   std::deque<Pending> queue_;  // GUARDED_BY(mu_)
   bool stopping_ = false;      // GUARDED_BY(mu_)
   Stats stats_;                // GUARDED_BY(mu_)
-  std::thread thread_;         // last: starts once everything above is built
+  std::thread thread_;             // last: start once everything above is built
+  std::thread checkpoint_thread_;
 };
 
 StatusOr<std::unique_ptr<SqliteStore>> SqliteStore::Open(const SqliteStoreOptions& options) {
@@ -291,8 +316,10 @@ StatusOr<std::unique_ptr<SqliteStore>> SqliteStore::Open(const SqliteStoreOption
   TV_ASSIGN_OR_RETURN(FileLock lock, FileLock::Acquire(options.path + ".lock"));
   TV_ASSIGN_OR_RETURN(std::unique_ptr<Database> writer, Database::Open(options.path, {}));
   TV_RETURN_IF_ERROR(ApplyMigrations(*writer));
-  return std::unique_ptr<SqliteStore>(
-      new SqliteStore(std::make_unique<Impl>(std::move(lock), std::move(writer), options)));
+  TV_RETURN_IF_ERROR(writer->Exec("PRAGMA wal_autocheckpoint=0"));
+  TV_ASSIGN_OR_RETURN(std::unique_ptr<Database> checkpointer, Database::Open(options.path, {}));
+  return std::unique_ptr<SqliteStore>(new SqliteStore(std::make_unique<Impl>(
+      std::move(lock), std::move(writer), std::move(checkpointer), options)));
 }
 
 SqliteStore::SqliteStore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
