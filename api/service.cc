@@ -360,7 +360,7 @@ HttpResponse Service::Dispatch(Context& ctx) {
   }
   StatusOr<policy::ApiKey> key = policy::ParseApiKey(std::string_view(rq.authorization).substr(kBearer));
   if (!key.ok()) return fail(key.status());
-  StatusOr<storage::PrincipalRecord> stored = vault_.store().FindPrincipalByKeyId(key->key_id);
+  StatusOr<storage::PrincipalRecord> stored = PrincipalByKeyId(key->key_id);
   if (!stored.ok() && stored.status().code() != StatusCode::kNotFound) return fail(stored.status());
   // Compare even when the key id is unknown, so both failures take the same time.
   static const Bytes kNoHash(32, 0);
@@ -527,6 +527,12 @@ HttpResponse Service::DeletePrincipal(Context& ctx) {
     return Json(403, ErrorJson("permission_denied", "permission_denied", "the API key may not do this"));
   }
   Status deleted = vault_.store().DeletePrincipal(name, Clock::Real().NowUnixMillis());
+  {
+    // Whatever happened, forget every cached principal: the deleted one's key stops working now.
+    std::lock_guard<std::mutex> lock(principals_mu_);
+    principals_.clear();
+    ++principals_generation_;
+  }
   TV_OR_FAIL(deleted);
   HttpResponse r;
   r.status = 204;
@@ -706,6 +712,26 @@ HttpResponse Service::VerifyAudit(Context& ctx) {
   if (v->first_bad_seq) out["first_bad_seq"] = *v->first_bad_seq;
   if (!v->ok) out["reason"] = v->reason;
   return Json(200, out);
+}
+
+StatusOr<storage::PrincipalRecord> Service::PrincipalByKeyId(const std::string& key_id) {
+  uint64_t generation;
+  {
+    std::lock_guard<std::mutex> lock(principals_mu_);
+    auto it = principals_.find(key_id);
+    if (it != principals_.end()) return it->second;
+    generation = principals_generation_;
+  }
+  StatusOr<storage::PrincipalRecord> stored = vault_.store().FindPrincipalByKeyId(key_id);
+  if (stored.ok()) {
+    std::lock_guard<std::mutex> lock(principals_mu_);
+    // A deletion since our read may concern this very principal: then do not cache it.
+    if (generation == principals_generation_) {
+      if (principals_.size() >= 10000) principals_.clear();  // bounded: unknown ids never enter
+      principals_[key_id] = *stored;
+    }
+  }
+  return stored;
 }
 
 StatusOr<bool> Service::EnsureBootstrapAdmin(

@@ -6,6 +6,8 @@
 
 #include <functional>
 #include <map>
+#include <mutex>
+#include <unordered_map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -83,9 +85,18 @@ class Service {
   HttpResponse VerifyAudit(Context& ctx);
   HttpResponse Ready();
 
+  // The principal holding 'key_id', from a small cache in front of the store. Deleting a
+  // principal clears the cache, so its keys stop working at once: this process is the only
+  // writer of its database.
+  StatusOr<storage::PrincipalRecord> PrincipalByKeyId(const std::string& key_id);
+
   Vault& vault_;
   std::shared_ptr<const policy::Policy> policy_;
   const ServiceOptions options_;
+  std::mutex principals_mu_;
+  std::unordered_map<std::string, storage::PrincipalRecord> principals_;  // GUARDED_BY(principals_mu_)
+  // Bumped by every deletion: a lookup that started before it must not refill the cache.
+  uint64_t principals_generation_ = 0;  // GUARDED_BY(principals_mu_)
 };
 
 // The one Status -> HTTP mapping: status code and error type of API.md.

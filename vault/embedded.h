@@ -25,7 +25,7 @@ struct EmbeddedConfig {
   std::optional<hsm::Pkcs11Config> hsm;
   hsm::PinSource pin;  // used with 'hsm'
   VaultOptions vault;
-  size_t read_connections = 4;
+  size_t read_connections = 16;
 };
 
 std::string EmbeddedDatabasePath(const std::string& data_dir);
