@@ -85,6 +85,16 @@ class ApiTest : public ::testing::Test {
     }
   }
 
+  // Rows in the tokens table. REQUIRES: the server is stopped.
+  int64_t TokenRows() {
+    auto db = storage::Database::Open(server_->data_dir() + "/tokenvault.db", {});
+    EXPECT_TRUE(db.ok());
+    if (!db.ok()) return -1;
+    auto count = (*db)->Prepare("SELECT COUNT(*) FROM tokens");
+    EXPECT_TRUE(count.ok() && *count->Step());
+    return count.ok() ? count->ColumnInt(0) : -1;
+  }
+
   // SIGTERM or SIGKILL in the middle of a stream of tokenize calls: every token answered 201
   // detokenizes to its value after the restart.
   void StreamAndInterrupt(int sig);
@@ -320,11 +330,7 @@ TEST_F(ApiTest, BadInputGetsAJsonErrorStoresNothingAndIsAudited) {
   EXPECT_EQ(errors.Json()["records"].size(), cases.size());
   // Nothing stored.
   server_->Stop();
-  auto db = storage::Database::Open(server_->data_dir() + "/tokenvault.db", {});
-  ASSERT_TRUE(db.ok());
-  auto count = (*db)->Prepare("SELECT COUNT(*) FROM tokens");
-  ASSERT_TRUE(count.ok() && *count->Step());
-  EXPECT_EQ(count->ColumnInt(0), 0);
+  EXPECT_EQ(TokenRows(), 0);
   ExpectNoValuesAtRest({secret}, "principal:app");
 }
 
@@ -402,11 +408,7 @@ TEST_F(ApiTest, AuditFailureMeansNoValue) {
   Reply t = client_->Post("/v1/merchants/acme/tokens", app, {{"value", "ANOTHER-SECRET-92"}});
   EXPECT_EQ(t.status, 503) << t.body;
   server_->Stop();
-  auto db = storage::Database::Open(server_->data_dir() + "/tokenvault.db", {});
-  ASSERT_TRUE(db.ok());
-  auto count = (*db)->Prepare("SELECT COUNT(*) FROM tokens");
-  ASSERT_TRUE(count.ok() && *count->Step());
-  EXPECT_EQ(count->ColumnInt(0), 1);
+  EXPECT_EQ(TokenRows(), 1);
 }
 
 void ApiTest::StreamAndInterrupt(int sig) {
