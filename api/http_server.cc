@@ -1,5 +1,6 @@
 #include "api/http_server.h"
 
+#include <openssl/crypto.h>
 #include <openssl/rand.h>
 #include <pistache/endpoint.h>
 #include <pistache/http.h>
@@ -316,6 +317,8 @@ class HttpServer::Impl {
       const std::string route = shared_request->route;
       HttpResponse response = service_.Handle(std::move(*shared_request));
       SendJson(*shared_writer, response.status, response.body, response.headers);
+      // A detokenize answer holds values: wipe our copy once Pistache has its own.
+      if (!response.body.empty()) OPENSSL_cleanse(response.body.data(), response.body.size());
       const auto micros = std::chrono::duration_cast<std::chrono::microseconds>(
                               std::chrono::steady_clock::now() - started)
                               .count();

@@ -24,6 +24,15 @@ void Cleanse(std::string& s) {
   s.clear();
 }
 
+// Wipes every string inside 'j' (revealed values pass through nlohmann's strings).
+void WipeStrings(json& j) {
+  if (j.is_string()) {
+    Cleanse(j.get_ref<std::string&>());
+  } else if (j.is_structured()) {
+    for (auto& child : j) WipeStrings(child);
+  }
+}
+
 std::string Hex(ByteView b) {
   static constexpr char kDigits[] = "0123456789abcdef";
   std::string out;
@@ -265,6 +274,7 @@ HttpResponse Service::Handle(HttpRequest request) {
 
 storage::AuditRecord Service::AuditOf(const Context& ctx, int status) {
   storage::AuditRecord record;
+  record.time_ms = Clock::Real().NowUnixMillis();
   record.request_id = ctx.request.request_id;
   record.principal = ctx.principal ? ctx.principal->name : "";
   record.auth = ctx.auth;
@@ -494,12 +504,16 @@ HttpResponse Service::CreatePrincipal(Context& ctx) {
   record.key_id = key->key_id;
   record.key_hash = key->secret_hash;
   record.created_at_ms = Clock::Real().NowUnixMillis();
-  Status inserted = vault_.store().InsertPrincipal(record);
+  // The principal exists if and only if its audit record does (one transaction).
+  ctx.resource = "principal:" + p.name + " key:" + key->key_id;
+  storage::AuditAttachment audit{AuditOf(ctx, 201), &vault_.audit()};
+  Status inserted = vault_.store().InsertPrincipal(record, &audit);
   if (inserted.code() == StatusCode::kAlreadyExists) {
+    ctx.resource = "principal:" + p.name;
     TV_OR_FAIL(AlreadyExistsError("principal_exists", "a principal with that name exists"));
   }
   TV_OR_FAIL(inserted);
-  ctx.resource = "principal:" + p.name + " key:" + key->key_id;
+  ctx.audited = true;
   json out = {{"name", p.name},
               {"roles", p.roles},
               {"merchants", p.scope.all() ? json("*") : json(record.merchants)},
@@ -526,7 +540,8 @@ HttpResponse Service::DeletePrincipal(Context& ctx) {
     ctx.reason = "the principal's merchants are outside the deleter's scope";
     return Json(403, ErrorJson("permission_denied", "permission_denied", "the API key may not do this"));
   }
-  Status deleted = vault_.store().DeletePrincipal(name, Clock::Real().NowUnixMillis());
+  storage::AuditAttachment audit{AuditOf(ctx, 204), &vault_.audit()};
+  Status deleted = vault_.store().DeletePrincipal(name, Clock::Real().NowUnixMillis(), &audit);
   {
     // Whatever happened, forget every cached principal: the deleted one's key stops working now.
     std::lock_guard<std::mutex> lock(principals_mu_);
@@ -534,6 +549,7 @@ HttpResponse Service::DeletePrincipal(Context& ctx) {
     ++principals_generation_;
   }
   TV_OR_FAIL(deleted);
+  ctx.audited = true;
   HttpResponse r;
   r.status = 204;
   return r;
@@ -547,9 +563,11 @@ HttpResponse Service::CreateMerchant(Context& ctx) {
   if (!IsValidMerchantId(id)) TV_OR_FAIL(BadRequest("invalid_merchant", "merchant ids match ^[a-z0-9][a-z0-9_-]{0,63}$"));
   ctx.merchant = id;
   TV_AUTHORIZE(Permission::kMerchantsCreate, id);
-  StatusOr<MerchantInfo> m = vault_.CreateMerchant(id);
+  ctx.resource = "kek:" + hsm::KekRef{id, 1}.Label();
+  const storage::AuditRecord audit = AuditOf(ctx, 201);
+  StatusOr<MerchantInfo> m = vault_.CreateMerchant(id, &audit);
   TV_OR_FAIL(m.status());
-  ctx.resource = "kek:" + hsm::KekRef{id, m->kek_version}.Label();
+  ctx.audited = true;
   return Json(201, {{"id", m->id},
                     {"created_at", Rfc3339(m->created_at_ms)},
                     {"kek_version", m->kek_version},
@@ -607,7 +625,9 @@ HttpResponse Service::DeleteToken(Context& ctx) {
   TV_AUTHORIZE(Permission::kTokensDelete, ctx.merchant);
   const std::string token = ctx.request.params["token"];
   ctx.resource = IsWellFormedRandomToken(token) ? token : "(malformed)";
-  TV_OR_FAIL(vault_.DeleteToken(ctx.merchant, token));
+  const storage::AuditRecord audit = AuditOf(ctx, 204);
+  TV_OR_FAIL(vault_.DeleteToken(ctx.merchant, token, &audit));
+  ctx.audited = true;
   HttpResponse r;
   r.status = 204;
   return r;
@@ -635,24 +655,32 @@ HttpResponse Service::Detokenize(Context& ctx) {
   }
   TV_AUTHORIZE(plain ? Permission::kTokensDetokenizePlain : Permission::kTokensDetokenizeMasked,
                ctx.merchant);
-  json items = json::array();
+  json out = {{"items", json::array()}};
+  json& items = out["items"];
   for (const json& t : b["tokens"]) {
     const std::string token = t.get<std::string>();
     StatusOr<RevealedValue> v = vault_.Detokenize(ctx.merchant, token);
     const std::string shown_token = IsWellFormedRandomToken(token) ? token : "";
     if (!v.ok()) {
-      if (v.status().code() == StatusCode::kUnavailable) return ErrorResponse(v.status(), &ctx.reason);
+      if (v.status().code() == StatusCode::kUnavailable) {
+        WipeStrings(out);  // values revealed so far never leave
+        return ErrorResponse(v.status(), &ctx.reason);
+      }
       auto [code, type] = HttpStatusOf(v.status());
       std::string message = code >= 500 ? "the token cannot be read" : v.status().message();
       items.push_back({{"token", shown_token},
                        {"error", {{"type", type}, {"code", v.status().reason()}, {"message", message}}}});
       continue;
     }
-    std::string value = plain ? std::string(AsChars(v->value.view())) : MaskValue(v->type, v->value);
-    items.push_back({{"token", token}, {"type", std::string(ValueTypeName(v->type))}, {"value", value}});
-    Cleanse(value);
+    json item = json::object();
+    item["token"] = token;
+    item["type"] = std::string(ValueTypeName(v->type));
+    item["value"] = plain ? std::string(AsChars(v->value.view())) : MaskValue(v->type, v->value);
+    items.push_back(std::move(item));
   }
-  return Json(200, {{"items", std::move(items)}});
+  HttpResponse response = Json(200, out);
+  WipeStrings(out);  // the answer's bytes are now only in response.body, wiped after sending
+  return response;
 }
 
 HttpResponse Service::ReadAudit(Context& ctx) {
@@ -748,7 +776,6 @@ StatusOr<bool> Service::EnsureBootstrapAdmin(
   record.key_id = key.key_id;
   record.key_hash = key.secret_hash;
   record.created_at_ms = Clock::Real().NowUnixMillis();
-  TV_RETURN_IF_ERROR(vault_.store().InsertPrincipal(record));
   storage::AuditRecord audit;
   audit.request_id = "bootstrap";
   audit.principal = "admin";
@@ -759,7 +786,9 @@ StatusOr<bool> Service::EnsureBootstrapAdmin(
   audit.outcome = "allowed";
   audit.status = 201;
   audit.reason = "first start: bootstrap administrator";
-  TV_RETURN_IF_ERROR(vault_.audit().Append(std::move(audit)).status());
+  audit.time_ms = record.created_at_ms;
+  storage::AuditAttachment attached{std::move(audit), &vault_.audit()};
+  TV_RETURN_IF_ERROR(vault_.store().InsertPrincipal(record, &attached));
   return true;
 }
 

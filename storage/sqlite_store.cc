@@ -148,6 +148,17 @@ Status InsertDataKey(Database& db, const DataKeyRecord& dek) {
 
 }  // namespace
 
+namespace {
+Status AppendAuditInTxn(Database& db, AuditRecord& record, const AuditMac& mac);
+
+// Appends the attached audit record, if any, inside the caller's transaction.
+Status AppendAttached(Database& db, AuditAttachment* audit) {
+  if (audit == nullptr) return Status::Ok();
+  if (audit->mac == nullptr) return InternalError("storage_error", "audit attachment without a MAC");
+  return AppendAuditInTxn(db, audit->record, *audit->mac);
+}
+}  // namespace
+
 class SqliteStore::Impl {
  public:
   Impl(FileLock lock, std::unique_ptr<Database> writer, std::unique_ptr<Database> checkpointer,
@@ -346,7 +357,8 @@ Status SqliteStore::BeginMerchant(const MerchantRecord& merchant) {
   });
 }
 
-Status SqliteStore::CompleteMerchant(std::string_view id, const DataKeyRecord& first_dek) {
+Status SqliteStore::CompleteMerchant(std::string_view id, const DataKeyRecord& first_dek,
+                                     AuditAttachment* audit) {
   return Write([&](Database& db) -> Status {
     TV_ASSIGN_OR_RETURN(Statement stmt,
                         db.Prepare("UPDATE merchants SET state = 'active', kek_version = ?2, "
@@ -358,7 +370,8 @@ Status SqliteStore::CompleteMerchant(std::string_view id, const DataKeyRecord& f
     if (db.Changes() != 1) {
       return FailedPreconditionError("merchant_not_creating", "the merchant is not being created");
     }
-    return InsertDataKey(db, first_dek);
+    TV_RETURN_IF_ERROR(InsertDataKey(db, first_dek));
+    return AppendAttached(db, audit);
   });
 }
 
@@ -476,12 +489,15 @@ Status InsertTokenInTxn(Database& db, const TokenRecord& t) {
 
 }  // namespace
 
-Status SqliteStore::InsertToken(const TokenRecord& t) {
-  return Write([&](Database& db) { return InsertTokenInTxn(db, t); });
+Status SqliteStore::InsertToken(const TokenRecord& t, AuditAttachment* audit) {
+  return Write([&](Database& db) -> Status {
+    TV_RETURN_IF_ERROR(InsertTokenInTxn(db, t));
+    return AppendAttached(db, audit);
+  });
 }
 
 Status SqliteStore::DeleteToken(std::string_view merchant, std::string_view token,
-                                int64_t deleted_at_ms) {
+                                int64_t deleted_at_ms, AuditAttachment* audit) {
   return Write([&](Database& db) -> Status {
     TV_ASSIGN_OR_RETURN(Statement stmt,
                         db.Prepare("UPDATE tokens SET deleted_at = ?3, nonce = NULL, "
@@ -489,7 +505,7 @@ Status SqliteStore::DeleteToken(std::string_view merchant, std::string_view toke
                                    "WHERE token = ?1 AND merchant_id = ?2 AND deleted_at IS NULL"));
     TV_RETURN_IF_ERROR(stmt.Bind(1, token).Bind(2, merchant).Bind(3, deleted_at_ms).Run());
     if (db.Changes() != 1) return NotFoundError("token_not_found", "no such token");
-    return Status::Ok();
+    return AppendAttached(db, audit);
   });
 }
 
@@ -572,29 +588,32 @@ AuditRecord ReadAudit(const Statement& stmt) {
 
 }  // namespace
 
-Status SqliteStore::InsertPrincipal(const PrincipalRecord& p) {
+Status SqliteStore::InsertPrincipal(const PrincipalRecord& p, AuditAttachment* audit) {
   return Write([&](Database& db) -> Status {
     TV_ASSIGN_OR_RETURN(Statement stmt,
                         db.Prepare("INSERT INTO principals (name, roles, merchants, key_id, key_hash, "
                                    "created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"));
-    return stmt.Bind(1, std::string_view(p.name))
-        .Bind(2, std::string_view(JoinNames(p.roles)))
-        .Bind(3, std::string_view(p.all_merchants ? std::string("*") : JoinNames(p.merchants)))
-        .Bind(4, std::string_view(p.key_id))
-        .Bind(5, ByteView(p.key_hash))
-        .Bind(6, p.created_at_ms)
-        .Run();
+    TV_RETURN_IF_ERROR(stmt.Bind(1, std::string_view(p.name))
+                           .Bind(2, std::string_view(JoinNames(p.roles)))
+                           .Bind(3, std::string_view(p.all_merchants ? std::string("*")
+                                                                     : JoinNames(p.merchants)))
+                           .Bind(4, std::string_view(p.key_id))
+                           .Bind(5, ByteView(p.key_hash))
+                           .Bind(6, p.created_at_ms)
+                           .Run());
+    return AppendAttached(db, audit);
   });
 }
 
-Status SqliteStore::DeletePrincipal(std::string_view name, int64_t deleted_at_ms) {
+Status SqliteStore::DeletePrincipal(std::string_view name, int64_t deleted_at_ms,
+                                    AuditAttachment* audit) {
   return Write([&](Database& db) -> Status {
     TV_ASSIGN_OR_RETURN(Statement stmt,
                         db.Prepare("UPDATE principals SET deleted_at = ?2 "
                                    "WHERE name = ?1 AND deleted_at IS NULL"));
     TV_RETURN_IF_ERROR(stmt.Bind(1, name).Bind(2, deleted_at_ms).Run());
     if (db.Changes() != 1) return NotFoundError("principal_not_found", "no such principal");
-    return Status::Ok();
+    return AppendAttached(db, audit);
   });
 }
 
@@ -707,16 +726,6 @@ StatusOr<AuditRecord> SqliteStore::AppendAudit(AuditRecord record, const AuditMa
   Status s = Write([&](Database& db) -> Status { return AppendAuditInTxn(db, record, mac); });
   if (!s.ok()) return s;
   return record;
-}
-
-StatusOr<AuditRecord> SqliteStore::InsertTokenAudited(const TokenRecord& token, AuditRecord audit,
-                                                      const AuditMac& mac) {
-  Status s = Write([&](Database& db) -> Status {
-    TV_RETURN_IF_ERROR(InsertTokenInTxn(db, token));
-    return AppendAuditInTxn(db, audit, mac);
-  });
-  if (!s.ok()) return s;
-  return audit;
 }
 
 StatusOr<std::vector<AuditRecord>> SqliteStore::ScanAudit(const AuditQuery& q) {

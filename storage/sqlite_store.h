@@ -35,21 +35,22 @@ class SqliteStore final : public Store {
   ~SqliteStore() override;
 
   Status BeginMerchant(const MerchantRecord& merchant) override;
-  Status CompleteMerchant(std::string_view id, const DataKeyRecord& first_dek) override;
+  Status CompleteMerchant(std::string_view id, const DataKeyRecord& first_dek,
+                          AuditAttachment* audit = nullptr) override;
   Status AbandonMerchant(std::string_view id) override;
   StatusOr<MerchantRecord> GetMerchant(std::string_view id) override;
   StatusOr<DataKeyRecord> GetDataKey(std::string_view merchant, uint32_t version) override;
   Status AddDataKeyVersion(const DataKeyRecord& dek) override;
   Status ReserveEncryptions(std::string_view merchant, uint32_t version,
                             uint64_t reserved) override;
-  Status InsertToken(const TokenRecord& token) override;
-  StatusOr<AuditRecord> InsertTokenAudited(const TokenRecord& token, AuditRecord audit,
-                                           const AuditMac& mac) override;
+  Status InsertToken(const TokenRecord& token, AuditAttachment* audit = nullptr) override;
   StatusOr<TokenRecord> FindToken(std::string_view token) override;
-  Status DeleteToken(std::string_view merchant, std::string_view token,
-                     int64_t deleted_at_ms) override;
-  Status InsertPrincipal(const PrincipalRecord& principal) override;
-  Status DeletePrincipal(std::string_view name, int64_t deleted_at_ms) override;
+  Status DeleteToken(std::string_view merchant, std::string_view token, int64_t deleted_at_ms,
+                     AuditAttachment* audit = nullptr) override;
+  Status InsertPrincipal(const PrincipalRecord& principal,
+                         AuditAttachment* audit = nullptr) override;
+  Status DeletePrincipal(std::string_view name, int64_t deleted_at_ms,
+                         AuditAttachment* audit = nullptr) override;
   StatusOr<PrincipalRecord> FindPrincipalByKeyId(std::string_view key_id) override;
   StatusOr<PrincipalRecord> FindPrincipal(std::string_view name) override;
   StatusOr<DataKeyRecord> GetSystemKey(std::string_view name) override;

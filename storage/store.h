@@ -115,6 +115,13 @@ class AuditMac {
   virtual StatusOr<Bytes> HeadMac(int64_t seq, ByteView mac) const = 0;
 };
 
+// An audit record to append in the same transaction as a change: the change is durable if and
+// only if its record is. On success 'record' holds the record as written (seq, MACs).
+struct AuditAttachment {
+  AuditRecord record;
+  const AuditMac* mac = nullptr;
+};
+
 struct AuditQuery {
   std::optional<int64_t> since_ms, until_ms;  // inclusive, exclusive
   std::string principal, merchant, action, outcome;  // empty: any
@@ -138,7 +145,8 @@ class Store {
   virtual Status BeginMerchant(const MerchantRecord& merchant) = 0;
   // Stores the first wrapped DEK and makes the merchant kActive, in one transaction.
   // kFailedPrecondition (merchant_not_creating) unless the merchant is kCreating.
-  virtual Status CompleteMerchant(std::string_view id, const DataKeyRecord& first_dek) = 0;
+  virtual Status CompleteMerchant(std::string_view id, const DataKeyRecord& first_dek,
+                                  AuditAttachment* audit = nullptr) = 0;
   // Deletes a merchant that is still kCreating (and nothing else). kFailedPrecondition otherwise.
   virtual Status AbandonMerchant(std::string_view id) = 0;
   // The merchant, in any state. kNotFound if there is no such merchant.
@@ -155,22 +163,21 @@ class Store {
                                     uint64_t reserved) = 0;
 
   // kAlreadyExists if the token string exists (in any merchant).
-  virtual Status InsertToken(const TokenRecord& token) = 0;
-  // InsertToken and AppendAudit in one transaction: the token exists if and only if its audit
-  // record does.
-  virtual StatusOr<AuditRecord> InsertTokenAudited(const TokenRecord& token, AuditRecord audit,
-                                                   const AuditMac& mac) = 0;
+  // Every change below takes an optional AuditAttachment, appended in the same transaction.
+  virtual Status InsertToken(const TokenRecord& token, AuditAttachment* audit = nullptr) = 0;
   // kNotFound if there is no such token (in any merchant).
   virtual StatusOr<TokenRecord> FindToken(std::string_view token) = 0;
   // Removes the sealed value of a live token of 'merchant' and marks it deleted. kNotFound if no
   // live token of that merchant has that name.
   virtual Status DeleteToken(std::string_view merchant, std::string_view token,
-                             int64_t deleted_at_ms) = 0;
+                             int64_t deleted_at_ms, AuditAttachment* audit = nullptr) = 0;
 
   // kAlreadyExists if the name or key id exists (deleted principals keep their name).
-  virtual Status InsertPrincipal(const PrincipalRecord& principal) = 0;
+  virtual Status InsertPrincipal(const PrincipalRecord& principal,
+                                 AuditAttachment* audit = nullptr) = 0;
   // kNotFound unless a live principal has that name.
-  virtual Status DeletePrincipal(std::string_view name, int64_t deleted_at_ms) = 0;
+  virtual Status DeletePrincipal(std::string_view name, int64_t deleted_at_ms,
+                                 AuditAttachment* audit = nullptr) = 0;
   // The live principal holding 'key_id'. kNotFound otherwise.
   virtual StatusOr<PrincipalRecord> FindPrincipalByKeyId(std::string_view key_id) = 0;
   virtual StatusOr<PrincipalRecord> FindPrincipal(std::string_view name) = 0;

@@ -50,7 +50,8 @@ StatusOr<std::pair<storage::DataKeyRecord, std::shared_ptr<const AesGcm256>>> Ke
   return std::make_pair(std::move(record), std::make_shared<const AesGcm256>(std::move(aead)));
 }
 
-StatusOr<storage::MerchantRecord> Keyring::CreateMerchant(std::string_view merchant) {
+StatusOr<storage::MerchantRecord> Keyring::CreateMerchant(std::string_view merchant,
+                                                          storage::AuditAttachment* audit) {
   std::lock_guard<std::mutex> create_lock(create_mu_);
   // Creation is a small protocol (docs/architecture.md, "Failure behaviour"): the intent row,
   // carrying a random creation id, is written before the KEK is made, and the KEK carries the
@@ -100,7 +101,7 @@ StatusOr<storage::MerchantRecord> Keyring::CreateMerchant(std::string_view merch
   // not the HSM made the key before failing.
   TV_RETURN_IF_ERROR(created);
   TV_ASSIGN_OR_RETURN(auto dek, NewDek(merchant, kFirstVersion, kFirstVersion));
-  TV_RETURN_IF_ERROR(store_.CompleteMerchant(merchant, dek.first));
+  TV_RETURN_IF_ERROR(store_.CompleteMerchant(merchant, dek.first, audit));
   cache_.Put(merchant, kFirstVersion, std::move(dek.second));
   record.state = storage::MerchantState::kActive;
   return record;

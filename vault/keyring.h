@@ -55,7 +55,9 @@ class Keyring {
   // kAlreadyExists if the merchant exists. An interrupted creation is resumed; a KEK it finds
   // that this creation did not make (its creation id differs) is never destroyed:
   // kFailedPrecondition (kek_exists_without_merchant).
-  StatusOr<storage::MerchantRecord> CreateMerchant(std::string_view merchant);
+  // 'audit', if given, is committed together with the step that makes the merchant active.
+  StatusOr<storage::MerchantRecord> CreateMerchant(std::string_view merchant,
+                                                   storage::AuditAttachment* audit = nullptr);
 
   // kNotFound (merchant_not_found) if there is no such merchant.
   StatusOr<EncryptLease> ForEncrypt(std::string_view merchant);

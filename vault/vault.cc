@@ -45,11 +45,15 @@ Vault::Vault(std::shared_ptr<hsm::Hsm> hsm, std::shared_ptr<storage::Store> stor
 
 Vault::~Vault() = default;
 
-StatusOr<MerchantInfo> Vault::CreateMerchant(std::string_view merchant) {
+StatusOr<MerchantInfo> Vault::CreateMerchant(std::string_view merchant,
+                                             const storage::AuditRecord* audit) {
   if (!IsValidMerchantId(merchant)) {
     return InvalidArgumentError(kReasonInvalidMerchant, "merchant ids match ^[a-z0-9][a-z0-9_-]{0,63}$");
   }
-  TV_ASSIGN_OR_RETURN(storage::MerchantRecord record, keyring_->CreateMerchant(merchant));
+  std::optional<storage::AuditAttachment> attached;
+  if (audit != nullptr) attached = storage::AuditAttachment{*audit, audit_.get()};
+  TV_ASSIGN_OR_RETURN(storage::MerchantRecord record,
+                      keyring_->CreateMerchant(merchant, attached ? &*attached : nullptr));
   return MerchantInfo{record.id, record.created_at_ms, record.kek_version,
                       record.current_dek_version};
 }
@@ -83,10 +87,10 @@ StatusOr<TokenInfo> Vault::Tokenize(std::string_view merchant, ByteView value, V
     record.last4 = Last4(type, normalized);
     record.created_at_ms = clock_.NowUnixMillis();
     if (audit != nullptr) {
-      storage::AuditRecord entry = *audit;
-      entry.resource = token;
-      if (entry.time_ms == 0) entry.time_ms = record.created_at_ms;
-      last_error = store_->InsertTokenAudited(record, std::move(entry), *audit_).status();
+      storage::AuditAttachment entry{*audit, audit_.get()};
+      entry.record.resource = token;
+      if (entry.record.time_ms == 0) entry.record.time_ms = record.created_at_ms;
+      last_error = store_->InsertToken(record, &entry);
     } else {
       last_error = store_->InsertToken(record);
     }
@@ -127,9 +131,16 @@ StatusOr<TokenInfo> Vault::GetToken(std::string_view merchant, std::string_view 
                    record.expires_at_ms, record.last4};
 }
 
-Status Vault::DeleteToken(std::string_view merchant, std::string_view token) {
+Status Vault::DeleteToken(std::string_view merchant, std::string_view token,
+                          const storage::AuditRecord* audit) {
   TV_RETURN_IF_ERROR(FindOwnToken(merchant, token).status());
-  Status deleted = store_->DeleteToken(merchant, token, clock_.NowUnixMillis());
+  const int64_t now = clock_.NowUnixMillis();
+  std::optional<storage::AuditAttachment> attached;
+  if (audit != nullptr) {
+    attached = storage::AuditAttachment{*audit, audit_.get()};
+    if (attached->record.time_ms == 0) attached->record.time_ms = now;
+  }
+  Status deleted = store_->DeleteToken(merchant, token, now, attached ? &*attached : nullptr);
   if (deleted.code() == StatusCode::kNotFound) {
     return NotFoundError(kReasonTokenGone, "the token was deleted");  // lost a race with a delete
   }

@@ -70,7 +70,9 @@ class Vault {
   ~Vault();
 
   // kInvalidArgument (invalid_merchant) for a bad id, kAlreadyExists (merchant_exists).
-  StatusOr<MerchantInfo> CreateMerchant(std::string_view merchant);
+  // With 'audit', that record is committed in the same transaction that makes the merchant active.
+  StatusOr<MerchantInfo> CreateMerchant(std::string_view merchant,
+                                        const storage::AuditRecord* audit = nullptr);
 
   // Normalises and validates 'value' for 'type' (kInvalidArgument on bad input), seals it and
   // stores it under a new random token. kNotFound (merchant_not_found) for an unknown merchant.
@@ -90,8 +92,10 @@ class Vault {
   // (token_gone) for a deleted token.
   StatusOr<TokenInfo> GetToken(std::string_view merchant, std::string_view token);
 
-  // Deletes the token's sealed value at once; from then on it answers token_gone.
-  Status DeleteToken(std::string_view merchant, std::string_view token);
+  // Deletes the token's sealed value at once; from then on it answers token_gone. With 'audit',
+  // that record is committed in the same transaction as the deletion.
+  Status DeleteToken(std::string_view merchant, std::string_view token,
+                     const storage::AuditRecord* audit = nullptr);
 
   // New DEK version for new writes; older tokens still decrypt. Returns the new version.
   StatusOr<uint32_t> RotateDataKey(std::string_view merchant);

@@ -404,11 +404,29 @@ TEST_F(ApiTest, AuditFailureMeansNoValue) {
   EXPECT_EQ(r.Json()["error"]["code"], "audit_unavailable") << r.body;
   EXPECT_EQ(r.body.find("TOP-SECRET-91"), std::string::npos);
   EXPECT_FALSE(r.headers["retry-after"].empty());
-  // A token is never created without its audit record: both are one transaction.
+  // No change without its audit record: each is one transaction with its record.
   Reply t = client_->Post("/v1/merchants/acme/tokens", app, {{"value", "ANOTHER-SECRET-92"}});
   EXPECT_EQ(t.status, 503) << t.body;
+  EXPECT_EQ(client_->Delete("/v1/merchants/acme/tokens/" + token, app).status, 503);
+  Reply p = client_->Post("/v1/principals", admin_, {{"name", "late"}, {"roles", {"auditor"}}, {"merchants", "*"}});
+  EXPECT_EQ(p.status, 503);
+  EXPECT_EQ(p.body.find("tvk_"), std::string::npos) << "an API key was shown without an audit record";
+  EXPECT_EQ(client_->Delete("/v1/principals/app", admin_).status, 503);
+  EXPECT_EQ(client_->Post("/v1/merchants", admin_, {{"id", "late"}}).status, 503);
   server_->Stop();
   EXPECT_EQ(TokenRows(), 1);
+  auto db = storage::Database::Open(server_->data_dir() + "/tokenvault.db", {});
+  ASSERT_TRUE(db.ok());
+  auto q = (*db)->Prepare(
+      "SELECT (SELECT COUNT(*) FROM tokens WHERE deleted_at IS NOT NULL), "
+      "(SELECT COUNT(*) FROM principals WHERE name = 'late'), "
+      "(SELECT COUNT(*) FROM principals WHERE name = 'app' AND deleted_at IS NOT NULL), "
+      "(SELECT COUNT(*) FROM merchants WHERE id = 'late' AND state = 'active')");
+  ASSERT_TRUE(q.ok() && *q->Step());
+  EXPECT_EQ(q->ColumnInt(0), 0) << "token deleted without an audit record";
+  EXPECT_EQ(q->ColumnInt(1), 0) << "principal created without an audit record";
+  EXPECT_EQ(q->ColumnInt(2), 0) << "principal deleted without an audit record";
+  EXPECT_EQ(q->ColumnInt(3), 0) << "merchant activated without an audit record";
 }
 
 void ApiTest::StreamAndInterrupt(int sig) {

@@ -330,6 +330,42 @@ TEST_F(SqliteStoreTest, PrincipalsAreFoundByKeyIdUntilDeleted) {
   EXPECT_EQ(store_->FindPrincipal("app")->deleted_at_ms, 9);  // the name stays taken
 }
 
+// An AuditMac that refuses, standing in for an audit write that fails.
+class FailingMac final : public AuditMac {
+ public:
+  StatusOr<Bytes> RecordMac(const AuditRecord&) const override {
+    return UnavailableError("audit_down", "no audit");
+  }
+  StatusOr<Bytes> HeadMac(int64_t, ByteView) const override { return Bytes(32, 0); }
+};
+
+class FixedMac final : public AuditMac {
+ public:
+  StatusOr<Bytes> RecordMac(const AuditRecord&) const override { return Bytes(32, 1); }
+  StatusOr<Bytes> HeadMac(int64_t, ByteView) const override { return Bytes(32, 2); }
+};
+
+TEST_F(SqliteStoreTest, AChangeCommitsOnlyWithItsAuditRecord) {
+  AuditRecord record;
+  record.outcome = "allowed";
+  FailingMac failing;
+  AuditAttachment refused{record, &failing};
+  TV_EXPECT_ERROR(store_->InsertToken(Token("tok_audited"), &refused), StatusCode::kUnavailable,
+                  "audit_down");
+  TV_EXPECT_ERROR(store_->FindToken("tok_audited"), StatusCode::kNotFound, "token_not_found");
+  TV_EXPECT_ERROR(store_->GetAuditHead(), StatusCode::kNotFound, "audit_empty");
+
+  FixedMac fixed;
+  AuditAttachment accepted{record, &fixed};
+  TV_ASSERT_OK(store_->InsertToken(Token("tok_audited"), &accepted));
+  EXPECT_EQ(accepted.record.seq, 1);
+  TV_EXPECT_OK(store_->FindToken("tok_audited"));
+  // A deletion whose record fails leaves the token alive.
+  AuditAttachment refused_delete{record, &failing};
+  EXPECT_FALSE(store_->DeleteToken("acme", "tok_audited", 5, &refused_delete).ok());
+  EXPECT_FALSE(store_->FindToken("tok_audited")->deleted_at_ms.has_value());
+}
+
 TEST_F(SqliteStoreTest, OnlyOneStorePerDatabase) {
   TV_EXPECT_ERROR(SqliteStore::Open({dir_.Sub("t.db")}), StatusCode::kFailedPrecondition,
                   "store_locked");
