@@ -454,10 +454,18 @@ void ApiTest::StreamAndInterrupt(int sig) {
       }
     });
   }
-  while (true) {
+  // Interrupt once 200 tokens are acknowledged (bounded: a server that stops acknowledging fails
+  // the test instead of hanging it).
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  for (;;) {
     {
       std::lock_guard<std::mutex> lock(mu);
       if (acked.size() >= 200) break;
+    }
+    if (std::chrono::steady_clock::now() > give_up) {
+      stop = true;
+      for (auto& t : writers) t.join();
+      FAIL() << "fewer than 200 tokens acknowledged in 120 s";
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }

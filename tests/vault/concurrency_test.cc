@@ -69,10 +69,19 @@ TEST(VaultConcurrencyTest, TwoThreadsRoundTripWhileKeysRotate) {
   EXPECT_EQ(mismatches.load(), 0);
   EXPECT_GT(round_trips.load(), 0);
   EXPECT_GT(rotations.load(), 0);
-  // Counter-driven rotations happened too: more versions than explicit rotations.
-  StatusOr<TokenInfo> last = vault.Tokenize("m1", AsBytes("last"), ValueType::kGeneric);
-  TV_ASSERT_OK(last);
-  EXPECT_GT(last->dek_version, static_cast<uint32_t>(rotations.load()) + 1);
+  // How many counter-driven rotations the run above saw depends on the machine's speed, so it is
+  // only printed; that the budget forces a new version is checked deterministically here: 301
+  // encryptions after the run cannot all fit under one 300-encryption key.
+  StatusOr<TokenInfo> first = vault.Tokenize("m1", AsBytes("after-0"), ValueType::kGeneric);
+  TV_ASSERT_OK(first);
+  uint32_t last_version = first->dek_version;
+  for (int i = 1; i <= 300; ++i) {
+    StatusOr<TokenInfo> t = vault.Tokenize("m1", AsBytes("after-" + std::to_string(i)), ValueType::kGeneric);
+    TV_ASSERT_OK(t);
+    last_version = t->dek_version;
+  }
+  EXPECT_GT(last_version, first->dek_version);
+  std::printf("DEK versions used: %u (explicit rotations: %d)\n", first->dek_version, rotations.load());
   std::printf("round trips: %d, explicit rotations of m1: %d\n", round_trips.load(), rotations.load());
 }
 
