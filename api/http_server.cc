@@ -14,6 +14,8 @@
 #include <mutex>
 #include <thread>
 
+#include "vault/base/in_flight.h"
+
 namespace tokenvault::api {
 
 using namespace Pistache;
@@ -107,7 +109,6 @@ class Executor {
       std::lock_guard<std::mutex> lock(mu_);
       if (closed_ || stopping_ || queue_.size() >= max_queued_) return false;
       queue_.push_back(std::move(task));
-      ++in_flight_;
     }
     cv_.notify_one();
     return true;
@@ -117,12 +118,6 @@ class Executor {
   void Close() {
     std::lock_guard<std::mutex> lock(mu_);
     closed_ = true;
-  }
-
-  // Waits (at most 'limit') until every submitted task has finished. False on timeout.
-  bool Drain(std::chrono::seconds limit) {
-    std::unique_lock<std::mutex> lock(mu_);
-    return idle_.wait_for(lock, limit, [&] { return in_flight_ == 0; });
   }
 
   void Stop() {
@@ -150,19 +145,16 @@ class Executor {
       try {
         task();
       } catch (...) {
-        // A task must never take a worker (and the in-flight count) down with it.
+        // A task must never take a worker down with it.
         spdlog::error("a request task threw; its connection gets no answer");
       }
-      std::lock_guard<std::mutex> lock(mu_);
-      if (--in_flight_ == 0) idle_.notify_all();
     }
   }
 
   const size_t max_queued_;
   std::mutex mu_;
-  std::condition_variable cv_, idle_;
+  std::condition_variable cv_;
   std::deque<std::function<void()>> queue_;
-  size_t in_flight_ = 0;
   bool closed_ = false;
   bool stopping_ = false;
   std::vector<std::thread> workers_;
@@ -211,7 +203,8 @@ class HttpServer::Impl {
     if (shut_down_.exchange(true)) return;
     accepting_ = false;  // new requests get 503
     executor_.Close();   // and nothing more can be queued, even by a request already past that
-    if (!executor_.Drain(std::chrono::seconds(30))) {
+    // Every accepted request answered (including those completing after their commit).
+    if (!requests_.WaitIdleFor(std::chrono::seconds(30))) {
       spdlog::error("shutdown: requests still running after 30 s; stopping anyway");
     }
     // The answers are queued to their Pistache workers; give them a moment to be written.
@@ -312,20 +305,26 @@ class HttpServer::Impl {
     }
     auto shared_writer = std::make_shared<Http::ResponseWriter>(std::move(writer));
     auto shared_request = std::make_shared<HttpRequest>(std::move(request));
-    const bool queued = executor_.Submit([this, shared_writer, shared_request, started] {
+    // Counted from here until the answer is handed to Pistache, wherever that happens.
+    InFlight::Ticket ticket = requests_.Enter();
+    const bool queued = executor_.Submit([this, shared_writer, shared_request, started, ticket] {
       const std::string request_id = shared_request->request_id;
       const std::string route = shared_request->route;
-      HttpResponse response = service_.Handle(std::move(*shared_request));
-      SendJson(*shared_writer, response.status, response.body, response.headers);
-      // A detokenize answer holds values: wipe our copy once Pistache has its own.
-      if (!response.body.empty()) OPENSSL_cleanse(response.body.data(), response.body.size());
-      const auto micros = std::chrono::duration_cast<std::chrono::microseconds>(
-                              std::chrono::steady_clock::now() - started)
-                              .count();
-      // One line per request: never a value, key or PIN.
-      spdlog::info("request_id={} principal={} route={} status={} latency_us={}", request_id,
-                   response.principal.empty() ? "-" : response.principal, route, response.status,
-                   micros);
+      // Most requests end with a commit; nothing waits for it: the answer is sent from the
+      // completion (the store's completion thread), and this thread takes the next request.
+      service_.HandleAsync(std::move(*shared_request), [shared_writer, request_id, route, started,
+                                                        ticket](HttpResponse response) {
+        SendJson(*shared_writer, response.status, response.body, response.headers);
+        // A detokenize answer holds values: wipe our copy once Pistache has its own.
+        if (!response.body.empty()) OPENSSL_cleanse(response.body.data(), response.body.size());
+        const auto micros = std::chrono::duration_cast<std::chrono::microseconds>(
+                                std::chrono::steady_clock::now() - started)
+                                .count();
+        // One line per request: never a value, key or PIN.
+        spdlog::info("request_id={} principal={} route={} status={} latency_us={}", request_id,
+                     response.principal.empty() ? "-" : response.principal, route,
+                     response.status, micros);
+      });
     });
     if (!queued) {
       SendJson(*shared_writer, 503,
@@ -336,6 +335,7 @@ class HttpServer::Impl {
 
   const ServerConfig config_;
   Service& service_;
+  InFlight requests_;  // accepted and not yet answered; before the executor, destroyed after it
   Executor executor_;
   Http::Endpoint endpoint_;
   Rest::Router router_;

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <ctime>
+#include <future>
 #include <nlohmann/json.hpp>
 
 #include "policy/api_key.h"
@@ -219,8 +220,11 @@ const std::vector<RouteSpec>& Routes() {
 }
 
 // Everything one request accumulates for its answer and its audit record.
-struct Service::Context {
+struct Service::Context : std::enable_shared_from_this<Service::Context> {
   HttpRequest request;
+  Responder respond;      // called exactly once, through Service::Respond
+  bool responded = false;
+  bool pending = false;   // the handler completes the request itself, asynchronously
   std::optional<policy::Principal> principal;
   std::string auth = "none";
   std::string merchant;
@@ -236,40 +240,76 @@ Service::Service(Vault& vault, std::shared_ptr<const policy::Policy> policy,
     : vault_(vault), policy_(std::move(policy)), options_(options) {}
 
 HttpResponse Service::Handle(HttpRequest request) {
-  Context ctx;
-  ctx.request = std::move(request);
+  // Shared: the answer may come from another thread after this frame has given up on it.
+  auto answer = std::make_shared<std::promise<HttpResponse>>();
+  std::future<HttpResponse> result = answer->get_future();
+  HandleAsync(std::move(request), [answer](HttpResponse r) { answer->set_value(std::move(r)); });
+  return result.get();
+}
+
+void Service::HandleAsync(HttpRequest request, Responder respond) {
+  auto ctx = std::make_shared<Context>();
+  ctx->request = std::move(request);
+  ctx->respond = std::move(respond);
   HttpResponse response;
   try {
-    if (ctx.request.route == "healthz") {
-      response = Json(200, {{"status", "ok"}});
-      response.headers.emplace_back("Request-Id", ctx.request.request_id);
-      return response;
+    if (ctx->request.route == "healthz" || ctx->request.route == "readyz") {
+      response = ctx->request.route == "healthz" ? Json(200, {{"status", "ok"}}) : Ready();
+      response.headers.emplace_back("Request-Id", ctx->request.request_id);
+      Respond(*ctx, std::move(response));
+      return;
     }
-    if (ctx.request.route == "readyz") {
-      response = Ready();
-      response.headers.emplace_back("Request-Id", ctx.request.request_id);
-      return response;
-    }
-    response = Dispatch(ctx);
+    response = Dispatch(*ctx);
   } catch (...) {
     // Never e.what(): it can carry library text or input.
-    spdlog::error("request_id={} route={} unexpected exception", ctx.request.request_id,
-                  ctx.request.route);
-    ctx.reason = "unexpected exception";
+    spdlog::error("request_id={} route={} unexpected exception", ctx->request.request_id,
+                  ctx->request.route);
+    if (ctx->pending) return;  // the asynchronous completion answers
+    ctx->reason = "unexpected exception";
     response = Json(500, ErrorJson("internal", "internal", "internal error"));
   }
-  Cleanse(ctx.request.body);
-  Cleanse(ctx.request.authorization);
-  try {
-    return Finish(ctx, std::move(response));
-  } catch (...) {
-    // Whatever the handler produced, without its audit record it is not sent.
-    HttpResponse failed = Json(503, ErrorJson("unavailable", "audit_unavailable",
-                                              "the audit trail cannot be written; nothing was revealed"));
-    failed.headers.emplace_back("Retry-After", kRetryAfterSeconds);
-    failed.headers.emplace_back("Request-Id", ctx.request.request_id);
-    return failed;
+  if (ctx->pending) return;
+  Complete(ctx, std::move(response));
+}
+
+void Service::Complete(const std::shared_ptr<Context>& ctx, HttpResponse response) {
+  Cleanse(ctx->request.body);
+  Cleanse(ctx->request.authorization);
+  if (ctx->audited) {
+    Respond(*ctx, Finish(*ctx, std::move(response), Status::Ok()));
+    return;
   }
+  try {
+    const storage::AuditRecord record = AuditOf(*ctx, response.status);
+    // The answer (a detokenize's values, say) waits for its audit record to be durable.
+    auto held = std::make_shared<HttpResponse>(std::move(response));
+    vault_.audit().AppendAsync(record, [this, ctx, held](const StatusOr<storage::AuditRecord>& written) {
+      try {
+        Respond(*ctx, Finish(*ctx, std::move(*held), written.status()));
+      } catch (...) {
+        Cleanse(held->body);
+        Respond(*ctx, AuditUnavailable(*ctx));
+      }
+    });
+  } catch (...) {
+    Cleanse(response.body);
+    Respond(*ctx, AuditUnavailable(*ctx));
+  }
+}
+
+void Service::Respond(Context& ctx, HttpResponse response) {
+  if (ctx.responded) return;
+  ctx.responded = true;
+  ctx.respond(std::move(response));
+}
+
+HttpResponse Service::AuditUnavailable(const Context& ctx) {
+  // Whatever the handler produced, without its audit record it is not sent.
+  HttpResponse failed = Json(503, ErrorJson("unavailable", "audit_unavailable",
+                                            "the audit trail cannot be written; nothing was revealed"));
+  failed.headers.emplace_back("Retry-After", kRetryAfterSeconds);
+  failed.headers.emplace_back("Request-Id", ctx.request.request_id);
+  return failed;
 }
 
 storage::AuditRecord Service::AuditOf(const Context& ctx, int status) {
@@ -289,9 +329,7 @@ storage::AuditRecord Service::AuditOf(const Context& ctx, int status) {
   return record;
 }
 
-HttpResponse Service::Finish(Context& ctx, HttpResponse response) {
-  Status written = ctx.audited ? Status::Ok()
-                               : vault_.audit().Append(AuditOf(ctx, response.status)).status();
+HttpResponse Service::Finish(const Context& ctx, HttpResponse response, const Status& written) {
   if (!written.ok()) {
     // Fail closed: no audit record, no answer - and above all no value.
     spdlog::error("request_id={} audit append failed: {}", ctx.request.request_id,
@@ -412,6 +450,11 @@ HttpResponse Service::Dispatch(Context& ctx) {
   if (!url_merchant.empty() && !IsValidMerchantId(url_merchant)) {
     return fail(BadRequest("invalid_merchant", "merchant ids match ^[a-z0-9][a-z0-9_-]{0,63}$"));
   }
+
+  // Both are consumed (ctx.body holds what the handler needs): wipe them before any handler runs,
+  // since an asynchronous one completes after this frame is gone.
+  Cleanse(rq.body);
+  Cleanse(rq.authorization);
 
   if (rq.route == "principals.create") return CreatePrincipal(ctx);
   if (rq.route == "principals.delete") return DeletePrincipal(ctx);
@@ -602,14 +645,36 @@ HttpResponse Service::CreateToken(Context& ctx) {
   }
   std::string& value = b["value"].get_ref<std::string&>();
   // The token and its audit record commit together (one transaction, shared with concurrent
-  // requests by group commit).
-  const storage::AuditRecord audit = AuditOf(ctx, 201);
-  StatusOr<TokenInfo> t = vault_.Tokenize(ctx.merchant, AsBytes(value), type, &audit);
-  Cleanse(value);
-  TV_OR_FAIL(t.status());
-  ctx.audited = true;
-  ctx.resource = t->token;
-  return Json(201, TokenObject(*t));
+  // requests by group commit). No thread waits for that commit: the completion answers.
+  storage::AuditRecord audit = AuditOf(ctx, 201);
+  std::shared_ptr<Context> self = ctx.shared_from_this();
+  ctx.pending = true;  // from here on, only the completion below answers
+  vault_.TokenizeAsync(ctx.merchant, AsBytes(value), type, std::move(audit),
+                       [this, self](StatusOr<TokenInfo> t) { TokenCreated(self, std::move(t)); });
+  Cleanse(value);  // the vault took its own (wiped) copy before returning
+  return HttpResponse{};  // not sent: the request is pending
+}
+
+void Service::TokenCreated(const std::shared_ptr<Context>& ctx, StatusOr<TokenInfo> t) {
+  HttpResponse response;
+  try {
+    if (t.ok()) {
+      ctx->audited = true;  // committed with the token
+      ctx->resource = t->token;
+      response = Json(201, TokenObject(*t));
+    } else {
+      if (t.status().code() == StatusCode::kInternal || t.status().code() == StatusCode::kDataLoss ||
+          t.status().code() == StatusCode::kUnavailable) {
+        spdlog::error("request_id={} route={} {}", ctx->request.request_id, ctx->request.route,
+                      t.status().ToString());
+      }
+      response = ErrorResponse(t.status(), &ctx->reason);
+    }
+  } catch (...) {
+    ctx->reason = "unexpected exception";
+    response = Json(500, ErrorJson("internal", "internal", "internal error"));
+  }
+  Complete(ctx, std::move(response));
 }
 
 HttpResponse Service::GetToken(Context& ctx) {

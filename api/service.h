@@ -62,6 +62,12 @@ class Service {
   // value in it.
   HttpResponse Handle(HttpRequest request);
 
+  using Responder = std::function<void(HttpResponse)>;
+  // Handle without waiting for the commit that ends most requests: 'respond' is called exactly
+  // once, on this thread or on the store's completion thread. Handle() waits for it, so it must
+  // not be called from such a completion.
+  void HandleAsync(HttpRequest request, Responder respond);
+
   // Creates the principal "admin" (role admin, every merchant) if no principal of that name
   // exists. 'persist_key' is called with the new API key BEFORE the principal is stored, so that
   // a crash can never leave an administrator whose key nobody has; if it fails, nothing is
@@ -71,7 +77,13 @@ class Service {
  private:
   struct Context;
   HttpResponse Dispatch(Context& ctx);
-  HttpResponse Finish(Context& ctx, HttpResponse response);
+  // Appends the request's audit record unless the handler committed it already, then answers.
+  void Complete(const std::shared_ptr<Context>& ctx, HttpResponse response);
+  // The answer once the audit record is written (or not: 'written' failed -> 503, no value).
+  HttpResponse Finish(const Context& ctx, HttpResponse response, const Status& written);
+  static HttpResponse AuditUnavailable(const Context& ctx);
+  static void Respond(Context& ctx, HttpResponse response);
+  void TokenCreated(const std::shared_ptr<Context>& ctx, StatusOr<TokenInfo> t);
   static storage::AuditRecord AuditOf(const Context& ctx, int status);
 
   HttpResponse CreatePrincipal(Context& ctx);

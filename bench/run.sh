@@ -39,9 +39,15 @@ export TV_TOKENIZER_KEY=$(post "$admin" /v1/principals '{"name":"bench-app","rol
 export TV_READER_KEY=$(post "$admin" /v1/principals '{"name":"bench-reader","roles":["detokenizer"],"merchants":["bench"]}' | key_of)
 export TV_TOKENS_FILE="$work/tokens.txt"
 for i in $(seq 1 200); do
-  post "$TV_TOKENIZER_KEY" /v1/merchants/bench/tokens "{\"value\":\"premade-$i\"}" |
+  # echo: the answer has no final newline, and the tokens file needs one token per line.
+  { post "$TV_TOKENIZER_KEY" /v1/merchants/bench/tokens "{\"value\":\"premade-$i\"}"; echo; } |
     sed -n 's/.*"token":"\([^"]*\)".*/\1/p'
 done >"$TV_TOKENS_FILE"
+# The detokenize run must reveal real values, not answer per-item errors: check before measuring.
+[ "$(wc -l <"$TV_TOKENS_FILE")" -eq 200 ] || { echo "could not pre-make 200 tokens"; exit 1; }
+first=$(head -1 "$TV_TOKENS_FILE")
+post "$TV_READER_KEY" /v1/merchants/bench/detokenize "{\"tokens\":[\"$first\"],\"reveal\":\"plain\"}" |
+  grep -q '"value":"premade-1"' || { echo "detokenize of a pre-made token does not reveal its value"; exit 1; }
 
 # wrk prints latency percentiles with --latency; pick req/s, p50, p99.
 run() {

@@ -169,6 +169,7 @@ class SqliteStore::Impl {
         readers_(options.path, options.read_connections),
         max_batch_(options.max_batch == 0 ? 1 : options.max_batch),
         thread_([this] { WriterLoop(); }),
+        completion_thread_([this] { CompletionLoop(); }),
         checkpoint_thread_([this] { CheckpointLoop(); }) {}
 
   ~Impl() {
@@ -178,7 +179,13 @@ class SqliteStore::Impl {
     }
     cv_.notify_all();
     checkpoint_cv_.notify_all();
-    thread_.join();
+    thread_.join();  // the writer drains its queue first
+    {
+      std::lock_guard<std::mutex> lock(completion_mu_);
+      completion_stopping_ = true;
+    }
+    completion_cv_.notify_all();
+    completion_thread_.join();  // then every completion has run
     checkpoint_thread_.join();
     checkpointer_.reset();
     readers_.Clear();
@@ -186,19 +193,27 @@ class SqliteStore::Impl {
 
   Status Write(std::function<Status(Database&)> op) {
     try {
-      Pending pending{std::move(op), {}};
-      std::future<Status> done = pending.result.get_future();
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        if (stopping_) return UnavailableError(kReasonStorageUnavailable, "the store is closing");
-        queue_.push_back(std::move(pending));
-      }
-      cv_.notify_one();
-      return done.get();
+      auto done = std::make_shared<std::promise<Status>>();
+      std::future<Status> result = done->get_future();
+      // A waiting caller is woken right from the writer thread: a hop through the completion
+      // thread would only add a wake-up.
+      Enqueue(std::move(op), [done](Status s) { done->set_value(std::move(s)); },
+              /*complete_on_writer=*/true);
+      return result.get();
     } catch (const std::bad_alloc&) {
       return ResourceExhaustedError("out_of_memory", "no memory to queue the write");
     } catch (...) {
       return InternalError("storage_error", "the write could not be queued");
+    }
+  }
+
+  void WriteAsync(std::function<Status(Database&)> op, std::function<void(Status)> done) {
+    try {
+      Enqueue(std::move(op), std::move(done), /*complete_on_writer=*/false);
+    } catch (...) {
+      // Nothing was queued ('done' was not consumed unless the queue took it, and then it
+      // runs): report on the caller's thread.
+      if (done) done(InternalError("storage_error", "the write could not be queued"));
     }
   }
 
@@ -217,8 +232,56 @@ class SqliteStore::Impl {
  private:
   struct Pending {
     std::function<Status(Database&)> op;
-    std::promise<Status> result;
+    std::function<void(Status)> done;
+    bool complete_on_writer = false;
   };
+
+  struct Completion {
+    std::function<void(Status)> done;
+    Status status;
+  };
+
+  // Queues 'op'; 'done' is always called exactly once. Throws only before queuing, leaving
+  // 'done' with the caller.
+  void Enqueue(std::function<Status(Database&)>&& op, std::function<void(Status)>&& done,
+               bool complete_on_writer) {
+    Pending pending{std::move(op), {}, complete_on_writer};
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (stopping_) {
+        std::function<void(Status)> refused = std::move(done);
+        done = nullptr;  // consumed, even if it throws
+        lock.unlock();
+        refused(UnavailableError(kReasonStorageUnavailable, "the store is closing"));
+        return;
+      }
+      queue_.push_back(std::move(pending));  // may throw: 'done' is still the caller's
+      queue_.back().done = std::move(done);
+    }
+    cv_.notify_one();
+  }
+
+  // Runs the completions of asynchronous writes off the writer thread, a batch at a time (one
+  // wake-up per batch), so that the next batch never waits for callbacks.
+  void CompletionLoop() {
+    std::deque<Completion> ready;
+    std::unique_lock<std::mutex> lock(completion_mu_);
+    for (;;) {
+      completion_cv_.wait(lock, [&] { return completion_stopping_ || !completions_.empty(); });
+      if (completions_.empty()) return;  // stopping and drained
+      ready.swap(completions_);
+      lock.unlock();
+      for (Completion& c : ready) {
+        try {
+          c.done(std::move(c.status));
+        } catch (...) {
+          // A callback must not take the thread (and every later completion) down with it.
+        }
+      }
+      ready.clear();
+      lock.lock();
+    }
+  }
 
   // Copies the WAL back into the database file from a connection of its own, so that the writer
   // never stalls a batch on a checkpoint's fsyncs (the writer has wal_autocheckpoint=0).
@@ -298,11 +361,31 @@ class SqliteStore::Impl {
       ++stats_.transactions;
       stats_.operations += batch.size();
     }
+    bool queued_completions = false;
     for (size_t i = 0; i < batch.size(); ++i) {
       // An operation is only OK if its transaction was durably committed; when the transaction
       // failed, every operation of the batch failed with it, whatever it returned.
-      batch[i].result.set_value(commit.ok() ? results[i] : commit);
+      Status status = commit.ok() ? results[i] : commit;
+      if (batch[i].complete_on_writer) {
+        try {
+          batch[i].done(std::move(status));
+        } catch (...) {
+        }
+        continue;
+      }
+      try {
+        std::lock_guard<std::mutex> lock(completion_mu_);
+        completions_.push_back(Completion{std::move(batch[i].done), std::move(status)});
+        queued_completions = true;
+      } catch (...) {
+        // No memory to queue it: complete it here rather than never.
+        try {
+          batch[i].done(InternalError("storage_error", "the completion could not be queued"));
+        } catch (...) {
+        }
+      }
     }
+    if (queued_completions) completion_cv_.notify_one();
   }
 
   FileLock lock_;
@@ -316,7 +399,12 @@ class SqliteStore::Impl {
   std::deque<Pending> queue_;  // GUARDED_BY(mu_)
   bool stopping_ = false;      // GUARDED_BY(mu_)
   Stats stats_;                // GUARDED_BY(mu_)
+  std::mutex completion_mu_;
+  std::condition_variable completion_cv_;
+  std::deque<Completion> completions_;  // GUARDED_BY(completion_mu_)
+  bool completion_stopping_ = false;    // GUARDED_BY(completion_mu_)
   std::thread thread_;             // last: start once everything above is built
+  std::thread completion_thread_;
   std::thread checkpoint_thread_;
 };
 
@@ -494,6 +582,19 @@ Status SqliteStore::InsertToken(const TokenRecord& t, AuditAttachment* audit) {
     TV_RETURN_IF_ERROR(InsertTokenInTxn(db, t));
     return AppendAttached(db, audit);
   });
+}
+
+void SqliteStore::InsertTokenAsync(TokenRecord token, std::optional<AuditAttachment> audit,
+                                   std::function<void(Status)> done) {
+  // The record and attachment live in the operation until it has run.
+  auto owned = std::make_shared<std::pair<TokenRecord, std::optional<AuditAttachment>>>(
+      std::move(token), std::move(audit));
+  impl_->WriteAsync(
+      [owned](Database& db) -> Status {
+        TV_RETURN_IF_ERROR(InsertTokenInTxn(db, owned->first));
+        return AppendAttached(db, owned->second ? &*owned->second : nullptr);
+      },
+      std::move(done));
 }
 
 Status SqliteStore::DeleteToken(std::string_view merchant, std::string_view token,
@@ -726,6 +827,19 @@ StatusOr<AuditRecord> SqliteStore::AppendAudit(AuditRecord record, const AuditMa
   Status s = Write([&](Database& db) -> Status { return AppendAuditInTxn(db, record, mac); });
   if (!s.ok()) return s;
   return record;
+}
+
+void SqliteStore::AppendAuditAsync(AuditRecord record, const AuditMac& mac,
+                                   std::function<void(const StatusOr<AuditRecord>&)> done) {
+  auto owned = std::make_shared<AuditRecord>(std::move(record));
+  impl_->WriteAsync([owned, &mac](Database& db) { return AppendAuditInTxn(db, *owned, mac); },
+                    [owned, done = std::move(done)](Status s) {
+                      if (!s.ok()) {
+                        done(std::move(s));
+                      } else {
+                        done(std::move(*owned));
+                      }
+                    });
 }
 
 StatusOr<std::vector<AuditRecord>> SqliteStore::ScanAudit(const AuditQuery& q) {

@@ -3,7 +3,8 @@
 // Writes go through a single writer thread that commits concurrent callers' operations together
 // (group commit: one BEGIN IMMEDIATE ... COMMIT, so one fsync, per batch). Each operation runs in
 // its own savepoint, so one failing operation (a duplicate token, say) does not undo the others.
-// Reads use a small pool of read-only connections, which WAL lets run beside the writer.
+// Asynchronous writes (InsertTokenAsync, AppendAuditAsync) are completed on a completion thread,
+// a batch at a time, so that no thread waits for a commit. Reads use a small pool of read-only connections, which WAL lets run beside the writer.
 // One process owns a database at a time (an exclusive lock on "<path>.lock").
 #ifndef TOKENVAULT_STORAGE_SQLITE_STORE_H_
 #define TOKENVAULT_STORAGE_SQLITE_STORE_H_
@@ -44,6 +45,8 @@ class SqliteStore final : public Store {
   Status ReserveEncryptions(std::string_view merchant, uint32_t version,
                             uint64_t reserved) override;
   Status InsertToken(const TokenRecord& token, AuditAttachment* audit = nullptr) override;
+  void InsertTokenAsync(TokenRecord token, std::optional<AuditAttachment> audit,
+                        std::function<void(Status)> done) override;
   StatusOr<TokenRecord> FindToken(std::string_view token) override;
   Status DeleteToken(std::string_view merchant, std::string_view token, int64_t deleted_at_ms,
                      AuditAttachment* audit = nullptr) override;
@@ -56,6 +59,8 @@ class SqliteStore final : public Store {
   StatusOr<DataKeyRecord> GetSystemKey(std::string_view name) override;
   Status InsertSystemKey(std::string_view name, const DataKeyRecord& key) override;
   StatusOr<AuditRecord> AppendAudit(AuditRecord record, const AuditMac& mac) override;
+  void AppendAuditAsync(AuditRecord record, const AuditMac& mac,
+                        std::function<void(const StatusOr<AuditRecord>&)> done) override;
   StatusOr<std::vector<AuditRecord>> ScanAudit(const AuditQuery& query) override;
   StatusOr<AuditHead> GetAuditHead() override;
 

@@ -4,6 +4,7 @@
 #define TOKENVAULT_STORAGE_STORE_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -165,6 +166,14 @@ class Store {
   // kAlreadyExists if the token string exists (in any merchant).
   // Every change below takes an optional AuditAttachment, appended in the same transaction.
   virtual Status InsertToken(const TokenRecord& token, AuditAttachment* audit = nullptr) = 0;
+  // InsertToken without waiting: 'done' is called exactly once with what InsertToken would have
+  // returned, once the transaction is durable or failed. It may run on another thread (the
+  // SQLite store's completion thread) or, for stores without a write pipeline, before this
+  // returns. 'done' must be quick and must not wait for another asynchronous write.
+  virtual void InsertTokenAsync(TokenRecord token, std::optional<AuditAttachment> audit,
+                                std::function<void(Status)> done) {
+    done(InsertToken(token, audit ? &*audit : nullptr));
+  }
   // kNotFound if there is no such token (in any merchant).
   virtual StatusOr<TokenRecord> FindToken(std::string_view token) = 0;
   // Removes the sealed value of a live token of 'merchant' and marks it deleted. kNotFound if no
@@ -191,6 +200,11 @@ class Store {
   // writes the record and the new head, in one durable transaction. Returns the record as
   // written.
   virtual StatusOr<AuditRecord> AppendAudit(AuditRecord record, const AuditMac& mac) = 0;
+  // AppendAudit without waiting; 'done' as for InsertTokenAsync.
+  virtual void AppendAuditAsync(AuditRecord record, const AuditMac& mac,
+                                std::function<void(const StatusOr<AuditRecord>&)> done) {
+    done(AppendAudit(std::move(record), mac));
+  }
   // Records matching 'query', in ascending seq, at most query.limit.
   virtual StatusOr<std::vector<AuditRecord>> ScanAudit(const AuditQuery& query) = 0;
   // kNotFound while the log is empty.

@@ -45,7 +45,10 @@ Bytes CanonicalAuditEncoding(const storage::AuditRecord& r) {
   return out;
 }
 
-AuditLog::~AuditLog() { EVP_MAC_free(hmac_); }
+AuditLog::~AuditLog() {
+  pending_.WaitIdle();  // their operations still compute MACs with this log
+  EVP_MAC_free(hmac_);
+}
 
 StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(hsm::Hsm& hsm, storage::Store& store,
                                                    const Clock& clock) {
@@ -115,6 +118,17 @@ StatusOr<Bytes> AuditLog::HeadMac(int64_t seq, ByteView mac) const {
 StatusOr<storage::AuditRecord> AuditLog::Append(storage::AuditRecord event) {
   if (event.time_ms == 0) event.time_ms = clock_.NowUnixMillis();
   return store_.AppendAudit(std::move(event), *this);
+}
+
+void AuditLog::AppendAsync(storage::AuditRecord event,
+                           std::function<void(const StatusOr<storage::AuditRecord>&)> done) {
+  if (event.time_ms == 0) event.time_ms = clock_.NowUnixMillis();
+  store_.AppendAuditAsync(std::move(event), *this,
+                          [ticket = pending_.Enter(), done = std::move(done)](
+                              const StatusOr<storage::AuditRecord>& written) mutable {
+                            done(written);
+                            ticket.reset();  // after 'done': it may still use the log
+                          });
 }
 
 StatusOr<std::vector<storage::AuditRecord>> AuditLog::Query(const storage::AuditQuery& query) {

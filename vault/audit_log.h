@@ -10,6 +10,7 @@
 #ifndef TOKENVAULT_VAULT_AUDIT_LOG_H_
 #define TOKENVAULT_VAULT_AUDIT_LOG_H_
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -17,6 +18,7 @@
 
 #include "hsm/hsm.h"
 #include "storage/store.h"
+#include "vault/base/in_flight.h"
 #include "vault/base/clock.h"
 #include "vault/base/secret_bytes.h"
 
@@ -49,6 +51,11 @@ class AuditLog final : public storage::AuditMac {
   // Appends 'event' (seq and MACs are assigned; time is set if 0) and returns once it is
   // durable. Any error means the record is not in the log: callers fail closed.
   StatusOr<storage::AuditRecord> Append(storage::AuditRecord event);
+  // Append without waiting: 'done' gets what Append would have returned, once the record is
+  // durable or failed, possibly on the store's completion thread. The log waits for every
+  // pending append before it is destroyed.
+  void AppendAsync(storage::AuditRecord event,
+                   std::function<void(const StatusOr<storage::AuditRecord>&)> done);
 
   StatusOr<std::vector<storage::AuditRecord>> Query(const storage::AuditQuery& query);
 
@@ -70,6 +77,7 @@ class AuditLog final : public storage::AuditMac {
 
   storage::Store& store_;
   const SecretBytes key_;
+  InFlight pending_;  // appends whose completion has not run; waited for on destruction
   const Clock& clock_;
   evp_mac_st* const hmac_;  // OpenSSL's HMAC implementation, fetched once (thread-safe to share)
 };

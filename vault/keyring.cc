@@ -143,7 +143,7 @@ StatusOr<uint32_t> Keyring::RotateLocked(std::string_view merchant, MerchantKeys
 StatusOr<uint32_t> Keyring::Rotate(std::string_view merchant) {
   for (;;) {
     std::shared_ptr<MerchantKeys> keys = KeysFor(merchant);  // outlives the lock below
-    std::unique_lock<std::shared_mutex> exclusive(keys->rotation);
+    RotationGate::Exclusive exclusive(keys->rotation);
     if (keys->detached) continue;
     StatusOr<uint32_t> rotated = RotateLocked(merchant, *keys);
     if (rotated.status().code() == StatusCode::kNotFound && !keys->loaded) {
@@ -167,7 +167,7 @@ StatusOr<Keyring::EncryptLease> Keyring::ForEncrypt(std::string_view merchant) {
   for (;;) {
     bool refetch = false;
     {
-      std::shared_lock<std::shared_mutex> shared(keys->rotation);
+      RotationGate::Shared shared = keys->rotation.EnterShared();
       if (keys->detached) {
         refetch = true;
       } else if (keys->loaded) {
@@ -195,7 +195,7 @@ StatusOr<Keyring::EncryptLease> Keyring::ForEncrypt(std::string_view merchant) {
     }
     if (!refetch) {
       // Not loaded yet, or the DEK is spent: fix that under the exclusive lock, then retry.
-      std::unique_lock<std::shared_mutex> exclusive(keys->rotation);
+      RotationGate::Exclusive exclusive(keys->rotation);
       if (keys->detached) {
         refetch = true;
       } else {

@@ -21,6 +21,7 @@
 #include "vault/aes_gcm.h"
 #include "vault/base/clock.h"
 #include "vault/dek_cache.h"
+#include "vault/rotation_gate.h"
 
 namespace tokenvault {
 
@@ -41,12 +42,12 @@ class Keyring {
  public:
   // A DEK to encrypt with. While the lease lives, the merchant's DEK cannot rotate, so a value is
   // never sealed under a version that was retired in the meantime. Hold it until the sealed value
-  // is stored.
+  // is stored; it may be released on another thread (the one that completes the write).
   struct EncryptLease {
     uint32_t version = 0;
     std::shared_ptr<const AesGcm256> aead;
-    std::shared_ptr<void> keys;  // keeps the mutex below alive; declared first, destroyed last
-    std::shared_lock<std::shared_mutex> no_rotation;
+    std::shared_ptr<void> keys;  // keeps the gate below alive; declared first, destroyed last
+    RotationGate::Shared no_rotation;
   };
 
   Keyring(hsm::Hsm& hsm, storage::Store& store, const Clock& clock, const KeyringOptions& options);
@@ -71,7 +72,7 @@ class Keyring {
 
  private:
   struct MerchantKeys {
-    std::shared_mutex rotation;  // shared: encrypting; exclusive: rotating or loading
+    RotationGate rotation;       // shared: encrypting; exclusive: rotating or loading
     std::mutex counter;          // guards used and reserved
     bool loaded = false;         // GUARDED_BY(rotation)
     bool detached = false;       // removed from the map; holders fetch a new entry. GUARDED_BY(rotation)

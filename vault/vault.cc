@@ -43,7 +43,10 @@ Vault::Vault(std::shared_ptr<hsm::Hsm> hsm, std::shared_ptr<storage::Store> stor
       keyring_(std::make_unique<Keyring>(*hsm_, *store_, clock, options.keys)),
       audit_(std::move(audit)) {}
 
-Vault::~Vault() = default;
+Vault::~Vault() {
+  // Asynchronous tokenizes still refer to the keyring and the audit log.
+  pending_.WaitIdle();
+}
 
 StatusOr<MerchantInfo> Vault::CreateMerchant(std::string_view merchant,
                                              const storage::AuditRecord* audit) {
@@ -58,50 +61,122 @@ StatusOr<MerchantInfo> Vault::CreateMerchant(std::string_view merchant,
                       record.current_dek_version};
 }
 
+// A value sealed under a new random token, ready to insert, and the lease that keeps its DEK
+// version current until the insert has committed.
+struct Vault::SealedToken {
+  storage::TokenRecord record;
+  Keyring::EncryptLease lease;
+  TokenInfo info;
+};
+
+StatusOr<Vault::SealedToken> Vault::Seal(std::string_view merchant, const SecretBytes& normalized,
+                                         ValueType type) {
+  const std::string_view type_name = ValueTypeName(type);
+  TV_ASSIGN_OR_RETURN(Keyring::EncryptLease lease, keyring_->ForEncrypt(merchant));
+  TV_ASSIGN_OR_RETURN(std::string token, NewRandomToken());
+  const Bytes aad = envelope::ValueAad(envelope::kValueFormatV1, merchant, token, type_name,
+                                       lease.version);
+  TV_ASSIGN_OR_RETURN(SealedBox box, lease.aead->Encrypt(normalized.view(), aad));
+
+  SealedToken sealed;
+  storage::TokenRecord& record = sealed.record;
+  record.token = token;
+  record.merchant = std::string(merchant);
+  record.type = std::string(type_name);
+  record.format = std::string(kFormatRandom);
+  record.record_version = envelope::kValueFormatV1;
+  record.dek_version = lease.version;
+  record.nonce.assign(box.nonce.begin(), box.nonce.end());
+  record.ciphertext = std::move(box.ciphertext);
+  record.tag.assign(box.tag.begin(), box.tag.end());
+  record.last4 = Last4(type, normalized);
+  record.created_at_ms = clock_.NowUnixMillis();
+  sealed.info = TokenInfo{token,         std::string(merchant), type,         record.format,
+                          lease.version, record.created_at_ms,  std::nullopt, record.last4};
+  sealed.lease = std::move(lease);
+  return sealed;
+}
+
+std::optional<storage::AuditAttachment> Vault::AttachTo(const SealedToken& sealed,
+                                                        const storage::AuditRecord* audit) {
+  if (audit == nullptr) return std::nullopt;
+  storage::AuditAttachment entry{*audit, audit_.get()};
+  entry.record.resource = sealed.record.token;
+  if (entry.record.time_ms == 0) entry.record.time_ms = sealed.record.created_at_ms;
+  return entry;
+}
+
 StatusOr<TokenInfo> Vault::Tokenize(std::string_view merchant, ByteView value, ValueType type,
                                     const storage::AuditRecord* audit) {
   if (!IsValidMerchantId(merchant)) {
     return InvalidArgumentError(kReasonInvalidMerchant, "invalid merchant id");
   }
   TV_ASSIGN_OR_RETURN(SecretBytes normalized, NormalizeValue(type, value));
-  const std::string_view type_name = ValueTypeName(type);
-
   Status last_error;
   for (int attempt = 0; attempt < kTokenInsertAttempts; ++attempt) {
-    TV_ASSIGN_OR_RETURN(Keyring::EncryptLease lease, keyring_->ForEncrypt(merchant));
-    TV_ASSIGN_OR_RETURN(std::string token, NewRandomToken());
-    const Bytes aad = envelope::ValueAad(envelope::kValueFormatV1, merchant, token, type_name,
-                                         lease.version);
-    TV_ASSIGN_OR_RETURN(SealedBox box, lease.aead->Encrypt(normalized.view(), aad));
-
-    storage::TokenRecord record;
-    record.token = token;
-    record.merchant = std::string(merchant);
-    record.type = std::string(type_name);
-    record.format = std::string(kFormatRandom);
-    record.record_version = envelope::kValueFormatV1;
-    record.dek_version = lease.version;
-    record.nonce.assign(box.nonce.begin(), box.nonce.end());
-    record.ciphertext = std::move(box.ciphertext);
-    record.tag.assign(box.tag.begin(), box.tag.end());
-    record.last4 = Last4(type, normalized);
-    record.created_at_ms = clock_.NowUnixMillis();
-    if (audit != nullptr) {
-      storage::AuditAttachment entry{*audit, audit_.get()};
-      entry.record.resource = token;
-      if (entry.record.time_ms == 0) entry.record.time_ms = record.created_at_ms;
-      last_error = store_->InsertToken(record, &entry);
-    } else {
-      last_error = store_->InsertToken(record);
-    }
-    if (last_error.ok()) {
-      return TokenInfo{token, std::string(merchant), type, record.format, lease.version,
-                       record.created_at_ms, std::nullopt, record.last4};
-    }
+    TV_ASSIGN_OR_RETURN(SealedToken sealed, Seal(merchant, normalized, type));
+    std::optional<storage::AuditAttachment> entry = AttachTo(sealed, audit);
+    last_error = store_->InsertToken(sealed.record, entry ? &*entry : nullptr);
+    if (last_error.ok()) return std::move(sealed.info);
     // A 128-bit collision is practically impossible; retrying costs nothing if it happens.
     if (last_error.code() != StatusCode::kAlreadyExists) return last_error;
   }
   return last_error;
+}
+
+// What an asynchronous tokenize carries from one attempt to the next.
+struct Vault::PendingTokenize {
+  std::string merchant;
+  SecretBytes normalized;
+  ValueType type;
+  std::optional<storage::AuditRecord> audit;
+  std::function<void(StatusOr<TokenInfo>)> done;
+  int attempts_left = kTokenInsertAttempts;
+  InFlight::Ticket ticket;  // the vault outlives this tokenize
+};
+
+void Vault::TokenizeAsync(std::string_view merchant, ByteView value, ValueType type,
+                          std::optional<storage::AuditRecord> audit,
+                          std::function<void(StatusOr<TokenInfo>)> done) {
+  if (!IsValidMerchantId(merchant)) {
+    done(InvalidArgumentError(kReasonInvalidMerchant, "invalid merchant id"));
+    return;
+  }
+  StatusOr<SecretBytes> normalized = NormalizeValue(type, value);
+  if (!normalized.ok()) {
+    done(normalized.status());
+    return;
+  }
+  auto pending = std::make_shared<PendingTokenize>(
+      PendingTokenize{std::string(merchant), std::move(normalized).value(), type,
+                      std::move(audit), std::move(done), kTokenInsertAttempts, pending_.Enter()});
+  TokenizeAttempt(std::move(pending));
+}
+
+void Vault::TokenizeAttempt(std::shared_ptr<PendingTokenize> pending) {
+  --pending->attempts_left;
+  StatusOr<SealedToken> sealed = Seal(pending->merchant, pending->normalized, pending->type);
+  if (!sealed.ok()) {
+    pending->done(sealed.status());
+    return;
+  }
+  std::optional<storage::AuditAttachment> entry =
+      AttachTo(*sealed, pending->audit ? &*pending->audit : nullptr);
+  storage::TokenRecord record = sealed->record;
+  // The lease travels with the insert and ends when it has committed (on the completing thread).
+  auto lease = std::make_shared<Keyring::EncryptLease>(std::move(sealed->lease));
+  store_->InsertTokenAsync(
+      std::move(record), std::move(entry),
+      [this, pending, lease, info = std::move(sealed->info)](Status inserted) mutable {
+        lease->no_rotation.Release();
+        if (inserted.ok()) {
+          pending->done(std::move(info));
+        } else if (inserted.code() == StatusCode::kAlreadyExists && pending->attempts_left > 0) {
+          TokenizeAttempt(pending);  // practically never: a 128-bit token collision
+        } else {
+          pending->done(std::move(inserted));
+        }
+      });
 }
 
 StatusOr<storage::TokenRecord> Vault::FindOwnToken(std::string_view merchant,

@@ -82,6 +82,15 @@ class Vault {
   StatusOr<TokenInfo> Tokenize(std::string_view merchant, ByteView value, ValueType type,
                                const storage::AuditRecord* audit = nullptr);
 
+  // Tokenize without waiting for the commit: 'done' gets what Tokenize would have returned,
+  // once the token (and its audit record) is durable or failed - on the calling thread for
+  // errors found before the write, else on the store's completion thread. 'done' must be quick
+  // and must not wait for another asynchronous write. The vault waits for pending tokenizes
+  // before it is destroyed.
+  void TokenizeAsync(std::string_view merchant, ByteView value, ValueType type,
+                     std::optional<storage::AuditRecord> audit,
+                     std::function<void(StatusOr<TokenInfo>)> done);
+
   // The value behind 'token'. kInvalidArgument (invalid_token) when the token is malformed;
   // kNotFound (token_not_found) when the token does not exist *or belongs to another merchant* -
   // the two are indistinguishable; kNotFound (token_gone) for a deleted token; kDataLoss
@@ -110,6 +119,14 @@ class Vault {
   storage::Store& store() { return *store_; }
 
  private:
+  struct SealedToken;
+  struct PendingTokenize;
+  StatusOr<SealedToken> Seal(std::string_view merchant, const SecretBytes& normalized,
+                             ValueType type);
+  std::optional<storage::AuditAttachment> AttachTo(const SealedToken& sealed,
+                                                   const storage::AuditRecord* audit);
+  void TokenizeAttempt(std::shared_ptr<PendingTokenize> pending);
+
   // The live, well-formed token row of 'merchant' (errors as GetToken).
   StatusOr<storage::TokenRecord> FindOwnToken(std::string_view merchant, std::string_view token);
 
@@ -121,6 +138,7 @@ class Vault {
   const Clock& clock_;
   std::unique_ptr<Keyring> keyring_;
   std::unique_ptr<AuditLog> audit_;
+  InFlight pending_;  // asynchronous tokenizes not yet completed
 };
 
 }  // namespace tokenvault

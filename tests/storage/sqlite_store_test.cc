@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <atomic>
 #include <future>
 #include <thread>
 #include <vector>
@@ -364,6 +365,92 @@ TEST_F(SqliteStoreTest, AChangeCommitsOnlyWithItsAuditRecord) {
   AuditAttachment refused_delete{record, &failing};
   EXPECT_FALSE(store_->DeleteToken("acme", "tok_audited", 5, &refused_delete).ok());
   EXPECT_FALSE(store_->FindToken("tok_audited")->deleted_at_ms.has_value());
+}
+
+// What an asynchronous write's completion saw.
+struct Completed {
+  Status status;
+  std::thread::id thread;
+  bool row_visible = false;  // the token was readable from another connection when it ran
+};
+
+TEST_F(SqliteStoreTest, AsyncInsertCompletesAfterCommitOnTheCompletionThread) {
+  FixedMac fixed;
+  AuditRecord record;
+  record.outcome = "allowed";
+  std::promise<Completed> done;
+  store_->InsertTokenAsync(Token("tok_async"), AuditAttachment{record, &fixed}, [&](Status s) {
+    Completed c{s, std::this_thread::get_id(), false};
+    c.row_visible = store_->FindToken("tok_async").ok();
+    done.set_value(c);
+  });
+  Completed c = done.get_future().get();
+  TV_EXPECT_OK(c.status);
+  EXPECT_NE(c.thread, std::this_thread::get_id());
+  // Committed before the completion ran: a reader (another connection) already saw the row.
+  EXPECT_TRUE(c.row_visible);
+  StatusOr<AuditHead> head = store_->GetAuditHead();
+  ASSERT_TRUE(head.ok());
+  EXPECT_EQ(head->seq, 1);  // the attached record went in with it
+}
+
+TEST_F(SqliteStoreTest, AsyncWritesJoinABatchAndOneFailureStaysAlone) {
+  TV_ASSERT_OK(store_->InsertToken(Token("tok_taken")));
+  const SqliteStore::Stats before = store_->GetStats();
+  std::promise<void> release;
+  std::future<Status> blocker = BlockWriter(release);
+  // Queued behind the blocked writer: they commit together in the next transaction.
+  std::vector<std::promise<Status>> results(3);
+  store_->InsertTokenAsync(Token("tok_a1"), std::nullopt,
+                           [&](Status s) { results[0].set_value(s); });
+  store_->InsertTokenAsync(Token("tok_taken"), std::nullopt,  // a duplicate: fails alone
+                           [&](Status s) { results[1].set_value(s); });
+  FixedMac fixed;
+  AuditRecord record;
+  record.outcome = "allowed";
+  store_->AppendAuditAsync(record, fixed, [&](const StatusOr<AuditRecord>& written) {
+    results[2].set_value(written.ok() && written->seq == 1 ? Status::Ok() : written.status());
+  });
+  WaitForPending(3);
+  release.set_value();
+  TV_ASSERT_OK(blocker.get());
+  TV_EXPECT_OK(results[0].get_future().get());
+  TV_EXPECT_ERROR(results[1].get_future().get(), StatusCode::kAlreadyExists, kReasonConstraint);
+  TV_EXPECT_OK(results[2].get_future().get());
+  TV_EXPECT_OK(store_->FindToken("tok_a1"));
+  // The blocker's transaction, then one for the three queued operations.
+  EXPECT_EQ(store_->GetStats().transactions - before.transactions, 2u);
+}
+
+TEST_F(SqliteStoreTest, AsyncAppendFailureReachesItsCompletion) {
+  FailingMac failing;
+  AuditRecord record;
+  record.outcome = "allowed";
+  std::promise<Status> done;
+  store_->AppendAuditAsync(record, failing, [&](const StatusOr<AuditRecord>& written) {
+    done.set_value(written.status());
+  });
+  TV_EXPECT_ERROR(done.get_future().get(), StatusCode::kUnavailable, "audit_down");
+  TV_EXPECT_ERROR(store_->GetAuditHead(), StatusCode::kNotFound, "audit_empty");
+}
+
+TEST(SqliteStoreShutdownTest, PendingAsyncWritesCompleteBeforeTheStoreCloses) {
+  TempDir dir;
+  std::atomic<int> ok{0};
+  {
+    auto store = SqliteStore::Open({dir.Sub("t.db")});
+    ASSERT_TRUE(store.ok());
+    TV_ASSERT_OK((*store)->BeginMerchant(Merchant("acme")));
+    TV_ASSERT_OK((*store)->CompleteMerchant("acme", Dek("acme", 1)));
+    for (int i = 0; i < 200; ++i) {
+      (*store)->InsertTokenAsync(Token("tok_s" + std::to_string(i)), std::nullopt,
+                                 [&](Status s) { ok += s.ok() ? 1 : 0; });
+    }
+  }  // closes at once: queued writes are committed and completed first
+  EXPECT_EQ(ok.load(), 200);
+  auto reopened = SqliteStore::Open({dir.Sub("t.db")});
+  ASSERT_TRUE(reopened.ok());
+  TV_EXPECT_OK((*reopened)->FindToken("tok_s199"));
 }
 
 TEST_F(SqliteStoreTest, OnlyOneStorePerDatabase) {

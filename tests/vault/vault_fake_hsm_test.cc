@@ -2,8 +2,11 @@
 // The same behaviours are exercised against SoftHSM2 in vault_softhsm_test.cc.
 #include <gtest/gtest.h>
 
+#include <future>
 #include <set>
+#include <thread>
 
+#include "storage/sqlite.h"
 #include "storage/sqlite_store.h"
 #include "tests/fakes/fake_hsm.h"
 #include "tests/support/matchers.h"
@@ -177,6 +180,78 @@ TEST_F(VaultFakeHsmTest, RotationKeepsOldTokensReadable) {
   EXPECT_EQ(fresh->dek_version, 2u);
   EXPECT_EQ(AsChars(vault_->Detokenize("acme", old_token)->value.view()), "old");
   EXPECT_EQ(AsChars(vault_->Detokenize("acme", fresh->token)->value.view()), "new");
+}
+
+TEST_F(VaultFakeHsmTest, TokenizeAsyncCommitsTheTokenWithItsAuditRecord) {
+  TV_ASSERT_OK(vault_->CreateMerchant("acme"));
+  storage::AuditRecord audit;
+  audit.request_id = "req_async";
+  audit.action = "tokens.create";
+  audit.outcome = "allowed";
+  audit.status = 201;
+  std::promise<StatusOr<TokenInfo>> done;
+  vault_->TokenizeAsync("acme", AsBytes("4111 1111 1111 1111"), ValueType::kCard, audit,
+                        [&](StatusOr<TokenInfo> t) { done.set_value(std::move(t)); });
+  StatusOr<TokenInfo> t = done.get_future().get();
+  TV_ASSERT_OK(t);
+  EXPECT_EQ(t->last4, "1111");
+  EXPECT_EQ(AsChars(vault_->Detokenize("acme", t->token)->value.view()), "4111111111111111");
+  StatusOr<std::vector<storage::AuditRecord>> records = vault_->audit().Query({});
+  TV_ASSERT_OK(records);
+  ASSERT_FALSE(records->empty());
+  EXPECT_EQ(records->back().request_id, "req_async");
+  EXPECT_EQ(records->back().resource, t->token);  // the record names the new token
+}
+
+TEST_F(VaultFakeHsmTest, TokenizeAsyncReportsBadInputWithoutWriting) {
+  TV_ASSERT_OK(vault_->CreateMerchant("acme"));
+  const uint64_t before = store_->GetStats().operations;
+  std::promise<Status> bad_card, bad_merchant;
+  vault_->TokenizeAsync("acme", AsBytes("4111 1111 1111 1112"), ValueType::kCard, std::nullopt,
+                        [&](StatusOr<TokenInfo> t) { bad_card.set_value(t.status()); });
+  vault_->TokenizeAsync("Bad Id", AsBytes("x"), ValueType::kGeneric, std::nullopt,
+                        [&](StatusOr<TokenInfo> t) { bad_merchant.set_value(t.status()); });
+  EXPECT_EQ(bad_card.get_future().get().code(), StatusCode::kInvalidArgument);
+  TV_EXPECT_ERROR(bad_merchant.get_future().get(), StatusCode::kInvalidArgument, "invalid_merchant");
+  EXPECT_EQ(store_->GetStats().operations, before);
+}
+
+TEST_F(VaultFakeHsmTest, RotationWaitsUntilAPendingAsyncInsertHasCommitted) {
+  TV_ASSERT_OK(vault_->CreateMerchant("acme"));
+  // Loads the merchant's keys and reserves a block of encryptions, so that the tokenize below
+  // needs no write of its own before its insert.
+  TV_ASSERT_OK(vault_->Tokenize("acme", AsBytes("warm-up"), ValueType::kGeneric));
+  // Hold the store's writer so that the insert below stays queued, its DEK lease held.
+  std::promise<void> release, entered;
+  std::shared_future<void> gate = release.get_future().share();
+  std::thread blocker([&] {
+    TV_EXPECT_OK(store_->Write([&](storage::Database&) {
+      entered.set_value();
+      gate.wait();
+      return Status::Ok();
+    }));
+  });
+  entered.get_future().wait();
+  std::promise<StatusOr<TokenInfo>> done;
+  vault_->TokenizeAsync("acme", AsBytes("pending"), ValueType::kGeneric, std::nullopt,
+                        [&](StatusOr<TokenInfo> t) { done.set_value(std::move(t)); });
+  ASSERT_EQ(store_->PendingWrites(), 1u);
+  std::promise<StatusOr<uint32_t>> rotated;
+  std::thread rotator([&] { rotated.set_value(vault_->RotateDataKey("acme")); });
+  // A rotation that did not wait would queue its new DEK version behind the insert. Give it
+  // every chance to (this can only miss a bug, never fail a correct vault).
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_EQ(store_->PendingWrites(), 1u);
+  release.set_value();
+  blocker.join();
+  StatusOr<TokenInfo> t = done.get_future().get();
+  TV_ASSERT_OK(t);
+  EXPECT_EQ(t->dek_version, 1u);  // sealed under version 1, committed before version 2 existed
+  rotator.join();
+  StatusOr<uint32_t> v = rotated.get_future().get();
+  TV_ASSERT_OK(v);
+  EXPECT_EQ(*v, 2u);
+  EXPECT_EQ(AsChars(vault_->Detokenize("acme", t->token)->value.view()), "pending");
 }
 
 TEST_F(VaultFakeHsmTest, DisabledCacheAsksTheHsmEveryTime) {
