@@ -2,6 +2,7 @@
 
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
+#include <signal.h>
 #include <pistache/endpoint.h>
 #include <pistache/http.h>
 #include <pistache/router.h>
@@ -353,6 +354,10 @@ StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const ServerConfig& conf
   if (config.tls && (config.cert_file.empty() || config.key_file.empty())) {
     return InvalidArgumentError("bad_config", "TLS needs a certificate and a key");
   }
+  // Pistache's TLS path writes through OpenSSL's socket BIO, i.e. write() without MSG_NOSIGNAL:
+  // a client that resets its connection while an answer is being written would raise SIGPIPE,
+  // whose default action kills the whole vault. The write fails with EPIPE instead.
+  signal(SIGPIPE, SIG_IGN);
   auto impl = std::make_unique<Impl>(config, service);
   TV_RETURN_IF_ERROR(impl->Start());
   return std::unique_ptr<HttpServer>(new HttpServer(std::move(impl)));

@@ -59,6 +59,10 @@ run() {
   p50=$(echo "$out" | awk '$1=="50%" {print $2}')
   p99=$(echo "$out" | awk '$1=="99%" {print $2}')
   errors=$(echo "$out" | awk '/Non-2xx/ {print $5}')
+  # A run that measured nothing says why (and the server's log tail), instead of printing 0.
+  if [ -z "$rps" ] || [ "$rps" = "0.00" ]; then
+    { echo "--- $name: wrk measured nothing:"; echo "$out"; tail -5 "$work/server.log"; } >&2
+  fi
   echo "$name $rps $p50 $p99 ${errors:-0}"
 }
 
