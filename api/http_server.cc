@@ -1,7 +1,7 @@
 #include "api/http_server.h"
 
 #include <openssl/crypto.h>
-#include <openssl/rand.h>
+#include <pthread.h>
 #include <signal.h>
 #include <pistache/endpoint.h>
 #include <pistache/http.h>
@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "vault/base/in_flight.h"
+#include "vault/base/random.h"
 
 namespace tokenvault::api {
 
@@ -24,11 +25,13 @@ using namespace Pistache;
 namespace {
 
 std::string NewRequestId() {
-  uint8_t raw[12];
-  if (RAND_bytes(raw, sizeof(raw)) != 1) return "req_unavailable";
+  // 12 random bytes used once: exactly what the nonce generator hands out, from per-thread
+  // blocks: one RAND call per 64 ids rather than one per request (~1% of the server's CPU).
+  StatusOr<GcmNonce> raw = RandomNonce();
+  if (!raw.ok()) return "req_unavailable";
   static constexpr char kHex[] = "0123456789abcdef";
   std::string id = "req_";
-  for (uint8_t b : raw) {
+  for (uint8_t b : *raw) {
     id.push_back(kHex[b >> 4]);
     id.push_back(kHex[b & 15]);
   }
@@ -134,6 +137,7 @@ class Executor {
 
  private:
   void Run() {
+    pthread_setname_np(pthread_self(), "tv-executor");  // names show in top -H, perf, gdb
     for (;;) {
       std::function<void()> task;
       {

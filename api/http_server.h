@@ -21,7 +21,7 @@ struct ServerConfig {
   std::string cert_file;
   std::string key_file;
   int io_threads = 2;            // Pistache workers
-  size_t worker_threads = 64;    // executor threads running vault work (mostly waiting on commits)
+  size_t worker_threads = 16;    // executor threads running vault work (never waiting on commits)
   size_t max_queued = 4096;      // requests waiting for a worker; beyond, 503
   size_t max_body_bytes = 1 << 20;
   std::chrono::seconds header_timeout{5};

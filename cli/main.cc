@@ -33,7 +33,7 @@ struct Settings {
   int port = 8443;
   bool plain_http = false;
   int io_threads = 2;
-  int worker_threads = 64;
+  int worker_threads = 16;
   std::string policy_file;
 };
 

@@ -65,8 +65,11 @@ Bytes HashApiKeySecret(ByteView secret) {
   static constexpr std::string_view kDomain = "tokenvault/api-key/v1";
   Bytes digest(32);
   unsigned int len = 0;
+  // Fetched once: EVP_sha256() makes OpenSSL 3 look the implementation up on every request.
+  static EVP_MD* const sha256 = EVP_MD_fetch(nullptr, "SHA256", nullptr);
   EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-  const bool ok = ctx != nullptr && EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr) == 1 &&
+  const bool ok = sha256 != nullptr && ctx != nullptr &&
+                  EVP_DigestInit_ex2(ctx, sha256, nullptr) == 1 &&
                   EVP_DigestUpdate(ctx, kDomain.data(), kDomain.size()) == 1 &&
                   EVP_DigestUpdate(ctx, secret.data(), secret.size()) == 1 &&
                   EVP_DigestFinal_ex(ctx, digest.data(), &len) == 1;
