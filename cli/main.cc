@@ -34,6 +34,7 @@ struct Settings {
   bool plain_http = false;
   int io_threads = 2;
   int worker_threads = 16;
+  long long token_cache_entries = 65536;  // token rows kept after a read (ciphertext only)
   std::string policy_file;
 };
 
@@ -63,6 +64,7 @@ bool ReadConfigFile(const std::string& path, Settings* s) {
       else if (key == "plain_http") s->plain_http = value.get<bool>();
       else if (key == "io_threads") s->io_threads = value.get<int>();
       else if (key == "worker_threads") s->worker_threads = value.get<int>();
+      else if (key == "token_cache_entries") s->token_cache_entries = value.get<long long>();
       else if (key == "policy_file") s->policy_file = value.get<std::string>();
       else {
         spdlog::error("config file {}: unknown setting '{}'", path, key);
@@ -92,6 +94,7 @@ void ReadEnvironment(Settings* s) {
 std::unique_ptr<Vault> OpenVault(const Settings& s) {
   EmbeddedConfig config;
   config.data_dir = s.data_dir;
+  config.token_cache_entries = static_cast<size_t>(s.token_cache_entries);
   StatusOr<std::unique_ptr<Vault>> vault = OpenEmbeddedVault(config);
   if (!vault.ok()) {
     spdlog::error("cannot open the vault in {}: {}", s.data_dir, vault.status().ToString());
@@ -222,6 +225,7 @@ int main(int argc, char** argv) {
   int port = -1;
   bool plain_http = false;
   int io_threads = -1, worker_threads = -1;
+  long long token_cache_entries = -1;
 
   auto add_common = [&](CLI::App* cmd) {
     cmd->add_option("--config", config_file, "JSON settings file");
@@ -236,6 +240,8 @@ int main(int argc, char** argv) {
   serve->add_flag("--plain-http", plain_http, "serve plain HTTP (loopback only)");
   serve->add_option("--io-threads", io_threads, "HTTP worker threads");
   serve->add_option("--worker-threads", worker_threads, "vault worker threads");
+  serve->add_option("--token-cache", token_cache_entries,
+                    "token rows cached after a read (ciphertext only; 0 = off)");
   serve->add_option("--policy", policy_file, "JSON policy file with custom roles");
   CLI11_PARSE(app, argc, argv);
 
@@ -247,6 +253,7 @@ int main(int argc, char** argv) {
   if (plain_http) settings.plain_http = true;
   if (io_threads > 0) settings.io_threads = io_threads;
   if (worker_threads > 0) settings.worker_threads = worker_threads;
+  if (token_cache_entries >= 0) settings.token_cache_entries = token_cache_entries;
   if (!policy_file.empty()) settings.policy_file = policy_file;
   if (settings.port < 0 || settings.port > 65535) {
     spdlog::error("the port must be a number from 0 to 65535");
@@ -255,6 +262,10 @@ int main(int argc, char** argv) {
   if (settings.io_threads < 1 || settings.io_threads > 64 || settings.worker_threads < 1 ||
       settings.worker_threads > 1024) {
     spdlog::error("thread counts must be positive (io 1-64, workers 1-1024)");
+    return 2;
+  }
+  if (settings.token_cache_entries < 0 || settings.token_cache_entries > 10'000'000) {
+    spdlog::error("token_cache_entries must be from 0 to 10000000");
     return 2;
   }
   return init->parsed() ? Init(settings) : Serve(settings);

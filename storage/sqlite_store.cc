@@ -15,6 +15,8 @@
 
 #include "storage/migrations.h"
 #include "storage/sqlite.h"
+#include "storage/token_row_cache.h"
+#include "vault/base/scope_guard.h"
 
 namespace tokenvault::storage {
 namespace {
@@ -168,6 +170,7 @@ class SqliteStore::Impl {
         writer_(std::move(writer)),
         checkpointer_(std::move(checkpointer)),
         readers_(options.path, options.read_connections),
+        token_rows_(options.token_cache_entries),
         max_batch_(options.max_batch == 0 ? 1 : options.max_batch),
         thread_([this] { WriterLoop(); }),
         completion_thread_([this] { CompletionLoop(); }),
@@ -219,6 +222,7 @@ class SqliteStore::Impl {
   }
 
   StatusOr<ReadPool::Lease> Reader() { return readers_.Acquire(); }
+  TokenRowCache& token_rows() { return token_rows_; }
 
   Stats GetStats() const {
     std::lock_guard<std::mutex> lock(mu_);
@@ -396,6 +400,7 @@ class SqliteStore::Impl {
   std::unique_ptr<Database> writer_;        // used by the writer thread only
   std::unique_ptr<Database> checkpointer_;  // used by the checkpoint thread only
   ReadPool readers_;
+  TokenRowCache token_rows_;
   const size_t max_batch_;
   mutable std::mutex mu_;
   std::condition_variable cv_;             // the writer's: work queued or stopping
@@ -603,6 +608,8 @@ void SqliteStore::InsertTokenAsync(TokenRecord token, std::optional<AuditAttachm
 
 Status SqliteStore::DeleteToken(std::string_view merchant, std::string_view token,
                                 int64_t deleted_at_ms, AuditAttachment* audit) {
+  // After the commit (or the failure): the row cache must never serve the row as it was.
+  ScopeGuard evict([&] { impl_->token_rows().Evict(token); });
   return Write([&](Database& db) -> Status {
     TV_ASSIGN_OR_RETURN(Statement stmt,
                         db.Prepare("UPDATE tokens SET deleted_at = ?3, nonce = NULL, "
@@ -615,6 +622,15 @@ Status SqliteStore::DeleteToken(std::string_view merchant, std::string_view toke
 }
 
 StatusOr<TokenRecord> SqliteStore::FindToken(std::string_view token) {
+  TokenRowCache& cache = impl_->token_rows();
+  if (std::optional<TokenRecord> cached = cache.Get(token)) return std::move(*cached);
+  const uint64_t epoch = cache.epoch();  // before the read: see TokenRowCache
+  TV_ASSIGN_OR_RETURN(TokenRecord row, ReadTokenRow(token));
+  cache.PutIfUnchanged(row, epoch);
+  return row;
+}
+
+StatusOr<TokenRecord> SqliteStore::ReadTokenRow(std::string_view token) {
   TV_ASSIGN_OR_RETURN(ReadPool::Lease lease, impl_->Reader());
   TV_ASSIGN_OR_RETURN(
       Statement stmt,

@@ -25,6 +25,8 @@ struct SqliteStoreOptions {
   // Operations committed together at most. Larger batches amortise the fsync further but make
   // the first caller of a batch wait for the last.
   size_t max_batch = 256;
+  // Token rows kept in memory after a read (ciphertext only; storage/token_row_cache.h). 0: off.
+  size_t token_cache_entries = 65536;
 };
 
 class SqliteStore final : public Store {
@@ -80,6 +82,7 @@ class SqliteStore final : public Store {
 
  private:
   class Impl;
+  StatusOr<TokenRecord> ReadTokenRow(std::string_view token);
   explicit SqliteStore(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

@@ -40,6 +40,7 @@ StatusOr<std::unique_ptr<Vault>> OpenEmbeddedVault(const EmbeddedConfig& config)
   storage::SqliteStoreOptions store_options;
   store_options.path = EmbeddedDatabasePath(config.data_dir);
   store_options.read_connections = config.read_connections;
+  store_options.token_cache_entries = config.token_cache_entries;
   TV_ASSIGN_OR_RETURN(std::unique_ptr<storage::SqliteStore> store,
                       storage::SqliteStore::Open(store_options));
   return Vault::Create(std::move(hsm), std::shared_ptr<storage::Store>(std::move(store)),

@@ -26,6 +26,7 @@ struct EmbeddedConfig {
   hsm::PinSource pin;  // used with 'hsm'
   VaultOptions vault;
   size_t read_connections = 16;
+  size_t token_cache_entries = 65536;  // storage/token_row_cache.h; 0 = off
 };
 
 std::string EmbeddedDatabasePath(const std::string& data_dir);

@@ -453,6 +453,20 @@ TEST(SqliteStoreShutdownTest, PendingAsyncWritesCompleteBeforeTheStoreCloses) {
   TV_EXPECT_OK((*reopened)->FindToken("tok_s199"));
 }
 
+TEST_F(SqliteStoreTest, ADeletedTokenIsNeverServedFromTheRowCache) {
+  TV_ASSERT_OK(store_->InsertToken(Token("tok_cached")));
+  TV_ASSERT_OK(store_->FindToken("tok_cached"));  // read once: now cached
+  StatusOr<TokenRecord> again = store_->FindToken("tok_cached");
+  TV_ASSERT_OK(again);
+  EXPECT_FALSE(again->nonce.empty());
+  TV_ASSERT_OK(store_->DeleteToken("acme", "tok_cached", 99));
+  StatusOr<TokenRecord> deleted = store_->FindToken("tok_cached");
+  TV_ASSERT_OK(deleted);
+  EXPECT_EQ(deleted->deleted_at_ms, 99);
+  EXPECT_TRUE(deleted->ciphertext.empty());
+  EXPECT_TRUE(deleted->nonce.empty());
+}
+
 TEST_F(SqliteStoreTest, OnlyOneStorePerDatabase) {
   TV_EXPECT_ERROR(SqliteStore::Open({dir_.Sub("t.db")}), StatusCode::kFailedPrecondition,
                   "store_locked");

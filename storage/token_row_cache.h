@@ -1,0 +1,90 @@
+// TokenRowCache: recently read token rows, so that a detokenize does not pay a SQLite read (a
+// read pool lease, a read transaction, and a cold page cache: every commit makes SQLite drop a
+// WAL reader's cache) for a token read moments ago.
+//
+// Rows hold ciphertext, never values, and the cache is in the only process that may write the
+// database. Coherence: every change to a token row evicts it after its commit (Evict), and a
+// reader fills the cache only if no eviction happened since it began reading
+// (PutIfUnchanged with the epoch it saw), so a row read just before a change commits can never
+// be cached after that change.
+#ifndef TOKENVAULT_STORAGE_TOKEN_ROW_CACHE_H_
+#define TOKENVAULT_STORAGE_TOKEN_ROW_CACHE_H_
+
+#include <cstdint>
+#include <list>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+
+#include "storage/store.h"
+
+namespace tokenvault::storage {
+
+class TokenRowCache {
+ public:
+  // 0 disables the cache.
+  explicit TokenRowCache(size_t max_entries) : max_entries_(max_entries) {}
+
+  std::optional<TokenRecord> Get(std::string_view token) {
+    if (max_entries_ == 0) return std::nullopt;
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = index_.find(std::string(token));
+    if (it == index_.end()) return std::nullopt;
+    lru_.splice(lru_.begin(), lru_, it->second);  // most recently used first
+    return *it->second;
+  }
+
+  // Take before reading the row from the database; pass to PutIfUnchanged.
+  uint64_t epoch() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return epoch_;
+  }
+
+  void PutIfUnchanged(const TokenRecord& row, uint64_t epoch_seen) {
+    if (max_entries_ == 0) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (epoch_ != epoch_seen || index_.count(row.token)) return;
+    lru_.push_front(row);
+    index_.emplace(row.token, lru_.begin());
+    if (lru_.size() > max_entries_) {
+      index_.erase(lru_.back().token);
+      lru_.pop_back();
+    }
+  }
+
+  // After a change to 'token' has committed (or failed: evicting is always safe).
+  void Evict(std::string_view token) {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++epoch_;
+    auto it = index_.find(std::string(token));
+    if (it == index_.end()) return;
+    lru_.erase(it->second);
+    index_.erase(it);
+  }
+
+  // After a change to many rows (a merchant's tokens, say).
+  void Clear() {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++epoch_;
+    index_.clear();
+    lru_.clear();
+  }
+
+  size_t size() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return lru_.size();
+  }
+
+ private:
+  const size_t max_entries_;
+  mutable std::mutex mu_;
+  std::list<TokenRecord> lru_;  // GUARDED_BY(mu_)
+  std::unordered_map<std::string, std::list<TokenRecord>::iterator> index_;  // GUARDED_BY(mu_)
+  uint64_t epoch_ = 0;  // GUARDED_BY(mu_); bumped by every eviction
+};
+
+}  // namespace tokenvault::storage
+
+#endif  // TOKENVAULT_STORAGE_TOKEN_ROW_CACHE_H_
