@@ -20,6 +20,13 @@ Status CryptoError(const char* what) {
 
 bool FitsInt(size_t n) { return n <= static_cast<size_t>(INT_MAX); }
 
+// Fetched once: EVP_aes_256_gcm() makes OpenSSL 3 look the implementation up on every init.
+// Null only if the default provider lacks AES-GCM; every caller then fails with crypto_error.
+const EVP_CIPHER* Aes256Gcm() {
+  static EVP_CIPHER* const cipher = EVP_CIPHER_fetch(nullptr, "AES-256-GCM", nullptr);
+  return cipher;
+}
+
 }  // namespace
 
 namespace internal {
@@ -33,8 +40,8 @@ Status AesGcmSealWithNonce(const SecretBytes& key, ByteView nonce, ByteView plai
   }
   CipherCtxPtr ctx(EVP_CIPHER_CTX_new());
   if (!ctx) return CryptoError("EVP_CIPHER_CTX_new");
-  // The default IV length of EVP_aes_256_gcm is 12 bytes: no EVP_CTRL_GCM_SET_IVLEN needed.
-  if (EVP_EncryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, key.data(), nonce.data()) != 1) {
+  // The default IV length of AES-256-GCM is 12 bytes: no EVP_CTRL_GCM_SET_IVLEN needed.
+  if (EVP_EncryptInit_ex(ctx.get(), Aes256Gcm(), nullptr, key.data(), nonce.data()) != 1) {
     return CryptoError("EVP_EncryptInit_ex");
   }
   int len = 0;
@@ -67,7 +74,7 @@ StatusOr<SecretBytes> AesGcmOpen(const SecretBytes& key, ByteView nonce, ByteVie
   }
   CipherCtxPtr ctx(EVP_CIPHER_CTX_new());
   if (!ctx) return CryptoError("EVP_CIPHER_CTX_new");
-  if (EVP_DecryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, key.data(), nonce.data()) != 1) {
+  if (EVP_DecryptInit_ex(ctx.get(), Aes256Gcm(), nullptr, key.data(), nonce.data()) != 1) {
     return CryptoError("EVP_DecryptInit_ex");
   }
   int len = 0;
