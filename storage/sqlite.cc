@@ -198,6 +198,16 @@ Status Database::Exec(std::string_view sql) {
   return Status::Ok();
 }
 
+void Database::TrackWalSize() {
+  sqlite3_wal_hook(
+      db_,
+      [](void* self, sqlite3*, const char*, int frames) {
+        static_cast<Database*>(self)->wal_frames_ = frames;
+        return SQLITE_OK;
+      },
+      this);
+}
+
 int64_t Database::Changes() const { return sqlite3_changes64(db_); }
 
 bool Database::InTransaction() const { return sqlite3_get_autocommit(db_) == 0; }

@@ -103,8 +103,14 @@ class Database {
   // Maps the connection's last error to a Status.
   Status LastError(int rc, std::string_view what) const;
 
+  // Frames in the WAL after this connection's last commit (SQLite's WAL hook). Installing the
+  // hook replaces SQLite's automatic checkpoints on this connection, which the store runs itself.
+  void TrackWalSize();
+  int wal_frames() const { return wal_frames_; }
+
  private:
   explicit Database(sqlite3* db) : db_(db) {}
+  int wal_frames_ = 0;  // written by the WAL hook, on the thread using this connection
   struct Cached {
     sqlite3_stmt* stmt;
     bool in_use;

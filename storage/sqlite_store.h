@@ -25,6 +25,9 @@ struct SqliteStoreOptions {
   // Operations committed together at most. Larger batches amortise the fsync further but make
   // the first caller of a batch wait for the last.
   size_t max_batch = 256;
+  // WAL length (frames of one page) past which the writer finishes a checkpoint between two
+  // batches so that the WAL starts over (16384 frames = 64 MiB at 4 KiB pages).
+  int wal_restart_frames = 16384;
   // Token rows kept in memory after a read (ciphertext only; storage/token_row_cache.h). 0: off.
   size_t token_cache_entries = 65536;
 };
@@ -75,6 +78,7 @@ class SqliteStore final : public Store {
   struct Stats {
     uint64_t transactions = 0;
     uint64_t operations = 0;
+    uint64_t wal_checkpoints_by_writer = 0;  // RestartWalIfLong (sqlite_store.cc)
   };
   Stats GetStats() const;
   // Writes queued and not yet picked up by the writer thread.
