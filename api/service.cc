@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "policy/api_key.h"
+#include "vault/token_format.h"
 #include "vault/token_id.h"
 
 namespace tokenvault::api {
@@ -620,7 +621,7 @@ HttpResponse Service::CreateMerchant(Context& ctx) {
 HttpResponse Service::CreateToken(Context& ctx) {
   TV_AUTHORIZE(Permission::kTokensCreate, ctx.merchant);
   json& b = ctx.body;
-  TV_OR_FAIL(CheckFields(b, {"value", "type", "format", "deterministic", "ttl_seconds", "metadata"}));
+  TV_OR_FAIL(CheckFields(b, {"value", "type", "format", "keep_bin", "deterministic", "ttl_seconds", "metadata"}));
   if (!b.contains("value") || !b["value"].is_string()) {
     TV_OR_FAIL(BadRequest("invalid_value", "'value' must be a string"));
   }
@@ -630,9 +631,17 @@ HttpResponse Service::CreateToken(Context& ctx) {
     if (!t) TV_OR_FAIL(BadRequest("invalid_type", "'type' is card, ssn or generic"));
     type = *t;
   }
-  if (b.contains("format") && !(b["format"].is_string() && b["format"] == "random")) {
-    TV_OR_FAIL(BadRequest("unsupported_format", "only the 'random' format is available"));
+  TokenFormatOptions format;
+  if (b.contains("format")) {
+    std::optional<TokenFormat> f = b["format"].is_string() ? ParseTokenFormat(b["format"].get<std::string>()) : std::nullopt;
+    if (!f) TV_OR_FAIL(BadRequest("invalid_format", "'format' is random or preserving"));
+    format.format = *f;
   }
+  if (b.contains("keep_bin")) {
+    if (!b["keep_bin"].is_boolean()) TV_OR_FAIL(BadRequest("invalid_format", "'keep_bin' is a boolean"));
+    format.keep_bin = b["keep_bin"].get<bool>();
+  }
+  TV_OR_FAIL(CheckTokenFormat(type, format));
   // Only the defaults of these are available yet (later milestones add the rest).
   if (b.contains("deterministic") && !(b["deterministic"].is_boolean() && !b["deterministic"].get<bool>())) {
     TV_OR_FAIL(BadRequest("unsupported_field", "deterministic tokens are not available yet"));
@@ -649,7 +658,7 @@ HttpResponse Service::CreateToken(Context& ctx) {
   storage::AuditRecord audit = AuditOf(ctx, 201);
   std::shared_ptr<Context> self = ctx.shared_from_this();
   ctx.pending = true;  // from here on, only the completion below answers
-  vault_.TokenizeAsync(ctx.merchant, AsBytes(value), type, std::move(audit),
+  vault_.TokenizeAsync(ctx.merchant, AsBytes(value), type, format, std::move(audit),
                        [this, self](StatusOr<TokenInfo> t) { TokenCreated(self, std::move(t)); });
   Cleanse(value);  // the vault took its own (wiped) copy before returning
   return HttpResponse{};  // not sent: the request is pending
@@ -680,7 +689,7 @@ void Service::TokenCreated(const std::shared_ptr<Context>& ctx, StatusOr<TokenIn
 HttpResponse Service::GetToken(Context& ctx) {
   TV_AUTHORIZE(Permission::kTokensRead, ctx.merchant);
   const std::string token = ctx.request.params["token"];
-  ctx.resource = IsWellFormedRandomToken(token) ? token : "(malformed)";
+  ctx.resource = IsWellFormedToken(token) ? token : "(malformed)";
   StatusOr<TokenInfo> t = vault_.GetToken(ctx.merchant, token);
   TV_OR_FAIL(t.status());
   return Json(200, TokenObject(*t));
@@ -689,7 +698,7 @@ HttpResponse Service::GetToken(Context& ctx) {
 HttpResponse Service::DeleteToken(Context& ctx) {
   TV_AUTHORIZE(Permission::kTokensDelete, ctx.merchant);
   const std::string token = ctx.request.params["token"];
-  ctx.resource = IsWellFormedRandomToken(token) ? token : "(malformed)";
+  ctx.resource = IsWellFormedToken(token) ? token : "(malformed)";
   const storage::AuditRecord audit = AuditOf(ctx, 204);
   TV_OR_FAIL(vault_.DeleteToken(ctx.merchant, token, &audit));
   ctx.audited = true;
@@ -715,7 +724,7 @@ HttpResponse Service::Detokenize(Context& ctx) {
   for (const json& t : b["tokens"]) {
     if (!t.is_string()) TV_OR_FAIL(BadRequest("invalid_tokens", "tokens are strings"));
     // Named in the audit record only if well-formed: a malformed "token" may be anything.
-    ctx.resources.push_back(IsWellFormedRandomToken(t.get<std::string>()) ? t.get<std::string>()
+    ctx.resources.push_back(IsWellFormedToken(t.get<std::string>()) ? t.get<std::string>()
                                                                           : "(malformed)");
   }
   TV_AUTHORIZE(plain ? Permission::kTokensDetokenizePlain : Permission::kTokensDetokenizeMasked,
@@ -725,7 +734,7 @@ HttpResponse Service::Detokenize(Context& ctx) {
   for (const json& t : b["tokens"]) {
     const std::string token = t.get<std::string>();
     StatusOr<RevealedValue> v = vault_.Detokenize(ctx.merchant, token);
-    const std::string shown_token = IsWellFormedRandomToken(token) ? token : "";
+    const std::string shown_token = IsWellFormedToken(token) ? token : "";
     if (!v.ok()) {
       if (v.status().code() == StatusCode::kUnavailable) {
         WipeStrings(out);  // values revealed so far never leave

@@ -1,13 +1,21 @@
 #include "vault/vault.h"
 
 #include "vault/envelope.h"
+#include "vault/token_format.h"
 #include "vault/token_id.h"
 
 namespace tokenvault {
 namespace {
 
-constexpr int kTokenInsertAttempts = 3;
-constexpr std::string_view kFormatRandom = "random";
+// A random token never collides in practice; a preserving one can, within its (length, last
+// four[, BIN]) bucket, and is drawn again. After this many draws the bucket counts as full.
+constexpr int kTokenInsertAttempts = 10;
+
+Status TokenSpaceExhausted() {
+  return FailedPreconditionError(
+      "token_space_exhausted",
+      "no free format-preserving token is left for this value's kept digits in this merchant");
+}
 
 Status TokenNotFound() {
   // One status for "no such token" and "another merchant's token", so that callers cannot tell.
@@ -70,10 +78,10 @@ struct Vault::SealedToken {
 };
 
 StatusOr<Vault::SealedToken> Vault::Seal(std::string_view merchant, const SecretBytes& normalized,
-                                         ValueType type) {
+                                         ValueType type, const TokenFormatOptions& format) {
   const std::string_view type_name = ValueTypeName(type);
+  TV_ASSIGN_OR_RETURN(std::string token, NewToken(type, normalized, format));
   TV_ASSIGN_OR_RETURN(Keyring::EncryptLease lease, keyring_->ForEncrypt(merchant));
-  TV_ASSIGN_OR_RETURN(std::string token, NewRandomToken());
   const Bytes aad = envelope::ValueAad(envelope::kValueFormatV1, merchant, token, type_name,
                                        lease.version);
   TV_ASSIGN_OR_RETURN(SealedBox box, lease.aead->Encrypt(normalized.view(), aad));
@@ -83,7 +91,7 @@ StatusOr<Vault::SealedToken> Vault::Seal(std::string_view merchant, const Secret
   record.token = token;
   record.merchant = std::string(merchant);
   record.type = std::string(type_name);
-  record.format = std::string(kFormatRandom);
+  record.format = std::string(TokenFormatName(format.format));
   record.record_version = envelope::kValueFormatV1;
   record.dek_version = lease.version;
   record.nonce.assign(box.nonce.begin(), box.nonce.end());
@@ -107,21 +115,21 @@ std::optional<storage::AuditAttachment> Vault::AttachTo(const SealedToken& seale
 }
 
 StatusOr<TokenInfo> Vault::Tokenize(std::string_view merchant, ByteView value, ValueType type,
-                                    const storage::AuditRecord* audit) {
+                                    const storage::AuditRecord* audit,
+                                    const TokenFormatOptions& format) {
   if (!IsValidMerchantId(merchant)) {
     return InvalidArgumentError(kReasonInvalidMerchant, "invalid merchant id");
   }
   TV_ASSIGN_OR_RETURN(SecretBytes normalized, NormalizeValue(type, value));
-  Status last_error;
+  TV_RETURN_IF_ERROR(CheckTokenFormat(type, format));
   for (int attempt = 0; attempt < kTokenInsertAttempts; ++attempt) {
-    TV_ASSIGN_OR_RETURN(SealedToken sealed, Seal(merchant, normalized, type));
+    TV_ASSIGN_OR_RETURN(SealedToken sealed, Seal(merchant, normalized, type, format));
     std::optional<storage::AuditAttachment> entry = AttachTo(sealed, audit);
-    last_error = store_->InsertToken(sealed.record, entry ? &*entry : nullptr);
-    if (last_error.ok()) return std::move(sealed.info);
-    // A 128-bit collision is practically impossible; retrying costs nothing if it happens.
-    if (last_error.code() != StatusCode::kAlreadyExists) return last_error;
+    Status inserted = store_->InsertToken(sealed.record, entry ? &*entry : nullptr);
+    if (inserted.ok()) return std::move(sealed.info);
+    if (inserted.code() != StatusCode::kAlreadyExists) return inserted;
   }
-  return last_error;
+  return TokenSpaceExhausted();
 }
 
 // What an asynchronous tokenize carries from one attempt to the next.
@@ -129,6 +137,7 @@ struct Vault::PendingTokenize {
   std::string merchant;
   SecretBytes normalized;
   ValueType type;
+  TokenFormatOptions format;
   std::optional<storage::AuditRecord> audit;
   std::function<void(StatusOr<TokenInfo>)> done;
   int attempts_left = kTokenInsertAttempts;
@@ -136,6 +145,7 @@ struct Vault::PendingTokenize {
 };
 
 void Vault::TokenizeAsync(std::string_view merchant, ByteView value, ValueType type,
+                          const TokenFormatOptions& format,
                           std::optional<storage::AuditRecord> audit,
                           std::function<void(StatusOr<TokenInfo>)> done) {
   if (!IsValidMerchantId(merchant)) {
@@ -147,15 +157,20 @@ void Vault::TokenizeAsync(std::string_view merchant, ByteView value, ValueType t
     done(normalized.status());
     return;
   }
+  if (Status applies = CheckTokenFormat(type, format); !applies.ok()) {
+    done(applies);
+    return;
+  }
   auto pending = std::make_shared<PendingTokenize>(
-      PendingTokenize{std::string(merchant), std::move(normalized).value(), type,
+      PendingTokenize{std::string(merchant), std::move(normalized).value(), type, format,
                       std::move(audit), std::move(done), kTokenInsertAttempts, pending_.Enter()});
   TokenizeAttempt(std::move(pending));
 }
 
 void Vault::TokenizeAttempt(std::shared_ptr<PendingTokenize> pending) {
   --pending->attempts_left;
-  StatusOr<SealedToken> sealed = Seal(pending->merchant, pending->normalized, pending->type);
+  StatusOr<SealedToken> sealed =
+      Seal(pending->merchant, pending->normalized, pending->type, pending->format);
   if (!sealed.ok()) {
     pending->done(sealed.status());
     return;
@@ -172,7 +187,12 @@ void Vault::TokenizeAttempt(std::shared_ptr<PendingTokenize> pending) {
         if (inserted.ok()) {
           pending->done(std::move(info));
         } else if (inserted.code() == StatusCode::kAlreadyExists && pending->attempts_left > 0) {
-          TokenizeAttempt(pending);  // practically never: a 128-bit token collision
+          // The token exists (a preserving token's bucket is filling; for a random token,
+          // practically never): draw another. Runs on the completion thread, which is fine for
+          // a rare event: Seal does not wait for any asynchronous write.
+          TokenizeAttempt(pending);
+        } else if (inserted.code() == StatusCode::kAlreadyExists) {
+          pending->done(TokenSpaceExhausted());
         } else {
           pending->done(std::move(inserted));
         }
@@ -181,7 +201,7 @@ void Vault::TokenizeAttempt(std::shared_ptr<PendingTokenize> pending) {
 
 StatusOr<storage::TokenRecord> Vault::FindOwnToken(std::string_view merchant,
                                                    std::string_view token) {
-  if (!IsWellFormedRandomToken(token)) {
+  if (!IsWellFormedToken(token)) {
     return InvalidArgumentError(kReasonInvalidToken, "malformed token");
   }
   if (!IsValidMerchantId(merchant)) return TokenNotFound();

@@ -20,6 +20,7 @@
 #include "vault/base/status.h"
 #include "vault/audit_log.h"
 #include "vault/keyring.h"
+#include "vault/token_format.h"
 #include "vault/value_type.h"
 
 namespace tokenvault {
@@ -79,8 +80,12 @@ class Vault {
   // Returns only once the sealed value is durable.
   // With 'audit', that record (its resource set to the new token) is appended in the same
   // transaction as the token: the token exists if and only if its audit record does.
+  // 'format' chooses the token's shape (token_format.h); kInvalidArgument (invalid_format) if it
+  // does not apply to the type, kFailedPrecondition (token_space_exhausted) if no free
+  // format-preserving token was found for the value's kept digits.
   StatusOr<TokenInfo> Tokenize(std::string_view merchant, ByteView value, ValueType type,
-                               const storage::AuditRecord* audit = nullptr);
+                               const storage::AuditRecord* audit = nullptr,
+                               const TokenFormatOptions& format = {});
 
   // Tokenize without waiting for the commit: 'done' gets what Tokenize would have returned,
   // once the token (and its audit record) is durable or failed - on the calling thread for
@@ -88,6 +93,7 @@ class Vault {
   // and must not wait for another asynchronous write. The vault waits for pending tokenizes
   // before it is destroyed.
   void TokenizeAsync(std::string_view merchant, ByteView value, ValueType type,
+                     const TokenFormatOptions& format,
                      std::optional<storage::AuditRecord> audit,
                      std::function<void(StatusOr<TokenInfo>)> done);
 
@@ -122,7 +128,7 @@ class Vault {
   struct SealedToken;
   struct PendingTokenize;
   StatusOr<SealedToken> Seal(std::string_view merchant, const SecretBytes& normalized,
-                             ValueType type);
+                             ValueType type, const TokenFormatOptions& format);
   std::optional<storage::AuditAttachment> AttachTo(const SealedToken& sealed,
                                                    const storage::AuditRecord* audit);
   void TokenizeAttempt(std::shared_ptr<PendingTokenize> pending);

@@ -277,6 +277,49 @@ TEST_F(ApiTest, AnotherMerchantsTokenAnswersLikeAnUnknownOne) {
   EXPECT_EQ(ja, jb);
 }
 
+TEST_F(ApiTest, FormatPreservingTokensOverHttp) {
+  Merchant("acme");
+  const std::string maker = Principal("maker", {"tokenizer"}, "*");
+  const std::string reader = Principal("reader", {"detokenizer"}, "*");
+  const std::string card = "4242424242424242";
+  Reply made = client_->Post("/v1/merchants/acme/tokens", maker,
+                             {{"value", card}, {"type", "card"}, {"format", "preserving"}, {"keep_bin", true}});
+  ASSERT_EQ(made.status, 201) << made.body;
+  const std::string token = made.Json()["token"];
+  EXPECT_EQ(made.Json()["format"], "preserving");
+  EXPECT_EQ(token.size(), card.size());
+  EXPECT_EQ(token.substr(0, 6), "424242");
+  EXPECT_EQ(token.substr(12), "4242");
+  EXPECT_NE(token, card);
+  Reply ssn = client_->Post("/v1/merchants/acme/tokens", maker,
+                            {{"value", "123-45-6789"}, {"type", "ssn"}, {"format", "preserving"}});
+  ASSERT_EQ(ssn.status, 201) << ssn.body;
+  const std::string ssn_token = ssn.Json()["token"];
+  EXPECT_EQ(ssn_token.substr(0, 1), "9");
+  EXPECT_EQ(ssn_token.substr(7), "6789");
+
+  EXPECT_EQ(client_->Get("/v1/merchants/acme/tokens/" + token, maker).status, 200);
+  EXPECT_EQ(client_->Get("/v1/merchants/acme/tokens/" + ssn_token, maker).status, 200);
+  json revealed = client_->Post("/v1/merchants/acme/detokenize", reader,
+                                {{"tokens", {token, ssn_token, card}}, {"reveal", "plain"}}).Json();
+  EXPECT_EQ(revealed["items"][0]["value"], card);
+  EXPECT_EQ(revealed["items"][1]["value"], "123-45-6789");
+  // A real card number where a token belongs is malformed: not looked up, not named anywhere.
+  EXPECT_EQ(revealed["items"][2]["error"]["code"], "invalid_token");
+  json records = client_->Get("/v1/audit?action=tokens.detokenize", admin_).Json()["records"];
+  ASSERT_FALSE(records.empty());
+  EXPECT_EQ(records.back()["resources"].dump().find(card), std::string::npos);
+
+  for (const json& bad : {json{{"value", "secret"}, {"format", "preserving"}},
+                          json{{"value", card}, {"type", "card"}, {"keep_bin", true}},
+                          json{{"value", "123-45-6789"}, {"type", "ssn"}, {"format", "preserving"}, {"keep_bin", true}},
+                          json{{"value", card}, {"type", "card"}, {"format", "fpe"}}}) {
+    Reply r = client_->Post("/v1/merchants/acme/tokens", maker, bad);
+    EXPECT_EQ(r.status, 400) << bad.dump();
+    EXPECT_EQ(r.Json()["error"]["code"], "invalid_format") << r.body;
+  }
+}
+
 TEST_F(ApiTest, BadInputGetsAJsonErrorStoresNothingAndIsAudited) {
   Merchant("acme");
   const std::string app = Principal("app", {"tokenizer", "support"}, {"acme"});

@@ -2,7 +2,11 @@
 // The same behaviours are exercised against SoftHSM2 in vault_softhsm_test.cc.
 #include <gtest/gtest.h>
 
+#include <condition_variable>
+#include <functional>
 #include <future>
+#include <mutex>
+#include <random>
 #include <set>
 #include <thread>
 
@@ -11,6 +15,7 @@
 #include "tests/fakes/fake_hsm.h"
 #include "tests/support/matchers.h"
 #include "tests/support/temp_dir.h"
+#include "vault/value_type.h"
 #include "vault/vault.h"
 
 namespace tokenvault {
@@ -190,7 +195,7 @@ TEST_F(VaultFakeHsmTest, TokenizeAsyncCommitsTheTokenWithItsAuditRecord) {
   audit.outcome = "allowed";
   audit.status = 201;
   std::promise<StatusOr<TokenInfo>> done;
-  vault_->TokenizeAsync("acme", AsBytes("4111 1111 1111 1111"), ValueType::kCard, audit,
+  vault_->TokenizeAsync("acme", AsBytes("4111 1111 1111 1111"), ValueType::kCard, {}, audit,
                         [&](StatusOr<TokenInfo> t) { done.set_value(std::move(t)); });
   StatusOr<TokenInfo> t = done.get_future().get();
   TV_ASSERT_OK(t);
@@ -207,9 +212,9 @@ TEST_F(VaultFakeHsmTest, TokenizeAsyncReportsBadInputWithoutWriting) {
   TV_ASSERT_OK(vault_->CreateMerchant("acme"));
   const uint64_t before = store_->GetStats().operations;
   std::promise<Status> bad_card, bad_merchant;
-  vault_->TokenizeAsync("acme", AsBytes("4111 1111 1111 1112"), ValueType::kCard, std::nullopt,
+  vault_->TokenizeAsync("acme", AsBytes("4111 1111 1111 1112"), ValueType::kCard, {}, std::nullopt,
                         [&](StatusOr<TokenInfo> t) { bad_card.set_value(t.status()); });
-  vault_->TokenizeAsync("Bad Id", AsBytes("x"), ValueType::kGeneric, std::nullopt,
+  vault_->TokenizeAsync("Bad Id", AsBytes("x"), ValueType::kGeneric, {}, std::nullopt,
                         [&](StatusOr<TokenInfo> t) { bad_merchant.set_value(t.status()); });
   EXPECT_EQ(bad_card.get_future().get().code(), StatusCode::kInvalidArgument);
   TV_EXPECT_ERROR(bad_merchant.get_future().get(), StatusCode::kInvalidArgument, "invalid_merchant");
@@ -233,7 +238,7 @@ TEST_F(VaultFakeHsmTest, RotationWaitsUntilAPendingAsyncInsertHasCommitted) {
   });
   entered.get_future().wait();
   std::promise<StatusOr<TokenInfo>> done;
-  vault_->TokenizeAsync("acme", AsBytes("pending"), ValueType::kGeneric, std::nullopt,
+  vault_->TokenizeAsync("acme", AsBytes("pending"), ValueType::kGeneric, {}, std::nullopt,
                         [&](StatusOr<TokenInfo> t) { done.set_value(std::move(t)); });
   ASSERT_EQ(store_->PendingWrites(), 1u);
   std::promise<StatusOr<uint32_t>> rotated;
@@ -252,6 +257,107 @@ TEST_F(VaultFakeHsmTest, RotationWaitsUntilAPendingAsyncInsertHasCommitted) {
   TV_ASSERT_OK(v);
   EXPECT_EQ(*v, 2u);
   EXPECT_EQ(AsChars(vault_->Detokenize("acme", t->token)->value.view()), "pending");
+}
+
+// Tokenizes every value (asynchronously, at most 512 in flight) and returns the results in order.
+std::vector<StatusOr<TokenInfo>> TokenizeAll(Vault& vault, const std::vector<std::string>& values,
+                                             ValueType type, const TokenFormatOptions& format) {
+  std::vector<StatusOr<TokenInfo>> results(values.size(), InternalError("unset", "unset"));
+  std::mutex mu;
+  std::condition_variable cv;
+  size_t in_flight = 0, done = 0;
+  for (size_t i = 0; i < values.size(); ++i) {
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      cv.wait(lock, [&] { return in_flight < 512; });
+      ++in_flight;
+    }
+    vault.TokenizeAsync("acme", AsBytes(values[i]), type, format, std::nullopt,
+                        [&, i](StatusOr<TokenInfo> t) {
+                          std::lock_guard<std::mutex> lock(mu);
+                          results[i] = std::move(t);
+                          --in_flight;
+                          ++done;
+                          cv.notify_all();
+                        });
+  }
+  std::unique_lock<std::mutex> lock(mu);
+  cv.wait(lock, [&] { return done == values.size(); });
+  return results;
+}
+
+std::string LuhnCard(std::mt19937_64& rng, size_t length) {
+  std::string card(length, '0');
+  for (size_t i = 0; i + 1 < length; ++i) card[i] = static_cast<char>('0' + rng() % 10);
+  for (char check = '0'; check <= '9'; ++check) {
+    card.back() = check;
+    if (LuhnValid(AsBytes(card))) break;
+  }
+  return card;
+}
+
+TEST_F(VaultFakeHsmTest, HundredThousandTokensPerFormatAreDistinctAndRoundTrip) {
+  TV_ASSERT_OK(vault_->CreateMerchant("acme"));
+  std::mt19937_64 rng(2026);
+  struct Case {
+    ValueType type;
+    TokenFormatOptions format;
+    std::function<std::string()> value;
+  };
+  const std::vector<Case> cases = {
+      {ValueType::kGeneric, {}, [&] { return "v" + std::to_string(rng()); }},
+      {ValueType::kCard, {TokenFormat::kPreserving, false}, [&] { return LuhnCard(rng, 16); }},
+      {ValueType::kSsn, {TokenFormat::kPreserving, false}, [&] {
+         char b[12];
+         std::snprintf(b, sizeof(b), "%03d-%02d-%04d", static_cast<int>(1 + rng() % 665),
+                       static_cast<int>(1 + rng() % 99), static_cast<int>(1 + rng() % 9999));
+         return std::string(b);
+       }},
+  };
+  for (const Case& c : cases) {
+    std::vector<std::string> values(100000);
+    for (auto& v : values) v = c.value();
+    std::vector<StatusOr<TokenInfo>> tokens = TokenizeAll(*vault_, values, c.type, c.format);
+    std::set<std::string> distinct;
+    for (const auto& t : tokens) {
+      ASSERT_TRUE(t.ok()) << t.status().ToString();
+      distinct.insert(t->token);
+    }
+    EXPECT_EQ(distinct.size(), values.size()) << ValueTypeName(c.type);
+    // A sample reads back to its (normalised) value.
+    for (size_t i = 0; i < values.size(); i += 9973) {
+      StatusOr<RevealedValue> v = vault_->Detokenize("acme", tokens[i]->token);
+      TV_ASSERT_OK(v);
+      EXPECT_EQ(AsChars(v->value.view()), values[i]);
+    }
+  }
+}
+
+TEST_F(VaultFakeHsmTest, APreservingBucketFillsWithoutDuplicatesThenSaysSo) {
+  TV_ASSERT_OK(vault_->CreateMerchant("acme"));
+  // 13 digits with the BIN and last four kept leave 3 random digits: at most 1000 tokens (fewer:
+  // the Luhn-valid ones are never used) for this one card in this merchant.
+  std::mt19937_64 rng(5);
+  const std::vector<std::string> values(1000, LuhnCard(rng, 13));
+  std::vector<StatusOr<TokenInfo>> tokens =
+      TokenizeAll(*vault_, values, ValueType::kCard, {TokenFormat::kPreserving, true});
+  std::set<std::string> distinct;
+  size_t exhausted = 0;
+  for (const auto& t : tokens) {
+    if (t.ok()) {
+      distinct.insert(t->token);
+      EXPECT_EQ(t->token.substr(0, 6), values[0].substr(0, 6));
+    } else {
+      EXPECT_EQ(t.status().reason(), "token_space_exhausted") << t.status().ToString();
+      ++exhausted;
+    }
+  }
+  EXPECT_EQ(distinct.size() + exhausted, values.size());  // no token was handed out twice
+  EXPECT_LE(distinct.size(), 910u);  // 1000 minus the ~10% Luhn-valid ones
+  EXPECT_GT(exhausted, 0u);
+  TV_EXPECT_ERROR(vault_->Tokenize("acme", AsBytes(values[0]), ValueType::kCard, nullptr,
+                                   {TokenFormat::kPreserving, true}),
+                  StatusCode::kFailedPrecondition, "token_space_exhausted");
 }
 
 TEST_F(VaultFakeHsmTest, DisabledCacheAsksTheHsmEveryTime) {

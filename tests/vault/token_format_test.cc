@@ -1,0 +1,134 @@
+// Property tests of the token formats over 100,000 generated tokens each (API.md, Tokens), and
+// of the shape check that runs before any lookup.
+#include "vault/token_format.h"
+
+#include <gtest/gtest.h>
+
+#include <random>
+#include <regex>
+#include <string>
+
+#include "tests/support/matchers.h"
+#include "vault/value_type.h"
+
+namespace tokenvault {
+namespace {
+
+constexpr int kSamples = 100000;
+
+// A Luhn-valid card number of 'length' digits (test data, from a seeded PRNG).
+std::string RandomCard(std::mt19937_64& rng, size_t length) {
+  std::string card(length, '0');
+  for (size_t i = 0; i + 1 < length; ++i) card[i] = static_cast<char>('0' + rng() % 10);
+  for (char check = '0'; check <= '9'; ++check) {
+    card.back() = check;
+    if (LuhnValid(AsBytes(card))) break;
+  }
+  return card;
+}
+
+std::string RandomSsn(std::mt19937_64& rng) {
+  char buf[12];
+  std::snprintf(buf, sizeof(buf), "%03d-%02d-%04d", static_cast<int>(1 + rng() % 665),
+                static_cast<int>(1 + rng() % 99), static_cast<int>(1 + rng() % 9999));
+  return buf;
+}
+
+SecretBytes Normalized(ValueType type, const std::string& raw) {
+  StatusOr<SecretBytes> v = NormalizeValue(type, AsBytes(raw));
+  EXPECT_TRUE(v.ok()) << raw;
+  return v.ok() ? std::move(v).value() : SecretBytes();
+}
+
+TEST(TokenFormatTest, RandomTokensHaveTheirShape) {
+  const std::regex shape("^tok_[0-9A-Za-z]{22}$");
+  const SecretBytes value = Normalized(ValueType::kGeneric, "anything");
+  for (int i = 0; i < kSamples; ++i) {
+    StatusOr<std::string> t = NewToken(ValueType::kGeneric, value, {});
+    ASSERT_TRUE(t.ok());
+    ASSERT_TRUE(std::regex_match(*t, shape)) << *t;
+    ASSERT_TRUE(IsWellFormedToken(*t)) << *t;
+  }
+}
+
+TEST(TokenFormatTest, PreservingCardTokensKeepLengthAndLastFourAndFailLuhn) {
+  std::mt19937_64 rng(42);
+  for (bool keep_bin : {false, true}) {
+    for (int i = 0; i < kSamples; ++i) {
+      const std::string card = RandomCard(rng, 12 + rng() % 8);  // 12..19 digits
+      const SecretBytes value = Normalized(ValueType::kCard, card);
+      StatusOr<std::string> t =
+          NewToken(ValueType::kCard, value, {TokenFormat::kPreserving, keep_bin});
+      ASSERT_TRUE(t.ok());
+      ASSERT_EQ(t->size(), card.size());
+      ASSERT_EQ(t->find_first_not_of("0123456789"), std::string::npos) << *t;
+      ASSERT_EQ(t->substr(t->size() - 4), card.substr(card.size() - 4));
+      if (keep_bin) {
+        ASSERT_EQ(t->substr(0, 6), card.substr(0, 6));
+      }
+      ASSERT_FALSE(LuhnValid(AsBytes(*t))) << *t;
+      ASSERT_NE(*t, card);
+      ASSERT_TRUE(IsWellFormedToken(*t)) << *t;
+    }
+  }
+}
+
+TEST(TokenFormatTest, PreservingSsnTokensAreNeverIssuableSsnsAndKeepTheLastFour) {
+  std::mt19937_64 rng(7);
+  const std::regex shape(R"(^9\d\d-\d\d-\d{4}$)");
+  for (int i = 0; i < kSamples; ++i) {
+    const std::string ssn = RandomSsn(rng);
+    const SecretBytes value = Normalized(ValueType::kSsn, ssn);
+    StatusOr<std::string> t = NewToken(ValueType::kSsn, value, {TokenFormat::kPreserving, false});
+    ASSERT_TRUE(t.ok());
+    ASSERT_TRUE(std::regex_match(*t, shape)) << *t;
+    ASSERT_EQ(t->substr(7), ssn.substr(7));
+    ASSERT_TRUE(IsWellFormedToken(*t)) << *t;
+  }
+}
+
+TEST(TokenFormatTest, PreservingDigitsAreSpreadOverAllTen) {
+  // The random digits are uniform: over 100,000 16-digit tokens (11 random digits each), every
+  // digit value appears at each position - a generator stuck on a subset would not.
+  std::mt19937_64 rng(1);
+  const SecretBytes value = Normalized(ValueType::kCard, RandomCard(rng, 16));
+  std::array<std::array<int, 10>, 12> seen{};
+  for (int i = 0; i < kSamples; ++i) {
+    StatusOr<std::string> t = NewToken(ValueType::kCard, value, {TokenFormat::kPreserving, false});
+    ASSERT_TRUE(t.ok());
+    for (size_t pos = 0; pos < 12; ++pos) ++seen[pos][(*t)[pos] - '0'];
+  }
+  for (size_t pos = 0; pos < 11; ++pos) {  // position 11 is sometimes forced by Luhn
+    for (int d = 0; d < 10; ++d) EXPECT_GT(seen[pos][d], 8000) << "position " << pos << " digit " << d;
+  }
+}
+
+TEST(TokenFormatTest, OptionsMustFitTheType) {
+  TV_EXPECT_ERROR(CheckTokenFormat(ValueType::kGeneric, {TokenFormat::kPreserving, false}),
+                  StatusCode::kInvalidArgument, "invalid_format");
+  TV_EXPECT_ERROR(CheckTokenFormat(ValueType::kSsn, {TokenFormat::kPreserving, true}),
+                  StatusCode::kInvalidArgument, "invalid_format");
+  TV_EXPECT_ERROR(CheckTokenFormat(ValueType::kCard, {TokenFormat::kRandom, true}),
+                  StatusCode::kInvalidArgument, "invalid_format");
+  TV_EXPECT_OK(CheckTokenFormat(ValueType::kCard, {TokenFormat::kPreserving, true}));
+  TV_EXPECT_OK(CheckTokenFormat(ValueType::kGeneric, {}));
+  EXPECT_EQ(ParseTokenFormat("preserving"), TokenFormat::kPreserving);
+  EXPECT_EQ(ParseTokenFormat("Preserving"), std::nullopt);
+}
+
+TEST(TokenFormatTest, ShapeCheckRefusesCardNumbersAndNearMisses) {
+  EXPECT_FALSE(IsWellFormedToken("4111111111111111"));  // a real (Luhn-valid) card number
+  EXPECT_TRUE(IsWellFormedToken("4111111111111112"));   // fails Luhn: a preserving token's shape
+  EXPECT_FALSE(IsWellFormedToken("41111111112"));       // 11 digits
+  EXPECT_FALSE(IsWellFormedToken("41111111111111111112"));  // 20 digits
+  EXPECT_FALSE(IsWellFormedToken("4111 1111 1111 1112"));
+  EXPECT_TRUE(IsWellFormedToken("912-34-5678"));
+  EXPECT_FALSE(IsWellFormedToken("123-45-6789"));  // an issuable SSN is never a token
+  EXPECT_FALSE(IsWellFormedToken("912345678"));
+  EXPECT_FALSE(IsWellFormedToken("9a2-34-5678"));
+  EXPECT_FALSE(IsWellFormedToken(""));
+  EXPECT_FALSE(IsWellFormedToken("tok_"));
+}
+
+}  // namespace
+}  // namespace tokenvault
