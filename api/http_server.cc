@@ -13,6 +13,7 @@
 #include <deque>
 #include <functional>
 #include <mutex>
+#include <shared_mutex>
 #include <thread>
 
 #include "vault/base/in_flight.h"
@@ -214,6 +215,10 @@ class HttpServer::Impl {
     }
     // The answers are queued to their Pistache workers; give them a moment to be written.
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    {
+      std::unique_lock<std::shared_mutex> no_more_sends(send_mu_);
+      endpoint_closed_ = true;
+    }
     endpoint_.shutdown();
     executor_.Stop();
   }
@@ -317,9 +322,16 @@ class HttpServer::Impl {
       const std::string route = shared_request->route;
       // Most requests end with a commit; nothing waits for it: the answer is sent from the
       // completion (the store's completion thread), and this thread takes the next request.
-      service_.HandleAsync(std::move(*shared_request), [shared_writer, request_id, route, started,
-                                                        ticket](HttpResponse response) {
-        SendJson(*shared_writer, response.status, response.body, response.headers);
+      service_.HandleAsync(std::move(*shared_request), [this, shared_writer, request_id, route,
+                                                        started, ticket](HttpResponse response) {
+        {
+          // Shutdown waits for sends in progress and, past its deadline, stops the endpoint: an
+          // answer completing after that has no connection left to go to.
+          std::shared_lock<std::shared_mutex> sending(send_mu_);
+          if (!endpoint_closed_) {
+            SendJson(*shared_writer, response.status, response.body, response.headers);
+          }
+        }
         // A detokenize answer holds values: wipe our copy once Pistache has its own.
         if (!response.body.empty()) OPENSSL_cleanse(response.body.data(), response.body.size());
         const auto micros = std::chrono::duration_cast<std::chrono::microseconds>(
@@ -340,6 +352,10 @@ class HttpServer::Impl {
 
   const ServerConfig config_;
   Service& service_;
+  // Declared before the endpoint and the in-flight count, so that a completion arriving while
+  // the object is being destroyed (after a shutdown that timed out) still finds them.
+  std::shared_mutex send_mu_;
+  bool endpoint_closed_ = false;  // GUARDED_BY(send_mu_)
   InFlight requests_;  // accepted and not yet answered; before the executor, destroyed after it
   Executor executor_;
   Http::Endpoint endpoint_;

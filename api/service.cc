@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <atomic>
 #include <ctime>
 #include <future>
 #include <nlohmann/json.hpp>
@@ -224,7 +225,7 @@ const std::vector<RouteSpec>& Routes() {
 struct Service::Context : std::enable_shared_from_this<Service::Context> {
   HttpRequest request;
   Responder respond;      // called exactly once, through Service::Respond
-  bool responded = false;
+  std::atomic<bool> responded{false};  // a late completion and an error path may both try
   bool pending = false;   // the handler completes the request itself, asynchronously
   std::optional<policy::Principal> principal;
   std::string auth = "none";
@@ -277,7 +278,13 @@ void Service::Complete(const std::shared_ptr<Context>& ctx, HttpResponse respons
   Cleanse(ctx->request.body);
   Cleanse(ctx->request.authorization);
   if (ctx->audited) {
-    Respond(*ctx, Finish(*ctx, std::move(response), Status::Ok()));
+    try {
+      Respond(*ctx, Finish(*ctx, std::move(response), Status::Ok()));
+    } catch (...) {
+      // The change and its record are committed; only building the answer failed.
+      Cleanse(response.body);
+      Respond(*ctx, Json(500, ErrorJson("internal", "internal", "internal error")));
+    }
     return;
   }
   try {
@@ -299,8 +306,10 @@ void Service::Complete(const std::shared_ptr<Context>& ctx, HttpResponse respons
 }
 
 void Service::Respond(Context& ctx, HttpResponse response) {
-  if (ctx.responded) return;
-  ctx.responded = true;
+  if (ctx.responded.exchange(true)) {
+    Cleanse(response.body);
+    return;
+  }
   ctx.respond(std::move(response));
 }
 
@@ -658,8 +667,18 @@ HttpResponse Service::CreateToken(Context& ctx) {
   storage::AuditRecord audit = AuditOf(ctx, 201);
   std::shared_ptr<Context> self = ctx.shared_from_this();
   ctx.pending = true;  // from here on, only the completion below answers
-  vault_.TokenizeAsync(ctx.merchant, AsBytes(value), type, format, std::move(audit),
-                       [this, self](StatusOr<TokenInfo> t) { TokenCreated(self, std::move(t)); });
+  try {
+    vault_.TokenizeAsync(ctx.merchant, AsBytes(value), type, format, std::move(audit),
+                         [this, self](StatusOr<TokenInfo> t) { TokenCreated(self, std::move(t)); });
+  } catch (...) {
+    // Out of memory before or while queuing: the completion may never run, so answer here (and
+    // audit the failure). Should it run after all, Respond sends only the first answer.
+    Cleanse(value);
+    spdlog::error("request_id={} tokenize could not be queued", ctx.request.request_id);
+    ctx.reason = "unexpected exception";
+    Complete(self, Json(500, ErrorJson("internal", "internal", "internal error")));
+    return HttpResponse{};
+  }
   Cleanse(value);  // the vault took its own (wiped) copy before returning
   return HttpResponse{};  // not sent: the request is pending
 }

@@ -5,6 +5,8 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -318,6 +320,8 @@ class SqliteStore::Impl {
     if (!row.ok() || !*row) return false;
     // (busy, frames in the WAL, frames copied); -1s when not in WAL mode.
     const int64_t copied = ckpt->ColumnInt(2);
+    checkpoint_backlog_.store(std::max<int64_t>(0, ckpt->ColumnInt(1) - copied),
+                              std::memory_order_relaxed);
     const bool had_work = copied > last_copied_ || copied < last_copied_;
     last_copied_ = copied;
     return had_work;
@@ -352,8 +356,20 @@ class SqliteStore::Impl {
   // checkpoint thread has copied almost everything by then, so this is short; PASSIVE never
   // waits for readers or locks: if it cannot finish, the next batch tries again.
   void RestartWalIfLong() {
-    if (writer_->wal_frames() < wal_restart_frames_) return;
-    if (writer_->Exec("PRAGMA wal_checkpoint(PASSIVE)").ok()) {
+    const int frames = writer_->wal_frames();
+    if (frames < wal_restart_frames_) return;
+    // Normally only once the checkpoint thread has nearly caught up, so that this copies little.
+    // Past four times the limit the checkpointer is not keeping up with the writes at all, and
+    // the writer copies whatever is left anyway: a pause now (back-pressure) rather than a disk
+    // filling up.
+    const int64_t backlog = checkpoint_backlog_.load(std::memory_order_relaxed);
+    if (backlog > wal_restart_frames_ / 8 && frames < 4 * wal_restart_frames_) return;
+    StatusOr<Statement> ckpt = writer_->Prepare("PRAGMA wal_checkpoint(PASSIVE)");
+    if (!ckpt.ok()) return;
+    StatusOr<bool> row = ckpt->Step();
+    // (busy, frames in the WAL, frames copied): counted only when everything was copied, so that
+    // the next transaction can start the WAL over.
+    if (row.ok() && *row && ckpt->ColumnInt(0) == 0 && ckpt->ColumnInt(1) == ckpt->ColumnInt(2)) {
       std::lock_guard<std::mutex> lock(mu_);
       ++stats_.wal_checkpoints_by_writer;
     }
@@ -437,6 +453,8 @@ class SqliteStore::Impl {
   const size_t max_batch_;
   const int wal_restart_frames_;
   int64_t last_copied_ = 0;  // used by the checkpoint thread only
+  // Frames the checkpoint thread's last pass left uncopied (read by the writer).
+  std::atomic<int64_t> checkpoint_backlog_{0};
   mutable std::mutex mu_;
   std::condition_variable cv_;             // the writer's: work queued or stopping
   std::condition_variable checkpoint_cv_;  // the checkpointer's: stopping
@@ -645,8 +663,9 @@ void SqliteStore::InsertTokenAsync(TokenRecord token, std::optional<AuditAttachm
 
 Status SqliteStore::DeleteToken(std::string_view merchant, std::string_view token,
                                 int64_t deleted_at_ms, AuditAttachment* audit) {
-  // After the commit (or the failure): the row cache must never serve the row as it was.
-  ScopeGuard evict([&] { impl_->token_rows().Evict(token); });
+  // From now until after the commit (or the failure) the row is never served from the cache.
+  impl_->token_rows().BeginChange(token);
+  ScopeGuard changed([&] { impl_->token_rows().EndChange(token); });
   return Write([&](Database& db) -> Status {
     TV_ASSIGN_OR_RETURN(Statement stmt,
                         db.Prepare("UPDATE tokens SET deleted_at = ?3, nonce = NULL, "

@@ -3,10 +3,12 @@
 // WAL reader's cache) for a token read moments ago.
 //
 // Rows hold ciphertext, never values, and the cache is in the only process that may write the
-// database. Coherence: every change to a token row evicts it after its commit (Evict), and a
-// reader fills the cache only if no eviction happened since it began reading
-// (PutIfUnchanged with the epoch it saw), so a row read just before a change commits can never
-// be cached after that change.
+// database. Coherence: a change to a token row is bracketed by BeginChange / EndChange (the
+// latter after the commit, or the failure). In between, the row is never served from the cache
+// - readers go to the database, which answers the old row before the commit and the new one
+// after - and a reader fills the cache only if no change began or ended since it began reading
+// (PutIfUnchanged with the epoch it saw), so a row read before a change can never be cached
+// after it.
 #ifndef TOKENVAULT_STORAGE_TOKEN_ROW_CACHE_H_
 #define TOKENVAULT_STORAGE_TOKEN_ROW_CACHE_H_
 
@@ -30,6 +32,7 @@ class TokenRowCache {
   std::optional<TokenRecord> Get(std::string_view token) {
     if (max_entries_ == 0) return std::nullopt;
     std::lock_guard<std::mutex> lock(mu_);
+    if (!changing_.empty() && changing_.count(std::string(token))) return std::nullopt;
     auto it = index_.find(std::string(token));
     if (it == index_.end()) return std::nullopt;
     lru_.splice(lru_.begin(), lru_, it->second);  // most recently used first
@@ -45,7 +48,7 @@ class TokenRowCache {
   void PutIfUnchanged(const TokenRecord& row, uint64_t epoch_seen) {
     if (max_entries_ == 0) return;
     std::lock_guard<std::mutex> lock(mu_);
-    if (epoch_ != epoch_seen || index_.count(row.token)) return;
+    if (epoch_ != epoch_seen || index_.count(row.token) || changing_.count(row.token)) return;
     lru_.push_front(row);
     index_.emplace(row.token, lru_.begin());
     if (lru_.size() > max_entries_) {
@@ -54,17 +57,23 @@ class TokenRowCache {
     }
   }
 
-  // After a change to 'token' has committed (or failed: evicting is always safe).
-  void Evict(std::string_view token) {
+  // Before a change to 'token' is written.
+  void BeginChange(std::string_view token) {
     std::lock_guard<std::mutex> lock(mu_);
-    ++epoch_;
-    auto it = index_.find(std::string(token));
-    if (it == index_.end()) return;
-    lru_.erase(it->second);
-    index_.erase(it);
+    ++changing_[std::string(token)];
+    EvictLocked(token);
   }
 
-  // After a change to many rows (a merchant's tokens, say).
+  // After that change has committed or failed.
+  void EndChange(std::string_view token) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = changing_.find(std::string(token));
+    if (it != changing_.end() && --it->second == 0) changing_.erase(it);
+    EvictLocked(token);
+  }
+
+  // After a change to many rows (a merchant's tokens, say; callers must also keep the rows from
+  // being served while that change is in progress).
   void Clear() {
     std::lock_guard<std::mutex> lock(mu_);
     ++epoch_;
@@ -78,11 +87,20 @@ class TokenRowCache {
   }
 
  private:
+  void EvictLocked(std::string_view token) {
+    ++epoch_;
+    auto it = index_.find(std::string(token));
+    if (it == index_.end()) return;
+    lru_.erase(it->second);
+    index_.erase(it);
+  }
+
   const size_t max_entries_;
   mutable std::mutex mu_;
   std::list<TokenRecord> lru_;  // GUARDED_BY(mu_)
   std::unordered_map<std::string, std::list<TokenRecord>::iterator> index_;  // GUARDED_BY(mu_)
   uint64_t epoch_ = 0;  // GUARDED_BY(mu_); bumped by every eviction
+  std::unordered_map<std::string, int> changing_;  // GUARDED_BY(mu_); changes in progress
 };
 
 }  // namespace tokenvault::storage

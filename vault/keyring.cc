@@ -217,6 +217,23 @@ StatusOr<Keyring::EncryptLease> Keyring::ForEncrypt(std::string_view merchant) {
   }
 }
 
+Status Keyring::ChargeEncryption(std::string_view merchant, const EncryptLease& lease) {
+  auto keys = std::static_pointer_cast<MerchantKeys>(lease.keys);
+  // The lease's shared hold keeps keys->dek_version == lease.version.
+  std::lock_guard<std::mutex> counter(keys->counter);
+  if (keys->used >= options_.max_encryptions_per_dek) {
+    return UnavailableError("dek_spent", "the data key's encryption budget is used up; retry");
+  }
+  if (keys->used >= keys->reserved) {
+    const uint64_t block = std::max<uint64_t>(1, options_.reservation_block);
+    const uint64_t target = std::min(keys->used + block, options_.max_encryptions_per_dek);
+    TV_RETURN_IF_ERROR(store_.ReserveEncryptions(merchant, lease.version, target));
+    keys->reserved = target;
+  }
+  ++keys->used;
+  return Status::Ok();
+}
+
 StatusOr<std::shared_ptr<const AesGcm256>> Keyring::ForDecrypt(std::string_view merchant,
                                                                uint32_t dek_version) {
   return LoadDek(merchant, dek_version);

@@ -62,6 +62,10 @@ class Keyring {
 
   // kNotFound (merchant_not_found) if there is no such merchant.
   StatusOr<EncryptLease> ForEncrypt(std::string_view merchant);
+  // One more encryption under a lease already held (a retry with a new token): counted and
+  // reserved like any other, without a new shared hold. kUnavailable (dek_spent) if the DEK's
+  // budget is used up - the caller retries later, under the next version.
+  Status ChargeEncryption(std::string_view merchant, const EncryptLease& lease);
   StatusOr<std::shared_ptr<const AesGcm256>> ForDecrypt(std::string_view merchant,
                                                         uint32_t dek_version);
 

@@ -79,9 +79,16 @@ struct Vault::SealedToken {
 
 StatusOr<Vault::SealedToken> Vault::Seal(std::string_view merchant, const SecretBytes& normalized,
                                          ValueType type, const TokenFormatOptions& format) {
-  const std::string_view type_name = ValueTypeName(type);
   TV_ASSIGN_OR_RETURN(std::string token, NewToken(type, normalized, format));
   TV_ASSIGN_OR_RETURN(Keyring::EncryptLease lease, keyring_->ForEncrypt(merchant));
+  return SealWith(std::move(lease), std::move(token), merchant, normalized, type, format);
+}
+
+StatusOr<Vault::SealedToken> Vault::SealWith(Keyring::EncryptLease lease, std::string token,
+                                             std::string_view merchant,
+                                             const SecretBytes& normalized, ValueType type,
+                                             const TokenFormatOptions& format) {
+  const std::string_view type_name = ValueTypeName(type);
   const Bytes aad = envelope::ValueAad(envelope::kValueFormatV1, merchant, token, type_name,
                                        lease.version);
   TV_ASSIGN_OR_RETURN(SealedBox box, lease.aead->Encrypt(normalized.view(), aad));
@@ -175,22 +182,48 @@ void Vault::TokenizeAttempt(std::shared_ptr<PendingTokenize> pending) {
     pending->done(sealed.status());
     return;
   }
+  InsertSealed(std::move(pending), std::move(sealed).value());
+}
+
+// Runs on the completion thread, still holding the lease of the attempt whose token was taken:
+// a new token is sealed under that same lease rather than a new one, because asking for a new
+// shared hold here could wait behind a rotation that waits for the holds only this thread
+// releases.
+void Vault::TokenizeRetry(std::shared_ptr<PendingTokenize> pending, Keyring::EncryptLease lease) {
+  --pending->attempts_left;
+  StatusOr<std::string> token = NewToken(pending->type, pending->normalized, pending->format);
+  // Another encryption under the lease's DEK: counted like any other (this may wait for the
+  // store's writer, never for a completion).
+  Status charged = token.ok() ? keyring_->ChargeEncryption(pending->merchant, lease) : token.status();
+  StatusOr<SealedToken> sealed =
+      charged.ok() ? SealWith(std::move(lease), std::move(token).value(), pending->merchant,
+                              pending->normalized, pending->type, pending->format)
+                   : StatusOr<SealedToken>(charged);
+  if (!sealed.ok()) {
+    pending->done(sealed.status());
+    return;
+  }
+  InsertSealed(std::move(pending), std::move(sealed).value());
+}
+
+void Vault::InsertSealed(std::shared_ptr<PendingTokenize> pending, SealedToken sealed) {
   std::optional<storage::AuditAttachment> entry =
-      AttachTo(*sealed, pending->audit ? &*pending->audit : nullptr);
-  storage::TokenRecord record = sealed->record;
+      AttachTo(sealed, pending->audit ? &*pending->audit : nullptr);
+  storage::TokenRecord record = sealed.record;
   // The lease travels with the insert and ends when it has committed (on the completing thread).
-  auto lease = std::make_shared<Keyring::EncryptLease>(std::move(sealed->lease));
+  auto lease = std::make_shared<Keyring::EncryptLease>(std::move(sealed.lease));
   store_->InsertTokenAsync(
       std::move(record), std::move(entry),
-      [this, pending, lease, info = std::move(sealed->info)](Status inserted) mutable {
+      [this, pending, lease, info = std::move(sealed.info)](Status inserted) mutable {
+        if (inserted.code() == StatusCode::kAlreadyExists && pending->attempts_left > 0) {
+          // The token exists (a preserving token's bucket is filling; for a random token,
+          // practically never): draw another under the same lease.
+          TokenizeRetry(pending, std::move(*lease));
+          return;
+        }
         lease->no_rotation.Release();
         if (inserted.ok()) {
           pending->done(std::move(info));
-        } else if (inserted.code() == StatusCode::kAlreadyExists && pending->attempts_left > 0) {
-          // The token exists (a preserving token's bucket is filling; for a random token,
-          // practically never): draw another. Runs on the completion thread, which is fine for
-          // a rare event: Seal does not wait for any asynchronous write.
-          TokenizeAttempt(pending);
         } else if (inserted.code() == StatusCode::kAlreadyExists) {
           pending->done(TokenSpaceExhausted());
         } else {

@@ -129,6 +129,11 @@ class Vault {
   struct PendingTokenize;
   StatusOr<SealedToken> Seal(std::string_view merchant, const SecretBytes& normalized,
                              ValueType type, const TokenFormatOptions& format);
+  StatusOr<SealedToken> SealWith(Keyring::EncryptLease lease, std::string token,
+                                 std::string_view merchant, const SecretBytes& normalized,
+                                 ValueType type, const TokenFormatOptions& format);
+  void TokenizeRetry(std::shared_ptr<PendingTokenize> pending, Keyring::EncryptLease lease);
+  void InsertSealed(std::shared_ptr<PendingTokenize> pending, SealedToken sealed);
   std::optional<storage::AuditAttachment> AttachTo(const SealedToken& sealed,
                                                    const storage::AuditRecord* audit);
   void TokenizeAttempt(std::shared_ptr<PendingTokenize> pending);

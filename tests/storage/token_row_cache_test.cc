@@ -25,20 +25,36 @@ TEST(TokenRowCacheTest, ServesWhatWasPut) {
 TEST(TokenRowCacheTest, ARowReadBeforeAnEvictionIsNeverCachedAfterIt) {
   TokenRowCache cache(8);
   const uint64_t seen = cache.epoch();  // a reader starts reading the row...
-  cache.Evict("tok_a");                 // ...a change to it commits and evicts...
+  cache.BeginChange("tok_a");           // ...a change to it begins...
+  cache.EndChange("tok_a");             // ...and commits...
   cache.PutIfUnchanged(Row("tok_a"), seen);  // ...and the reader's (stale) row is refused.
   EXPECT_FALSE(cache.Get("tok_a").has_value());
   cache.PutIfUnchanged(Row("tok_a"), cache.epoch());  // a read that began afterwards is cached
   EXPECT_TRUE(cache.Get("tok_a").has_value());
 }
 
-TEST(TokenRowCacheTest, EvictAndClearRemoveRows) {
+TEST(TokenRowCacheTest, ARowBeingChangedIsNeverServedNorCached) {
   TokenRowCache cache(8);
   cache.PutIfUnchanged(Row("tok_a"), cache.epoch());
   cache.PutIfUnchanged(Row("tok_b"), cache.epoch());
-  cache.Evict("tok_a");
-  EXPECT_FALSE(cache.Get("tok_a").has_value());
+  cache.BeginChange("tok_a");
+  EXPECT_FALSE(cache.Get("tok_a").has_value());  // the change may have committed already
   EXPECT_TRUE(cache.Get("tok_b").has_value());
+  cache.PutIfUnchanged(Row("tok_a"), cache.epoch());  // a read during the change: not kept
+  EXPECT_FALSE(cache.Get("tok_a").has_value());
+  cache.BeginChange("tok_a");  // two changes overlap: the row stays uncached until both end
+  cache.EndChange("tok_a");
+  cache.PutIfUnchanged(Row("tok_a"), cache.epoch());
+  EXPECT_FALSE(cache.Get("tok_a").has_value());
+  cache.EndChange("tok_a");
+  cache.PutIfUnchanged(Row("tok_a"), cache.epoch());
+  EXPECT_TRUE(cache.Get("tok_a").has_value());
+}
+
+TEST(TokenRowCacheTest, ClearRemovesRows) {
+  TokenRowCache cache(8);
+  cache.PutIfUnchanged(Row("tok_a"), cache.epoch());
+  cache.PutIfUnchanged(Row("tok_b"), cache.epoch());
   cache.Clear();
   EXPECT_EQ(cache.size(), 0u);
 }
