@@ -5,7 +5,6 @@
 #include <gtest/gtest.h>
 
 #include <random>
-#include <regex>
 #include <string>
 
 #include "tests/support/matchers.h"
@@ -34,6 +33,25 @@ std::string RandomSsn(std::mt19937_64& rng) {
   return buf;
 }
 
+// ^tok_[0-9A-Za-z]{22}$ and ^9\d\d-\d\d-\d{4}$, matched by hand: <regex> trips GCC 12's
+// -Wmaybe-uninitialized in the sanitizer build.
+bool IsDigit(char c) { return c >= '0' && c <= '9'; }
+bool MatchesRandomShape(const std::string& t) {
+  if (t.size() != 26 || t.compare(0, 4, "tok_") != 0) return false;
+  for (size_t i = 4; i < t.size(); ++i) {
+    const char c = t[i];
+    if (!IsDigit(c) && !(c >= 'A' && c <= 'Z') && !(c >= 'a' && c <= 'z')) return false;
+  }
+  return true;
+}
+bool MatchesSsnTokenShape(const std::string& t) {
+  if (t.size() != 11 || t[0] != '9' || t[3] != '-' || t[6] != '-') return false;
+  for (size_t i : {1, 2, 4, 5, 7, 8, 9, 10}) {
+    if (!IsDigit(t[i])) return false;
+  }
+  return true;
+}
+
 SecretBytes Normalized(ValueType type, const std::string& raw) {
   StatusOr<SecretBytes> v = NormalizeValue(type, AsBytes(raw));
   EXPECT_TRUE(v.ok()) << raw;
@@ -41,12 +59,11 @@ SecretBytes Normalized(ValueType type, const std::string& raw) {
 }
 
 TEST(TokenFormatTest, RandomTokensHaveTheirShape) {
-  const std::regex shape("^tok_[0-9A-Za-z]{22}$");
   const SecretBytes value = Normalized(ValueType::kGeneric, "anything");
   for (int i = 0; i < kSamples; ++i) {
     StatusOr<std::string> t = NewToken(ValueType::kGeneric, value, {});
     ASSERT_TRUE(t.ok());
-    ASSERT_TRUE(std::regex_match(*t, shape)) << *t;
+    ASSERT_TRUE(MatchesRandomShape(*t)) << *t;
     ASSERT_TRUE(IsWellFormedToken(*t)) << *t;
   }
 }
@@ -75,13 +92,12 @@ TEST(TokenFormatTest, PreservingCardTokensKeepLengthAndLastFourAndFailLuhn) {
 
 TEST(TokenFormatTest, PreservingSsnTokensAreNeverIssuableSsnsAndKeepTheLastFour) {
   std::mt19937_64 rng(7);
-  const std::regex shape(R"(^9\d\d-\d\d-\d{4}$)");
   for (int i = 0; i < kSamples; ++i) {
     const std::string ssn = RandomSsn(rng);
     const SecretBytes value = Normalized(ValueType::kSsn, ssn);
     StatusOr<std::string> t = NewToken(ValueType::kSsn, value, {TokenFormat::kPreserving, false});
     ASSERT_TRUE(t.ok());
-    ASSERT_TRUE(std::regex_match(*t, shape)) << *t;
+    ASSERT_TRUE(MatchesSsnTokenShape(*t)) << *t;
     ASSERT_EQ(t->substr(7), ssn.substr(7));
     ASSERT_TRUE(IsWellFormedToken(*t)) << *t;
   }
@@ -101,6 +117,15 @@ TEST(TokenFormatTest, PreservingDigitsAreSpreadOverAllTen) {
   for (size_t pos = 0; pos < 11; ++pos) {  // position 11 is sometimes forced by Luhn
     for (int d = 0; d < 10; ++d) EXPECT_GT(seen[pos][d], 8000) << "position " << pos << " digit " << d;
   }
+}
+
+TEST(TokenFormatTest, TheShapeMatchersThemselvesRefuseNearMisses) {
+  EXPECT_TRUE(MatchesRandomShape("tok_0123456789ABCDEFabcdef"));
+  EXPECT_FALSE(MatchesRandomShape("tok_0123456789ABCDEFabcde-"));
+  EXPECT_FALSE(MatchesRandomShape("tok_0123456789ABCDEFabcde"));
+  EXPECT_TRUE(MatchesSsnTokenShape("912-34-5678"));
+  EXPECT_FALSE(MatchesSsnTokenShape("812-34-5678"));
+  EXPECT_FALSE(MatchesSsnTokenShape("912-3a-5678"));
 }
 
 TEST(TokenFormatTest, OptionsMustFitTheType) {
