@@ -90,7 +90,7 @@ json TokenObject(const TokenInfo& t) {
             {"merchant", t.merchant},
             {"type", std::string(ValueTypeName(t.type))},
             {"format", t.format},
-            {"fingerprint", nullptr},
+            {"fingerprint", t.fingerprint ? json(*t.fingerprint) : json(nullptr)},
             {"created_at", Rfc3339(t.created_at_ms)},
             {"expires_at", t.expires_at_ms ? json(Rfc3339(*t.expires_at_ms)) : json(nullptr)},
             {"metadata", json::object()}};

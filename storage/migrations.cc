@@ -106,9 +106,26 @@ CREATE TABLE audit_head (
 );
 )sql";
 
+// 003: keyed fingerprints (API.md, Tokens). One fingerprint key per merchant, wrapped by the
+// merchant's KEK like a DEK (created on first use, so merchants made before this migration get
+// one too), and each token's fingerprint: fp_ + base62 of HMAC-SHA256 of the normalised value
+// under that key - a keyed hash, useless without the HSM. Deliberately not indexed: an index on
+// every token's fingerprint takes a random-page write per insert and cost a quarter of tokenize
+// throughput (docs/benchmarks.md); deterministic tokens will index only their own rows.
+constexpr char kMigration003[] = R"sql(
+CREATE TABLE fingerprint_keys (
+  merchant_id TEXT PRIMARY KEY REFERENCES merchants(id),
+  kek_version INTEGER NOT NULL,
+  wrapped     BLOB NOT NULL,
+  created_at  INTEGER NOT NULL
+) WITHOUT ROWID;
+ALTER TABLE tokens ADD COLUMN fingerprint TEXT CHECK (fingerprint IS NULL OR length(fingerprint) = 46);
+)sql";
+
 constexpr Migration kMigrations[] = {
     {1, "merchants, data keys, tokens", kMigration001},
     {2, "principals, system keys, audit trail", kMigration002},
+    {3, "keyed fingerprints", kMigration003},
 };
 
 StatusOr<int64_t> CurrentVersion(Database& db) {

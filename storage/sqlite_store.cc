@@ -133,6 +133,7 @@ StatusOr<TokenRecord> ReadToken(Statement& stmt) {
   if (!stmt.ColumnIsNull(10)) r.expires_at_ms = stmt.ColumnInt(10);
   if (!stmt.ColumnIsNull(11)) r.deleted_at_ms = stmt.ColumnInt(11);
   if (!stmt.ColumnIsNull(12)) r.last4 = stmt.ColumnText(12);
+  if (!stmt.ColumnIsNull(13)) r.fingerprint = stmt.ColumnText(13);
   return r;
 }
 
@@ -621,8 +622,9 @@ Status InsertTokenInTxn(Database& db, const TokenRecord& t) {
   TV_ASSIGN_OR_RETURN(
       Statement stmt,
       db.Prepare("INSERT INTO tokens (token, merchant_id, type, format, record_version, "
-                 "dek_version, nonce, ciphertext, tag, created_at, expires_at, deleted_at, last4) "
-                 "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"));
+                 "dek_version, nonce, ciphertext, tag, created_at, expires_at, deleted_at, last4, "
+                 "fingerprint) "
+                 "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"));
   return stmt.Bind(1, std::string_view(t.token))
       .Bind(2, std::string_view(t.merchant))
       .Bind(3, std::string_view(t.type))
@@ -636,6 +638,7 @@ Status InsertTokenInTxn(Database& db, const TokenRecord& t) {
       .Bind(11, t.expires_at_ms)
       .Bind(12, t.deleted_at_ms)
       .Bind(13, t.last4 ? std::optional<std::string_view>(*t.last4) : std::nullopt)
+      .Bind(14, t.fingerprint ? std::optional<std::string_view>(*t.fingerprint) : std::nullopt)
       .Run();
 }
 
@@ -691,8 +694,8 @@ StatusOr<TokenRecord> SqliteStore::ReadTokenRow(std::string_view token) {
   TV_ASSIGN_OR_RETURN(
       Statement stmt,
       lease.db().Prepare("SELECT token, merchant_id, type, format, record_version, dek_version, "
-                         "nonce, ciphertext, tag, created_at, expires_at, deleted_at, last4 "
-                         "FROM tokens WHERE token = ?1"));
+                         "nonce, ciphertext, tag, created_at, expires_at, deleted_at, last4, "
+                         "fingerprint FROM tokens WHERE token = ?1"));
   stmt.Bind(1, token);
   TV_ASSIGN_OR_RETURN(bool row, stmt.Step());
   if (!row) return NotFoundError("token_not_found", "no such token");
@@ -813,6 +816,36 @@ StatusOr<PrincipalRecord> SqliteStore::FindPrincipal(std::string_view name) {
   TV_ASSIGN_OR_RETURN(bool row, stmt.Step());
   if (!row) return NotFoundError("principal_not_found", "no such principal");
   return ReadPrincipal(stmt);
+}
+
+StatusOr<DataKeyRecord> SqliteStore::GetFingerprintKey(std::string_view merchant) {
+  TV_ASSIGN_OR_RETURN(ReadPool::Lease lease, impl_->Reader());
+  TV_ASSIGN_OR_RETURN(Statement stmt,
+                      lease.db().Prepare("SELECT kek_version, wrapped, created_at "
+                                         "FROM fingerprint_keys WHERE merchant_id = ?1"));
+  stmt.Bind(1, merchant);
+  TV_ASSIGN_OR_RETURN(bool row, stmt.Step());
+  if (!row) return NotFoundError("fingerprint_key_not_found", "the merchant has no fingerprint key");
+  DataKeyRecord r;
+  r.merchant = std::string(merchant);
+  r.version = 1;
+  TV_ASSIGN_OR_RETURN(r.kek_version, stmt.ColumnU32(0));
+  r.wrapped = stmt.ColumnBlob(1);
+  r.created_at_ms = stmt.ColumnInt(2);
+  return r;
+}
+
+Status SqliteStore::InsertFingerprintKey(const DataKeyRecord& key) {
+  return Write([&](Database& db) -> Status {
+    TV_ASSIGN_OR_RETURN(Statement stmt,
+                        db.Prepare("INSERT INTO fingerprint_keys (merchant_id, kek_version, "
+                                   "wrapped, created_at) VALUES (?1, ?2, ?3, ?4)"));
+    return stmt.Bind(1, std::string_view(key.merchant))
+        .Bind(2, int64_t{key.kek_version})
+        .Bind(3, ByteView(key.wrapped))
+        .Bind(4, key.created_at_ms)
+        .Run();
+  });
 }
 
 StatusOr<DataKeyRecord> SqliteStore::GetSystemKey(std::string_view name) {

@@ -63,6 +63,7 @@ struct TokenRecord {
   Bytes ciphertext;  // same length as the value
   Bytes tag;         // 16 bytes
   std::optional<std::string> last4;  // card and ssn only
+  std::optional<std::string> fingerprint;  // fp_...: keyed HMAC of the value (migration 003)
   int64_t created_at_ms = 0;
   std::optional<int64_t> expires_at_ms;
   std::optional<int64_t> deleted_at_ms;
@@ -190,6 +191,11 @@ class Store {
   // The live principal holding 'key_id'. kNotFound otherwise.
   virtual StatusOr<PrincipalRecord> FindPrincipalByKeyId(std::string_view key_id) = 0;
   virtual StatusOr<PrincipalRecord> FindPrincipal(std::string_view name) = 0;
+
+  // The merchant's wrapped fingerprint key (version 1), or kNotFound.
+  virtual StatusOr<DataKeyRecord> GetFingerprintKey(std::string_view merchant) = 0;
+  // kAlreadyExists if the merchant has one.
+  virtual Status InsertFingerprintKey(const DataKeyRecord& key) = 0;
 
   // The wrapped form of a vault-wide key ("audit"), or kNotFound.
   virtual StatusOr<DataKeyRecord> GetSystemKey(std::string_view name) = 0;

@@ -36,6 +36,15 @@ Bytes DekAad(uint8_t wrap_format, std::string_view merchant, uint32_t dek_versio
   return aad;
 }
 
+Bytes FingerprintKeyAad(uint8_t wrap_format, std::string_view merchant, uint32_t kek_version) {
+  Bytes aad;
+  AppendBytes(aad, AsBytes("tokenvault/fingerprint-key"));
+  AppendU8(aad, wrap_format);
+  AppendLengthPrefixed(aad, merchant);
+  AppendU32BE(aad, kek_version);
+  return aad;
+}
+
 Bytes SystemKeyAad(std::string_view name, uint32_t version, uint32_t kek_version) {
   Bytes aad;
   AppendBytes(aad, AsBytes("tokenvault/system-key"));

@@ -34,6 +34,9 @@ Bytes DekAad(uint8_t wrap_format, std::string_view merchant, uint32_t dek_versio
 
 // AAD of a wrapped vault-wide key (the audit key):
 //   "tokenvault/system-key" | u8 wrap format | lp(name) | u32 version | u32 kek_version
+// AAD of a merchant's wrapped fingerprint key (frozen: "tokenvault/fingerprint-key", format,
+// length-prefixed merchant, KEK version).
+Bytes FingerprintKeyAad(uint8_t wrap_format, std::string_view merchant, uint32_t kek_version);
 Bytes SystemKeyAad(std::string_view name, uint32_t version, uint32_t kek_version);
 
 // Stored form of a wrapped DEK: u8 format | the HSM's iv(12) | ciphertext(32) | tag(16).

@@ -217,6 +217,62 @@ StatusOr<Keyring::EncryptLease> Keyring::ForEncrypt(std::string_view merchant) {
   }
 }
 
+StatusOr<std::shared_ptr<const HmacSha256>> Keyring::FingerprintKey(std::string_view merchant) {
+  const std::string key(merchant);
+  {
+    std::lock_guard<std::mutex> lock(fingerprint_mu_);
+    auto it = fingerprint_keys_.find(key);
+    if (it != fingerprint_keys_.end()) return it->second;
+  }
+  StatusOr<storage::DataKeyRecord> stored = store_.GetFingerprintKey(merchant);
+  if (stored.status().code() == StatusCode::kNotFound) {
+    // First use: make one under the merchant's current KEK. Two threads may race here; the
+    // store keeps the first, and the loser reads it back.
+    TV_ASSIGN_OR_RETURN(storage::MerchantRecord m, store_.GetMerchant(merchant));
+    if (m.state != storage::MerchantState::kActive) {
+      return NotFoundError("merchant_not_found", "no such merchant");
+    }
+    TV_ASSIGN_OR_RETURN(SecretBytes fresh, RandomSecret(kHmacSha256Size));
+    const Bytes aad =
+        envelope::FingerprintKeyAad(envelope::kWrappedKeyFormatV1, merchant, m.kek_version);
+    TV_ASSIGN_OR_RETURN(Bytes wrapped,
+                        hsm_.Wrap(hsm::KekRef{key, m.kek_version}, fresh, aad));
+    storage::DataKeyRecord record;
+    record.merchant = key;
+    record.version = 1;
+    record.kek_version = m.kek_version;
+    record.wrapped = envelope::EncodeWrappedDek(wrapped);
+    record.created_at_ms = clock_.NowUnixMillis();
+    Status inserted = store_.InsertFingerprintKey(record);
+    if (!inserted.ok() && inserted.code() != StatusCode::kAlreadyExists) return inserted;
+    stored = store_.GetFingerprintKey(merchant);
+  }
+  if (!stored.ok()) {
+    if (stored.status().code() == StatusCode::kNotFound) {
+      return NotFoundError("merchant_not_found", "no such merchant");
+    }
+    return stored.status();
+  }
+  TV_ASSIGN_OR_RETURN(ByteView blob, envelope::DecodeWrappedDek(stored->wrapped));
+  const Bytes aad =
+      envelope::FingerprintKeyAad(envelope::kWrappedKeyFormatV1, merchant, stored->kek_version);
+  StatusOr<SecretBytes> unwrapped = hsm_.Unwrap(hsm::KekRef{key, stored->kek_version}, blob, aad);
+  if (!unwrapped.ok()) {
+    if (unwrapped.status().code() == StatusCode::kNotFound) {
+      return DataLossError("integrity_failure", "the fingerprint key refers to a missing KEK");
+    }
+    return unwrapped.status();
+  }
+  if (unwrapped->size() != kHmacSha256Size) {
+    return DataLossError("integrity_failure", "unwrapped fingerprint key has the wrong size");
+  }
+  TV_ASSIGN_OR_RETURN(std::unique_ptr<HmacSha256> mac, HmacSha256::Create(*unwrapped));
+  std::shared_ptr<const HmacSha256> shared = std::move(mac);
+  std::lock_guard<std::mutex> lock(fingerprint_mu_);
+  auto [it, added] = fingerprint_keys_.emplace(key, shared);
+  return it->second;
+}
+
 Status Keyring::ChargeEncryption(std::string_view merchant, const EncryptLease& lease) {
   auto keys = std::static_pointer_cast<MerchantKeys>(lease.keys);
   // The lease's shared hold keeps keys->dek_version == lease.version.

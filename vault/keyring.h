@@ -21,6 +21,7 @@
 #include "vault/aes_gcm.h"
 #include "vault/base/clock.h"
 #include "vault/dek_cache.h"
+#include "vault/hmac_sha256.h"
 #include "vault/rotation_gate.h"
 
 namespace tokenvault {
@@ -69,6 +70,11 @@ class Keyring {
   StatusOr<std::shared_ptr<const AesGcm256>> ForDecrypt(std::string_view merchant,
                                                         uint32_t dek_version);
 
+  // The merchant's fingerprint key, ready to MAC: from memory, else unwrapped by the HSM, else
+  // (first use, also for merchants older than fingerprints) made, wrapped by the merchant's
+  // current KEK and stored. kNotFound (merchant_not_found) for an unknown merchant.
+  StatusOr<std::shared_ptr<const HmacSha256>> FingerprintKey(std::string_view merchant);
+
   // Makes a new DEK version current and retires the previous one; returns the new version.
   StatusOr<uint32_t> Rotate(std::string_view merchant);
 
@@ -104,6 +110,10 @@ class Keyring {
   const KeyringOptions options_;
   DekCache cache_;
   std::mutex create_mu_;  // one merchant creation at a time
+  std::mutex fingerprint_mu_;
+  // Unwrapped fingerprint keys. Never evicted: one per merchant, kept like the audit key (a
+  // merchant's shredding, issue 5, will have to drop its entry).
+  std::unordered_map<std::string, std::shared_ptr<const HmacSha256>> fingerprint_keys_;  // GUARDED_BY(fingerprint_mu_)
   std::shared_mutex map_mu_;
   std::unordered_map<std::string, std::shared_ptr<MerchantKeys>> merchants_;  // GUARDED_BY(map_mu_)
 };

@@ -77,17 +77,26 @@ struct Vault::SealedToken {
   TokenInfo info;
 };
 
+StatusOr<std::string> Vault::Fingerprint(std::string_view merchant, const SecretBytes& normalized) {
+  TV_ASSIGN_OR_RETURN(std::shared_ptr<const HmacSha256> key, keyring_->FingerprintKey(merchant));
+  TV_ASSIGN_OR_RETURN(HmacSha256Tag tag, key->Compute(normalized.view()));
+  return FingerprintString(tag);
+}
+
 StatusOr<Vault::SealedToken> Vault::Seal(std::string_view merchant, const SecretBytes& normalized,
-                                         ValueType type, const TokenFormatOptions& format) {
+                                         ValueType type, const TokenFormatOptions& format,
+                                         const std::string& fingerprint) {
   TV_ASSIGN_OR_RETURN(std::string token, NewToken(type, normalized, format));
   TV_ASSIGN_OR_RETURN(Keyring::EncryptLease lease, keyring_->ForEncrypt(merchant));
-  return SealWith(std::move(lease), std::move(token), merchant, normalized, type, format);
+  return SealWith(std::move(lease), std::move(token), merchant, normalized, type, format,
+                  fingerprint);
 }
 
 StatusOr<Vault::SealedToken> Vault::SealWith(Keyring::EncryptLease lease, std::string token,
                                              std::string_view merchant,
                                              const SecretBytes& normalized, ValueType type,
-                                             const TokenFormatOptions& format) {
+                                             const TokenFormatOptions& format,
+                                             const std::string& fingerprint) {
   const std::string_view type_name = ValueTypeName(type);
   const Bytes aad = envelope::ValueAad(envelope::kValueFormatV1, merchant, token, type_name,
                                        lease.version);
@@ -105,9 +114,11 @@ StatusOr<Vault::SealedToken> Vault::SealWith(Keyring::EncryptLease lease, std::s
   record.ciphertext = std::move(box.ciphertext);
   record.tag.assign(box.tag.begin(), box.tag.end());
   record.last4 = Last4(type, normalized);
+  record.fingerprint = fingerprint;
   record.created_at_ms = clock_.NowUnixMillis();
   sealed.info = TokenInfo{token,         std::string(merchant), type,         record.format,
-                          lease.version, record.created_at_ms,  std::nullopt, record.last4};
+                          lease.version, record.created_at_ms,  std::nullopt, record.last4,
+                          record.fingerprint};
   sealed.lease = std::move(lease);
   return sealed;
 }
@@ -129,8 +140,9 @@ StatusOr<TokenInfo> Vault::Tokenize(std::string_view merchant, ByteView value, V
   }
   TV_ASSIGN_OR_RETURN(SecretBytes normalized, NormalizeValue(type, value));
   TV_RETURN_IF_ERROR(CheckTokenFormat(type, format));
+  TV_ASSIGN_OR_RETURN(std::string fingerprint, Fingerprint(merchant, normalized));
   for (int attempt = 0; attempt < kTokenInsertAttempts; ++attempt) {
-    TV_ASSIGN_OR_RETURN(SealedToken sealed, Seal(merchant, normalized, type, format));
+    TV_ASSIGN_OR_RETURN(SealedToken sealed, Seal(merchant, normalized, type, format, fingerprint));
     std::optional<storage::AuditAttachment> entry = AttachTo(sealed, audit);
     Status inserted = store_->InsertToken(sealed.record, entry ? &*entry : nullptr);
     if (inserted.ok()) return std::move(sealed.info);
@@ -145,6 +157,7 @@ struct Vault::PendingTokenize {
   SecretBytes normalized;
   ValueType type;
   TokenFormatOptions format;
+  std::string fingerprint;
   std::optional<storage::AuditRecord> audit;
   std::function<void(StatusOr<TokenInfo>)> done;
   int attempts_left = kTokenInsertAttempts;
@@ -168,16 +181,22 @@ void Vault::TokenizeAsync(std::string_view merchant, ByteView value, ValueType t
     done(applies);
     return;
   }
-  auto pending = std::make_shared<PendingTokenize>(
-      PendingTokenize{std::string(merchant), std::move(normalized).value(), type, format,
-                      std::move(audit), std::move(done), kTokenInsertAttempts, pending_.Enter()});
+  StatusOr<std::string> fingerprint = Fingerprint(merchant, *normalized);
+  if (!fingerprint.ok()) {
+    done(fingerprint.status());
+    return;
+  }
+  auto pending = std::make_shared<PendingTokenize>(PendingTokenize{
+      std::string(merchant), std::move(normalized).value(), type, format,
+      std::move(fingerprint).value(), std::move(audit), std::move(done), kTokenInsertAttempts,
+      pending_.Enter()});
   TokenizeAttempt(std::move(pending));
 }
 
 void Vault::TokenizeAttempt(std::shared_ptr<PendingTokenize> pending) {
   --pending->attempts_left;
-  StatusOr<SealedToken> sealed =
-      Seal(pending->merchant, pending->normalized, pending->type, pending->format);
+  StatusOr<SealedToken> sealed = Seal(pending->merchant, pending->normalized, pending->type,
+                                      pending->format, pending->fingerprint);
   if (!sealed.ok()) {
     pending->done(sealed.status());
     return;
@@ -197,7 +216,8 @@ void Vault::TokenizeRetry(std::shared_ptr<PendingTokenize> pending, Keyring::Enc
   Status charged = token.ok() ? keyring_->ChargeEncryption(pending->merchant, lease) : token.status();
   StatusOr<SealedToken> sealed =
       charged.ok() ? SealWith(std::move(lease), std::move(token).value(), pending->merchant,
-                              pending->normalized, pending->type, pending->format)
+                              pending->normalized, pending->type, pending->format,
+                              pending->fingerprint)
                    : StatusOr<SealedToken>(charged);
   if (!sealed.ok()) {
     pending->done(sealed.status());
@@ -256,7 +276,7 @@ StatusOr<TokenInfo> Vault::GetToken(std::string_view merchant, std::string_view 
   if (!type) return DataLossError(kReasonIntegrity, "the stored token has an unknown type");
   return TokenInfo{record.token,   record.merchant,    *type,
                    record.format,  record.dek_version, record.created_at_ms,
-                   record.expires_at_ms, record.last4};
+                   record.expires_at_ms, record.last4, record.fingerprint};
 }
 
 Status Vault::DeleteToken(std::string_view merchant, std::string_view token,

@@ -45,6 +45,9 @@ struct TokenInfo {
   int64_t created_at_ms = 0;
   std::optional<int64_t> expires_at_ms;
   std::optional<std::string> last4;  // card and ssn
+  // fp_ + base62 HMAC-SHA256 of the normalised value under the merchant's fingerprint key; unset
+  // for tokens made before fingerprints existed.
+  std::optional<std::string> fingerprint;
 };
 
 struct RevealedValue {
@@ -127,11 +130,15 @@ class Vault {
  private:
   struct SealedToken;
   struct PendingTokenize;
+  // fp_...: the keyed fingerprint of a normalised value in 'merchant'.
+  StatusOr<std::string> Fingerprint(std::string_view merchant, const SecretBytes& normalized);
   StatusOr<SealedToken> Seal(std::string_view merchant, const SecretBytes& normalized,
-                             ValueType type, const TokenFormatOptions& format);
+                             ValueType type, const TokenFormatOptions& format,
+                             const std::string& fingerprint);
   StatusOr<SealedToken> SealWith(Keyring::EncryptLease lease, std::string token,
                                  std::string_view merchant, const SecretBytes& normalized,
-                                 ValueType type, const TokenFormatOptions& format);
+                                 ValueType type, const TokenFormatOptions& format,
+                                 const std::string& fingerprint);
   void TokenizeRetry(std::shared_ptr<PendingTokenize> pending, Keyring::EncryptLease lease);
   void InsertSealed(std::shared_ptr<PendingTokenize> pending, SealedToken sealed);
   std::optional<storage::AuditAttachment> AttachTo(const SealedToken& sealed,

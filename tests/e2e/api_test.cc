@@ -298,6 +298,11 @@ TEST_F(ApiTest, FormatPreservingTokensOverHttp) {
   EXPECT_EQ(ssn_token.substr(0, 1), "9");
   EXPECT_EQ(ssn_token.substr(7), "6789");
 
+  // Keyed fingerprints: the same card in the same merchant shares one, whatever the format.
+  Reply again = client_->Post("/v1/merchants/acme/tokens", maker, {{"value", card}, {"type", "card"}});
+  ASSERT_EQ(again.status, 201);
+  EXPECT_EQ(again.Json()["fingerprint"], made.Json()["fingerprint"]);
+  EXPECT_EQ(made.Json()["fingerprint"].get<std::string>().substr(0, 3), "fp_");
   EXPECT_EQ(client_->Get("/v1/merchants/acme/tokens/" + token, maker).status, 200);
   EXPECT_EQ(client_->Get("/v1/merchants/acme/tokens/" + ssn_token, maker).status, 200);
   json revealed = client_->Post("/v1/merchants/acme/detokenize", reader,

@@ -390,6 +390,37 @@ TEST_F(VaultFakeHsmTest, RetriesOfTakenTokensDoNotDeadlockWithRotations) {
   EXPECT_GT(distinct.size(), 0u);
 }
 
+TEST_F(VaultFakeHsmTest, FingerprintsMatchWithinAMerchantAndNeverAcross) {
+  TV_ASSERT_OK(vault_->CreateMerchant("acme"));
+  TV_ASSERT_OK(vault_->CreateMerchant("globex"));
+  auto fp = [&](const std::string& merchant, const std::string& value, ValueType type) {
+    StatusOr<TokenInfo> t = vault_->Tokenize(merchant, AsBytes(value), type);
+    EXPECT_TRUE(t.ok()) << t.status().ToString();
+    EXPECT_TRUE(t.ok() && t->fingerprint.has_value());
+    return t.ok() && t->fingerprint ? *t->fingerprint : std::string();
+  };
+  const std::string a1 = fp("acme", "4111 1111 1111 1111", ValueType::kCard);
+  const std::string a2 = fp("acme", "4111-1111-1111-1111", ValueType::kCard);  // same card
+  const std::string g1 = fp("globex", "4111111111111111", ValueType::kCard);
+  const std::string other = fp("acme", "5555555555554444", ValueType::kCard);
+  EXPECT_EQ(a1.size(), 46u);
+  EXPECT_EQ(a1.substr(0, 3), "fp_");
+  EXPECT_EQ(a1, a2);      // equal values in one merchant share it (normalised first)
+  EXPECT_NE(a1, g1);      // across merchants they never do
+  EXPECT_NE(a1, other);
+  // The key is stored wrapped, and a reopened vault (cold caches) computes the same fingerprints.
+  StatusOr<storage::DataKeyRecord> wrapped = store_->GetFingerprintKey("acme");
+  TV_ASSERT_OK(wrapped);
+  EXPECT_GT(wrapped->wrapped.size(), 32u);
+  Open();
+  EXPECT_EQ(fp("acme", "4111111111111111", ValueType::kCard), a1);
+  EXPECT_EQ(fp("globex", "4111111111111111", ValueType::kCard), g1);
+  // The token object carries it too.
+  StatusOr<TokenInfo> t = vault_->Tokenize("acme", AsBytes("4111111111111111"), ValueType::kCard);
+  TV_ASSERT_OK(t);
+  EXPECT_EQ(vault_->GetToken("acme", t->token)->fingerprint, a1);
+}
+
 TEST_F(VaultFakeHsmTest, DisabledCacheAsksTheHsmEveryTime) {
   VaultOptions options;
   options.keys.dek_cache_max_entries = 0;
