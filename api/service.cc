@@ -85,6 +85,13 @@ Status CheckFields(const json& body, std::initializer_list<std::string_view> all
   return Status::Ok();
 }
 
+// The stored metadata (written by CheckMetadata-validated JSON), or {} if none or unreadable.
+json MetadataObject(const TokenInfo& t) {
+  if (!t.metadata_json) return json::object();
+  json m = json::parse(*t.metadata_json, nullptr, false);
+  return m.is_object() ? m : json::object();
+}
+
 json TokenObject(const TokenInfo& t) {
   json o = {{"token", t.token},
             {"merchant", t.merchant},
@@ -93,7 +100,7 @@ json TokenObject(const TokenInfo& t) {
             {"fingerprint", t.fingerprint ? json(*t.fingerprint) : json(nullptr)},
             {"created_at", Rfc3339(t.created_at_ms)},
             {"expires_at", t.expires_at_ms ? json(Rfc3339(*t.expires_at_ms)) : json(nullptr)},
-            {"metadata", json::object()}};
+            {"metadata", MetadataObject(t)}};
   if (t.last4) o["last4"] = *t.last4;
   return o;
 }
@@ -627,6 +634,53 @@ HttpResponse Service::CreateMerchant(Context& ctx) {
                     {"dek_version", m->dek_version}});
 }
 
+// API.md: at most 16 string pairs, keys of 1-64 bytes, values of at most 256 bytes. Metadata is
+// for references (order ids, customer ids), never for values: anything that looks like a card
+// number (a Luhn-valid run of 13-19 digits, spaces and dashes allowed between them) or an SSN
+// (ddd-dd-dddd) is refused, so that a careless caller cannot put a value where no encryption
+// protects it.
+static Status CheckMetadata(const json& m) {
+  if (!m.is_object()) return BadRequest("invalid_metadata", "'metadata' is an object of strings");
+  if (m.size() > 16) return BadRequest("invalid_metadata", "at most 16 metadata pairs");
+  auto looks_like_a_value = [](const std::string& s) {
+    std::string run;
+    auto check = [&] {
+      if (run.size() >= 13 && run.size() <= 19 && LuhnValid(AsBytes(run))) return true;
+      return false;
+    };
+    for (size_t i = 0; i <= s.size(); ++i) {
+      const char c = i < s.size() ? s[i] : '\0';
+      if (c >= '0' && c <= '9') {
+        run.push_back(c);
+      } else if ((c == ' ' || c == '-') && !run.empty() && i + 1 < s.size() && s[i + 1] >= '0' &&
+                 s[i + 1] <= '9') {
+        continue;  // a separator inside a number
+      } else {
+        if (check()) return true;
+        run.clear();
+      }
+    }
+    for (size_t i = 0; i + 11 <= s.size(); ++i) {
+      const std::string_view w(s.data() + i, 11);
+      bool ssn = w[3] == '-' && w[6] == '-';
+      for (size_t k : {0, 1, 2, 4, 5, 7, 8, 9, 10}) ssn = ssn && w[k] >= '0' && w[k] <= '9';
+      if (ssn) return true;
+    }
+    return false;
+  };
+  for (const auto& [key, value] : m.items()) {
+    if (key.empty() || key.size() > 64) return BadRequest("invalid_metadata", "metadata keys are 1 to 64 bytes");
+    if (!value.is_string()) return BadRequest("invalid_metadata", "metadata values are strings");
+    const std::string& v = value.get_ref<const std::string&>();
+    if (v.size() > 256) return BadRequest("invalid_metadata", "metadata values are at most 256 bytes");
+    if (looks_like_a_value(key) || looks_like_a_value(v)) {
+      return BadRequest("metadata_holds_a_value",
+                        "metadata must not hold card numbers or SSNs: tokenize them instead");
+    }
+  }
+  return Status::Ok();
+}
+
 HttpResponse Service::CreateToken(Context& ctx) {
   TV_AUTHORIZE(Permission::kTokensCreate, ctx.merchant);
   json& b = ctx.body;
@@ -658,8 +712,10 @@ HttpResponse Service::CreateToken(Context& ctx) {
   if (b.contains("ttl_seconds") && !b["ttl_seconds"].is_null()) {
     TV_OR_FAIL(BadRequest("unsupported_field", "token TTLs are not available yet"));
   }
-  if (b.contains("metadata") && !(b["metadata"].is_object() && b["metadata"].empty())) {
-    TV_OR_FAIL(BadRequest("unsupported_field", "token metadata is not available yet"));
+  std::optional<std::string> metadata;
+  if (b.contains("metadata") && !b["metadata"].is_null()) {
+    TV_OR_FAIL(CheckMetadata(b["metadata"]));
+    if (!b["metadata"].empty()) metadata = b["metadata"].dump();
   }
   std::string& value = b["value"].get_ref<std::string&>();
   // The token and its audit record commit together (one transaction, shared with concurrent
@@ -668,7 +724,7 @@ HttpResponse Service::CreateToken(Context& ctx) {
   std::shared_ptr<Context> self = ctx.shared_from_this();
   ctx.pending = true;  // from here on, only the completion below answers
   try {
-    vault_.TokenizeAsync(ctx.merchant, AsBytes(value), type, format, std::move(audit),
+    vault_.TokenizeAsync(ctx.merchant, AsBytes(value), type, format, std::move(metadata), std::move(audit),
                          [this, self](StatusOr<TokenInfo> t) { TokenCreated(self, std::move(t)); });
   } catch (...) {
     // Out of memory before or while queuing: the completion may never run, so answer here (and

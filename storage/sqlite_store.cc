@@ -134,6 +134,7 @@ StatusOr<TokenRecord> ReadToken(Statement& stmt) {
   if (!stmt.ColumnIsNull(11)) r.deleted_at_ms = stmt.ColumnInt(11);
   if (!stmt.ColumnIsNull(12)) r.last4 = stmt.ColumnText(12);
   if (!stmt.ColumnIsNull(13)) r.fingerprint = stmt.ColumnText(13);
+  if (!stmt.ColumnIsNull(14)) r.metadata = stmt.ColumnText(14);
   return r;
 }
 
@@ -623,8 +624,8 @@ Status InsertTokenInTxn(Database& db, const TokenRecord& t) {
       Statement stmt,
       db.Prepare("INSERT INTO tokens (token, merchant_id, type, format, record_version, "
                  "dek_version, nonce, ciphertext, tag, created_at, expires_at, deleted_at, last4, "
-                 "fingerprint) "
-                 "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"));
+                 "fingerprint, metadata) "
+                 "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"));
   return stmt.Bind(1, std::string_view(t.token))
       .Bind(2, std::string_view(t.merchant))
       .Bind(3, std::string_view(t.type))
@@ -639,6 +640,7 @@ Status InsertTokenInTxn(Database& db, const TokenRecord& t) {
       .Bind(12, t.deleted_at_ms)
       .Bind(13, t.last4 ? std::optional<std::string_view>(*t.last4) : std::nullopt)
       .Bind(14, t.fingerprint ? std::optional<std::string_view>(*t.fingerprint) : std::nullopt)
+      .Bind(15, t.metadata ? std::optional<std::string_view>(*t.metadata) : std::nullopt)
       .Run();
 }
 
@@ -695,7 +697,7 @@ StatusOr<TokenRecord> SqliteStore::ReadTokenRow(std::string_view token) {
       Statement stmt,
       lease.db().Prepare("SELECT token, merchant_id, type, format, record_version, dek_version, "
                          "nonce, ciphertext, tag, created_at, expires_at, deleted_at, last4, "
-                         "fingerprint FROM tokens WHERE token = ?1"));
+                         "fingerprint, metadata FROM tokens WHERE token = ?1"));
   stmt.Bind(1, token);
   TV_ASSIGN_OR_RETURN(bool row, stmt.Step());
   if (!row) return NotFoundError("token_not_found", "no such token");

@@ -64,6 +64,7 @@ struct TokenRecord {
   Bytes tag;         // 16 bytes
   std::optional<std::string> last4;  // card and ssn only
   std::optional<std::string> fingerprint;  // fp_...: keyed HMAC of the value (migration 003)
+  std::optional<std::string> metadata;     // a JSON object of string pairs, never a value
   int64_t created_at_ms = 0;
   std::optional<int64_t> expires_at_ms;
   std::optional<int64_t> deleted_at_ms;

@@ -85,18 +85,20 @@ StatusOr<std::string> Vault::Fingerprint(std::string_view merchant, const Secret
 
 StatusOr<Vault::SealedToken> Vault::Seal(std::string_view merchant, const SecretBytes& normalized,
                                          ValueType type, const TokenFormatOptions& format,
-                                         const std::string& fingerprint) {
+                                         const std::string& fingerprint,
+                                         const std::optional<std::string>& metadata_json) {
   TV_ASSIGN_OR_RETURN(std::string token, NewToken(type, normalized, format));
   TV_ASSIGN_OR_RETURN(Keyring::EncryptLease lease, keyring_->ForEncrypt(merchant));
   return SealWith(std::move(lease), std::move(token), merchant, normalized, type, format,
-                  fingerprint);
+                  fingerprint, metadata_json);
 }
 
 StatusOr<Vault::SealedToken> Vault::SealWith(Keyring::EncryptLease lease, std::string token,
                                              std::string_view merchant,
                                              const SecretBytes& normalized, ValueType type,
                                              const TokenFormatOptions& format,
-                                             const std::string& fingerprint) {
+                                             const std::string& fingerprint,
+                                             const std::optional<std::string>& metadata_json) {
   const std::string_view type_name = ValueTypeName(type);
   const Bytes aad = envelope::ValueAad(envelope::kValueFormatV1, merchant, token, type_name,
                                        lease.version);
@@ -115,10 +117,11 @@ StatusOr<Vault::SealedToken> Vault::SealWith(Keyring::EncryptLease lease, std::s
   record.tag.assign(box.tag.begin(), box.tag.end());
   record.last4 = Last4(type, normalized);
   record.fingerprint = fingerprint;
+  record.metadata = metadata_json;
   record.created_at_ms = clock_.NowUnixMillis();
   sealed.info = TokenInfo{token,         std::string(merchant), type,         record.format,
                           lease.version, record.created_at_ms,  std::nullopt, record.last4,
-                          record.fingerprint};
+                          record.fingerprint, record.metadata};
   sealed.lease = std::move(lease);
   return sealed;
 }
@@ -134,7 +137,8 @@ std::optional<storage::AuditAttachment> Vault::AttachTo(const SealedToken& seale
 
 StatusOr<TokenInfo> Vault::Tokenize(std::string_view merchant, ByteView value, ValueType type,
                                     const storage::AuditRecord* audit,
-                                    const TokenFormatOptions& format) {
+                                    const TokenFormatOptions& format,
+                                    std::optional<std::string> metadata_json) {
   if (!IsValidMerchantId(merchant)) {
     return InvalidArgumentError(kReasonInvalidMerchant, "invalid merchant id");
   }
@@ -142,7 +146,8 @@ StatusOr<TokenInfo> Vault::Tokenize(std::string_view merchant, ByteView value, V
   TV_RETURN_IF_ERROR(CheckTokenFormat(type, format));
   TV_ASSIGN_OR_RETURN(std::string fingerprint, Fingerprint(merchant, normalized));
   for (int attempt = 0; attempt < kTokenInsertAttempts; ++attempt) {
-    TV_ASSIGN_OR_RETURN(SealedToken sealed, Seal(merchant, normalized, type, format, fingerprint));
+    TV_ASSIGN_OR_RETURN(SealedToken sealed,
+                        Seal(merchant, normalized, type, format, fingerprint, metadata_json));
     std::optional<storage::AuditAttachment> entry = AttachTo(sealed, audit);
     Status inserted = store_->InsertToken(sealed.record, entry ? &*entry : nullptr);
     if (inserted.ok()) return std::move(sealed.info);
@@ -158,6 +163,7 @@ struct Vault::PendingTokenize {
   ValueType type;
   TokenFormatOptions format;
   std::string fingerprint;
+  std::optional<std::string> metadata_json;
   std::optional<storage::AuditRecord> audit;
   std::function<void(StatusOr<TokenInfo>)> done;
   int attempts_left = kTokenInsertAttempts;
@@ -166,6 +172,7 @@ struct Vault::PendingTokenize {
 
 void Vault::TokenizeAsync(std::string_view merchant, ByteView value, ValueType type,
                           const TokenFormatOptions& format,
+                          std::optional<std::string> metadata_json,
                           std::optional<storage::AuditRecord> audit,
                           std::function<void(StatusOr<TokenInfo>)> done) {
   if (!IsValidMerchantId(merchant)) {
@@ -188,7 +195,8 @@ void Vault::TokenizeAsync(std::string_view merchant, ByteView value, ValueType t
   }
   auto pending = std::make_shared<PendingTokenize>(PendingTokenize{
       std::string(merchant), std::move(normalized).value(), type, format,
-      std::move(fingerprint).value(), std::move(audit), std::move(done), kTokenInsertAttempts,
+      std::move(fingerprint).value(), std::move(metadata_json), std::move(audit), std::move(done),
+      kTokenInsertAttempts,
       pending_.Enter()});
   TokenizeAttempt(std::move(pending));
 }
@@ -196,7 +204,8 @@ void Vault::TokenizeAsync(std::string_view merchant, ByteView value, ValueType t
 void Vault::TokenizeAttempt(std::shared_ptr<PendingTokenize> pending) {
   --pending->attempts_left;
   StatusOr<SealedToken> sealed = Seal(pending->merchant, pending->normalized, pending->type,
-                                      pending->format, pending->fingerprint);
+                                      pending->format, pending->fingerprint,
+                                      pending->metadata_json);
   if (!sealed.ok()) {
     pending->done(sealed.status());
     return;
@@ -217,7 +226,7 @@ void Vault::TokenizeRetry(std::shared_ptr<PendingTokenize> pending, Keyring::Enc
   StatusOr<SealedToken> sealed =
       charged.ok() ? SealWith(std::move(lease), std::move(token).value(), pending->merchant,
                               pending->normalized, pending->type, pending->format,
-                              pending->fingerprint)
+                              pending->fingerprint, pending->metadata_json)
                    : StatusOr<SealedToken>(charged);
   if (!sealed.ok()) {
     pending->done(sealed.status());
@@ -276,7 +285,7 @@ StatusOr<TokenInfo> Vault::GetToken(std::string_view merchant, std::string_view 
   if (!type) return DataLossError(kReasonIntegrity, "the stored token has an unknown type");
   return TokenInfo{record.token,   record.merchant,    *type,
                    record.format,  record.dek_version, record.created_at_ms,
-                   record.expires_at_ms, record.last4, record.fingerprint};
+                   record.expires_at_ms, record.last4, record.fingerprint, record.metadata};
 }
 
 Status Vault::DeleteToken(std::string_view merchant, std::string_view token,

@@ -48,6 +48,7 @@ struct TokenInfo {
   // fp_ + base62 HMAC-SHA256 of the normalised value under the merchant's fingerprint key; unset
   // for tokens made before fingerprints existed.
   std::optional<std::string> fingerprint;
+  std::optional<std::string> metadata_json;  // as given at tokenize, validated by the service
 };
 
 struct RevealedValue {
@@ -88,15 +89,18 @@ class Vault {
   // format-preserving token was found for the value's kept digits.
   StatusOr<TokenInfo> Tokenize(std::string_view merchant, ByteView value, ValueType type,
                                const storage::AuditRecord* audit = nullptr,
-                               const TokenFormatOptions& format = {});
+                               const TokenFormatOptions& format = {},
+                               std::optional<std::string> metadata_json = std::nullopt);
 
   // Tokenize without waiting for the commit: 'done' gets what Tokenize would have returned,
   // once the token (and its audit record) is durable or failed - on the calling thread for
   // errors found before the write, else on the store's completion thread. 'done' must be quick
   // and must not wait for another asynchronous write. The vault waits for pending tokenizes
   // before it is destroyed.
+  // 'metadata_json': a JSON object of string pairs, stored and returned as given (the service
+  // validates it; the vault treats it as opaque and never as a value).
   void TokenizeAsync(std::string_view merchant, ByteView value, ValueType type,
-                     const TokenFormatOptions& format,
+                     const TokenFormatOptions& format, std::optional<std::string> metadata_json,
                      std::optional<storage::AuditRecord> audit,
                      std::function<void(StatusOr<TokenInfo>)> done);
 
@@ -134,11 +138,13 @@ class Vault {
   StatusOr<std::string> Fingerprint(std::string_view merchant, const SecretBytes& normalized);
   StatusOr<SealedToken> Seal(std::string_view merchant, const SecretBytes& normalized,
                              ValueType type, const TokenFormatOptions& format,
-                             const std::string& fingerprint);
+                             const std::string& fingerprint,
+                             const std::optional<std::string>& metadata_json);
   StatusOr<SealedToken> SealWith(Keyring::EncryptLease lease, std::string token,
                                  std::string_view merchant, const SecretBytes& normalized,
                                  ValueType type, const TokenFormatOptions& format,
-                                 const std::string& fingerprint);
+                                 const std::string& fingerprint,
+                                 const std::optional<std::string>& metadata_json);
   void TokenizeRetry(std::shared_ptr<PendingTokenize> pending, Keyring::EncryptLease lease);
   void InsertSealed(std::shared_ptr<PendingTokenize> pending, SealedToken sealed);
   std::optional<storage::AuditAttachment> AttachTo(const SealedToken& sealed,

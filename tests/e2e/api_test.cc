@@ -325,6 +325,44 @@ TEST_F(ApiTest, FormatPreservingTokensOverHttp) {
   }
 }
 
+TEST_F(ApiTest, TokenMetadataIsKeptAndNeverHoldsValues) {
+  Merchant("acme");
+  const std::string maker = Principal("maker", {"tokenizer"}, "*");
+  const json metadata = {{"order", "A-1001"}, {"customer", "cus_42"}};
+  Reply made = client_->Post("/v1/merchants/acme/tokens", maker,
+                             {{"value", "secret"}, {"metadata", metadata}});
+  ASSERT_EQ(made.status, 201) << made.body;
+  EXPECT_EQ(made.Json()["metadata"], metadata);
+  const std::string token = made.Json()["token"];
+  EXPECT_EQ(client_->Get("/v1/merchants/acme/tokens/" + token, maker).Json()["metadata"], metadata);
+
+  json seventeen = json::object();
+  for (int i = 0; i < 17; ++i) seventeen["k" + std::to_string(i)] = "v";
+  const std::vector<std::pair<json, std::string>> bad = {
+      {seventeen, "invalid_metadata"},
+      {{{std::string(65, 'k'), "v"}}, "invalid_metadata"},
+      {{{"k", std::string(257, 'v')}}, "invalid_metadata"},
+      {{{"k", 7}}, "invalid_metadata"},
+      {json::array({"k", "v"}), "invalid_metadata"},
+      {{{"note", "card 4242 4242 4242 4242"}}, "metadata_holds_a_value"},
+      {{{"note", "4242-4242-4242-4242"}}, "metadata_holds_a_value"},
+      {{{"ssn", "123-45-6789"}}, "metadata_holds_a_value"},
+  };
+  for (const auto& [m, code] : bad) {
+    Reply r = client_->Post("/v1/merchants/acme/tokens", maker, {{"value", "secret"}, {"metadata", m}});
+    EXPECT_EQ(r.status, 400) << m.dump();
+    EXPECT_EQ(r.Json()["error"]["code"], code) << r.body;
+    EXPECT_EQ(r.body.find("4242"), std::string::npos);  // the input is never echoed
+  }
+  // A number that is not a card (fails Luhn) is a fine reference.
+  EXPECT_EQ(client_->Post("/v1/merchants/acme/tokens", maker,
+                          {{"value", "secret"}, {"metadata", {{"invoice", "4242424242424241"}}}}).status,
+            201);
+  server_->Stop();
+  EXPECT_EQ(TokenRows(), 2);  // the refused requests stored nothing
+  ASSERT_TRUE(server_->Start());
+}
+
 TEST_F(ApiTest, BadInputGetsAJsonErrorStoresNothingAndIsAudited) {
   Merchant("acme");
   const std::string app = Principal("app", {"tokenizer", "support"}, {"acme"});

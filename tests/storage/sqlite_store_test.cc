@@ -528,10 +528,12 @@ TEST(SqliteStoreSchemaTest, NoColumnCanHoldAPlaintextValue) {
   auto stmt = (*db)->Prepare("SELECT group_concat(name, ',') FROM pragma_table_info('tokens')");
   TV_ASSERT_OK(stmt);
   ASSERT_TRUE(*stmt->Step());
-  // fingerprint is a keyed HMAC (46 characters, checked by the schema), never the value.
+  // fingerprint is a keyed HMAC (46 characters, checked by the schema), never the value;
+  // metadata holds references whose values the service refuses when they look like a card number
+  // or an SSN (ApiTest.TokenMetadataIsKeptAndNeverHoldsValues).
   EXPECT_EQ(stmt->ColumnText(0),
             "id,token,merchant_id,type,format,record_version,dek_version,nonce,ciphertext,tag,"
-            "last4,created_at,expires_at,deleted_at,fingerprint");
+            "last4,created_at,expires_at,deleted_at,fingerprint,metadata");
   // Fingerprint keys are stored wrapped only.
   auto keys = (*db)->Prepare("SELECT group_concat(name, ',') FROM pragma_table_info('fingerprint_keys')");
   TV_ASSERT_OK(keys);

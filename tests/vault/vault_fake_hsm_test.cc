@@ -196,7 +196,7 @@ TEST_F(VaultFakeHsmTest, TokenizeAsyncCommitsTheTokenWithItsAuditRecord) {
   audit.outcome = "allowed";
   audit.status = 201;
   std::promise<StatusOr<TokenInfo>> done;
-  vault_->TokenizeAsync("acme", AsBytes("4111 1111 1111 1111"), ValueType::kCard, {}, audit,
+  vault_->TokenizeAsync("acme", AsBytes("4111 1111 1111 1111"), ValueType::kCard, {}, std::nullopt, audit,
                         [&](StatusOr<TokenInfo> t) { done.set_value(std::move(t)); });
   StatusOr<TokenInfo> t = done.get_future().get();
   TV_ASSERT_OK(t);
@@ -213,9 +213,9 @@ TEST_F(VaultFakeHsmTest, TokenizeAsyncReportsBadInputWithoutWriting) {
   TV_ASSERT_OK(vault_->CreateMerchant("acme"));
   const uint64_t before = store_->GetStats().operations;
   std::promise<Status> bad_card, bad_merchant;
-  vault_->TokenizeAsync("acme", AsBytes("4111 1111 1111 1112"), ValueType::kCard, {}, std::nullopt,
+  vault_->TokenizeAsync("acme", AsBytes("4111 1111 1111 1112"), ValueType::kCard, {}, std::nullopt, std::nullopt,
                         [&](StatusOr<TokenInfo> t) { bad_card.set_value(t.status()); });
-  vault_->TokenizeAsync("Bad Id", AsBytes("x"), ValueType::kGeneric, {}, std::nullopt,
+  vault_->TokenizeAsync("Bad Id", AsBytes("x"), ValueType::kGeneric, {}, std::nullopt, std::nullopt,
                         [&](StatusOr<TokenInfo> t) { bad_merchant.set_value(t.status()); });
   EXPECT_EQ(bad_card.get_future().get().code(), StatusCode::kInvalidArgument);
   TV_EXPECT_ERROR(bad_merchant.get_future().get(), StatusCode::kInvalidArgument, "invalid_merchant");
@@ -239,7 +239,7 @@ TEST_F(VaultFakeHsmTest, RotationWaitsUntilAPendingAsyncInsertHasCommitted) {
   });
   entered.get_future().wait();
   std::promise<StatusOr<TokenInfo>> done;
-  vault_->TokenizeAsync("acme", AsBytes("pending"), ValueType::kGeneric, {}, std::nullopt,
+  vault_->TokenizeAsync("acme", AsBytes("pending"), ValueType::kGeneric, {}, std::nullopt, std::nullopt,
                         [&](StatusOr<TokenInfo> t) { done.set_value(std::move(t)); });
   ASSERT_EQ(store_->PendingWrites(), 1u);
   std::promise<StatusOr<uint32_t>> rotated;
@@ -273,7 +273,7 @@ std::vector<StatusOr<TokenInfo>> TokenizeAll(Vault& vault, const std::vector<std
       cv.wait(lock, [&] { return in_flight < 512; });
       ++in_flight;
     }
-    vault.TokenizeAsync("acme", AsBytes(values[i]), type, format, std::nullopt,
+    vault.TokenizeAsync("acme", AsBytes(values[i]), type, format, std::nullopt, std::nullopt,
                         [&, i](StatusOr<TokenInfo> t) {
                           std::lock_guard<std::mutex> lock(mu);
                           results[i] = std::move(t);
