@@ -709,13 +709,19 @@ HttpResponse Service::CreateToken(Context& ctx) {
   if (b.contains("deterministic") && !(b["deterministic"].is_boolean() && !b["deterministic"].get<bool>())) {
     TV_OR_FAIL(BadRequest("unsupported_field", "deterministic tokens are not available yet"));
   }
+  TokenAttributes attributes;
   if (b.contains("ttl_seconds") && !b["ttl_seconds"].is_null()) {
-    TV_OR_FAIL(BadRequest("unsupported_field", "token TTLs are not available yet"));
+    // 1 second to 10 years; a whole number (JSON 5.0 is refused rather than rounded).
+    constexpr int64_t kMaxTtlSeconds = int64_t{10} * 366 * 24 * 3600;
+    const json& ttl = b["ttl_seconds"];
+    if (!ttl.is_number_integer() || ttl.get<int64_t>() < 1 || ttl.get<int64_t>() > kMaxTtlSeconds) {
+      TV_OR_FAIL(BadRequest("invalid_ttl", "'ttl_seconds' is a whole number from 1 to 316224000"));
+    }
+    attributes.ttl_seconds = ttl.get<int64_t>();
   }
-  std::optional<std::string> metadata;
   if (b.contains("metadata") && !b["metadata"].is_null()) {
     TV_OR_FAIL(CheckMetadata(b["metadata"]));
-    if (!b["metadata"].empty()) metadata = b["metadata"].dump();
+    if (!b["metadata"].empty()) attributes.metadata_json = b["metadata"].dump();
   }
   std::string& value = b["value"].get_ref<std::string&>();
   // The token and its audit record commit together (one transaction, shared with concurrent
@@ -724,7 +730,7 @@ HttpResponse Service::CreateToken(Context& ctx) {
   std::shared_ptr<Context> self = ctx.shared_from_this();
   ctx.pending = true;  // from here on, only the completion below answers
   try {
-    vault_.TokenizeAsync(ctx.merchant, AsBytes(value), type, format, std::move(metadata), std::move(audit),
+    vault_.TokenizeAsync(ctx.merchant, AsBytes(value), type, format, std::move(attributes), std::move(audit),
                          [this, self](StatusOr<TokenInfo> t) { TokenCreated(self, std::move(t)); });
   } catch (...) {
     // Out of memory before or while queuing: the completion may never run, so answer here (and

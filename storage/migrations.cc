@@ -106,7 +106,7 @@ CREATE TABLE audit_head (
 );
 )sql";
 
-// 003: keyed fingerprints and token metadata (API.md, Tokens). One fingerprint key per merchant, wrapped by the
+// 003: keyed fingerprints, token metadata, expiry (API.md, Tokens). One fingerprint key per merchant, wrapped by the
 // merchant's KEK like a DEK (created on first use, so merchants made before this migration get
 // one too), and each token's fingerprint: fp_ + base62 of HMAC-SHA256 of the normalised value
 // under that key - a keyed hash, useless without the HSM. Deliberately not indexed: an index on
@@ -123,12 +123,15 @@ ALTER TABLE tokens ADD COLUMN fingerprint TEXT CHECK (fingerprint IS NULL OR len
 -- Token metadata: a JSON object of at most 16 string pairs (API.md), validated by the service.
 -- For references (order ids and the like), never for values.
 ALTER TABLE tokens ADD COLUMN metadata TEXT CHECK (metadata IS NULL OR length(metadata) <= 8192);
+-- Live tokens with a time to live, for the expiry sweeper (a partial index: tokens without a
+-- TTL, the common case, never touch it).
+CREATE INDEX tokens_expiring ON tokens(expires_at) WHERE expires_at IS NOT NULL AND nonce IS NOT NULL;
 )sql";
 
 constexpr Migration kMigrations[] = {
     {1, "merchants, data keys, tokens", kMigration001},
     {2, "principals, system keys, audit trail", kMigration002},
-    {3, "keyed fingerprints, token metadata", kMigration003},
+    {3, "keyed fingerprints, token metadata, expiry index", kMigration003},
 };
 
 StatusOr<int64_t> CurrentVersion(Database& db) {

@@ -682,6 +682,34 @@ Status SqliteStore::DeleteToken(std::string_view merchant, std::string_view toke
   });
 }
 
+StatusOr<size_t> SqliteStore::SweepExpired(int64_t now_ms, size_t limit) {
+  std::vector<std::string> swept;
+  Status written = Write([&](Database& db) -> Status {
+    swept.clear();  // (a retried operation starts over)
+    TV_ASSIGN_OR_RETURN(Statement due,
+                        db.Prepare("SELECT token FROM tokens WHERE expires_at <= ?1 "
+                                   "AND nonce IS NOT NULL LIMIT ?2"));
+    due.Bind(1, now_ms).Bind(2, static_cast<int64_t>(limit));
+    for (;;) {
+      TV_ASSIGN_OR_RETURN(bool row, due.Step());
+      if (!row) break;
+      swept.push_back(due.ColumnText(0));
+    }
+    TV_ASSIGN_OR_RETURN(Statement clear,
+                        db.Prepare("UPDATE tokens SET nonce = NULL, ciphertext = NULL, tag = NULL "
+                                   "WHERE token = ?1"));
+    for (const std::string& token : swept) {
+      TV_RETURN_IF_ERROR(clear.Bind(1, std::string_view(token)).Run());
+    }
+    return Status::Ok();
+  });
+  TV_RETURN_IF_ERROR(written);
+  // An expired row answers gone by its expires_at whatever the cache holds; evicting only drops
+  // the ciphertext copy from memory.
+  for (const std::string& token : swept) impl_->token_rows().Evict(token);
+  return swept.size();
+}
+
 StatusOr<TokenRecord> SqliteStore::FindToken(std::string_view token) {
   TokenRowCache& cache = impl_->token_rows();
   if (std::optional<TokenRecord> cached = cache.Get(token)) return std::move(*cached);

@@ -55,6 +55,7 @@ class SqliteStore final : public Store {
   StatusOr<TokenRecord> FindToken(std::string_view token) override;
   Status DeleteToken(std::string_view merchant, std::string_view token, int64_t deleted_at_ms,
                      AuditAttachment* audit = nullptr) override;
+  StatusOr<size_t> SweepExpired(int64_t now_ms, size_t limit) override;
   Status InsertPrincipal(const PrincipalRecord& principal,
                          AuditAttachment* audit = nullptr) override;
   Status DeletePrincipal(std::string_view name, int64_t deleted_at_ms,

@@ -183,6 +183,11 @@ class Store {
   virtual Status DeleteToken(std::string_view merchant, std::string_view token,
                              int64_t deleted_at_ms, AuditAttachment* audit = nullptr) = 0;
 
+  // Removes the sealed value (nonce, ciphertext, tag) of up to 'limit' live tokens whose
+  // expires_at is at or before 'now_ms', in one transaction; their rows stay (token, merchant,
+  // type, times: what the audit trail refers to). Returns how many.
+  virtual StatusOr<size_t> SweepExpired(int64_t now_ms, size_t limit) = 0;
+
   // kAlreadyExists if the name or key id exists (deleted principals keep their name).
   virtual Status InsertPrincipal(const PrincipalRecord& principal,
                                  AuditAttachment* audit = nullptr) = 0;

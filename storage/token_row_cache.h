@@ -64,6 +64,13 @@ class TokenRowCache {
     EvictLocked(token);
   }
 
+  // Drops a row readers can no longer use anyway (an expired token: gone by its expires_at,
+  // whatever the cache holds).
+  void Evict(std::string_view token) {
+    std::lock_guard<std::mutex> lock(mu_);
+    EvictLocked(token);
+  }
+
   // After that change has committed or failed.
   void EndChange(std::string_view token) {
     std::lock_guard<std::mutex> lock(mu_);

@@ -1,5 +1,7 @@
 #include "vault/vault.h"
 
+#include <pthread.h>
+
 #include "vault/envelope.h"
 #include "vault/token_format.h"
 #include "vault/token_id.h"
@@ -49,11 +51,44 @@ Vault::Vault(std::shared_ptr<hsm::Hsm> hsm, std::shared_ptr<storage::Store> stor
       store_(std::move(store)),
       clock_(clock),
       keyring_(std::make_unique<Keyring>(*hsm_, *store_, clock, options.keys)),
-      audit_(std::move(audit)) {}
+      audit_(std::move(audit)) {
+  if (options.expiry_sweep_interval.count() > 0) {
+    sweeper_ = std::thread([this, interval = options.expiry_sweep_interval] { SweepLoop(interval); });
+  }
+}
 
 Vault::~Vault() {
+  if (sweeper_.joinable()) {
+    {
+      std::lock_guard<std::mutex> lock(sweep_mu_);
+      stopping_ = true;
+    }
+    sweep_cv_.notify_all();
+    sweeper_.join();
+  }
   // Asynchronous tokenizes still refer to the keyring and the audit log.
   pending_.WaitIdle();
+}
+
+void Vault::SweepLoop(std::chrono::milliseconds interval) {
+  pthread_setname_np(pthread_self(), "tv-sweeper");
+  std::unique_lock<std::mutex> lock(sweep_mu_);
+  while (!sweep_cv_.wait_for(lock, interval, [&] { return stopping_; })) {
+    lock.unlock();
+    // Batches of 1000 until none is left; an error (storage down) waits for the next round.
+    for (;;) {
+      StatusOr<size_t> swept = SweepExpired(1000);
+      if (!swept.ok() || *swept < 1000) break;
+      std::lock_guard<std::mutex> check(sweep_mu_);
+      if (stopping_) break;
+    }
+    lock.lock();
+  }
+}
+
+StatusOr<size_t> Vault::SweepExpired(size_t limit) {
+  TV_ASSIGN_OR_RETURN(size_t swept, store_->SweepExpired(clock_.NowUnixMillis(), limit));
+  return swept;
 }
 
 StatusOr<MerchantInfo> Vault::CreateMerchant(std::string_view merchant,
@@ -86,11 +121,11 @@ StatusOr<std::string> Vault::Fingerprint(std::string_view merchant, const Secret
 StatusOr<Vault::SealedToken> Vault::Seal(std::string_view merchant, const SecretBytes& normalized,
                                          ValueType type, const TokenFormatOptions& format,
                                          const std::string& fingerprint,
-                                         const std::optional<std::string>& metadata_json) {
+                                         const TokenAttributes& attributes) {
   TV_ASSIGN_OR_RETURN(std::string token, NewToken(type, normalized, format));
   TV_ASSIGN_OR_RETURN(Keyring::EncryptLease lease, keyring_->ForEncrypt(merchant));
   return SealWith(std::move(lease), std::move(token), merchant, normalized, type, format,
-                  fingerprint, metadata_json);
+                  fingerprint, attributes);
 }
 
 StatusOr<Vault::SealedToken> Vault::SealWith(Keyring::EncryptLease lease, std::string token,
@@ -98,7 +133,7 @@ StatusOr<Vault::SealedToken> Vault::SealWith(Keyring::EncryptLease lease, std::s
                                              const SecretBytes& normalized, ValueType type,
                                              const TokenFormatOptions& format,
                                              const std::string& fingerprint,
-                                             const std::optional<std::string>& metadata_json) {
+                                             const TokenAttributes& attributes) {
   const std::string_view type_name = ValueTypeName(type);
   const Bytes aad = envelope::ValueAad(envelope::kValueFormatV1, merchant, token, type_name,
                                        lease.version);
@@ -117,10 +152,13 @@ StatusOr<Vault::SealedToken> Vault::SealWith(Keyring::EncryptLease lease, std::s
   record.tag.assign(box.tag.begin(), box.tag.end());
   record.last4 = Last4(type, normalized);
   record.fingerprint = fingerprint;
-  record.metadata = metadata_json;
+  record.metadata = attributes.metadata_json;
   record.created_at_ms = clock_.NowUnixMillis();
+  if (attributes.ttl_seconds) {
+    record.expires_at_ms = record.created_at_ms + *attributes.ttl_seconds * 1000;
+  }
   sealed.info = TokenInfo{token,         std::string(merchant), type,         record.format,
-                          lease.version, record.created_at_ms,  std::nullopt, record.last4,
+                          lease.version, record.created_at_ms,  record.expires_at_ms, record.last4,
                           record.fingerprint, record.metadata};
   sealed.lease = std::move(lease);
   return sealed;
@@ -138,7 +176,7 @@ std::optional<storage::AuditAttachment> Vault::AttachTo(const SealedToken& seale
 StatusOr<TokenInfo> Vault::Tokenize(std::string_view merchant, ByteView value, ValueType type,
                                     const storage::AuditRecord* audit,
                                     const TokenFormatOptions& format,
-                                    std::optional<std::string> metadata_json) {
+                                    const TokenAttributes& attributes) {
   if (!IsValidMerchantId(merchant)) {
     return InvalidArgumentError(kReasonInvalidMerchant, "invalid merchant id");
   }
@@ -147,7 +185,7 @@ StatusOr<TokenInfo> Vault::Tokenize(std::string_view merchant, ByteView value, V
   TV_ASSIGN_OR_RETURN(std::string fingerprint, Fingerprint(merchant, normalized));
   for (int attempt = 0; attempt < kTokenInsertAttempts; ++attempt) {
     TV_ASSIGN_OR_RETURN(SealedToken sealed,
-                        Seal(merchant, normalized, type, format, fingerprint, metadata_json));
+                        Seal(merchant, normalized, type, format, fingerprint, attributes));
     std::optional<storage::AuditAttachment> entry = AttachTo(sealed, audit);
     Status inserted = store_->InsertToken(sealed.record, entry ? &*entry : nullptr);
     if (inserted.ok()) return std::move(sealed.info);
@@ -163,7 +201,7 @@ struct Vault::PendingTokenize {
   ValueType type;
   TokenFormatOptions format;
   std::string fingerprint;
-  std::optional<std::string> metadata_json;
+  TokenAttributes attributes;
   std::optional<storage::AuditRecord> audit;
   std::function<void(StatusOr<TokenInfo>)> done;
   int attempts_left = kTokenInsertAttempts;
@@ -172,7 +210,7 @@ struct Vault::PendingTokenize {
 
 void Vault::TokenizeAsync(std::string_view merchant, ByteView value, ValueType type,
                           const TokenFormatOptions& format,
-                          std::optional<std::string> metadata_json,
+                          TokenAttributes attributes,
                           std::optional<storage::AuditRecord> audit,
                           std::function<void(StatusOr<TokenInfo>)> done) {
   if (!IsValidMerchantId(merchant)) {
@@ -195,7 +233,7 @@ void Vault::TokenizeAsync(std::string_view merchant, ByteView value, ValueType t
   }
   auto pending = std::make_shared<PendingTokenize>(PendingTokenize{
       std::string(merchant), std::move(normalized).value(), type, format,
-      std::move(fingerprint).value(), std::move(metadata_json), std::move(audit), std::move(done),
+      std::move(fingerprint).value(), std::move(attributes), std::move(audit), std::move(done),
       kTokenInsertAttempts,
       pending_.Enter()});
   TokenizeAttempt(std::move(pending));
@@ -205,7 +243,7 @@ void Vault::TokenizeAttempt(std::shared_ptr<PendingTokenize> pending) {
   --pending->attempts_left;
   StatusOr<SealedToken> sealed = Seal(pending->merchant, pending->normalized, pending->type,
                                       pending->format, pending->fingerprint,
-                                      pending->metadata_json);
+                                      pending->attributes);
   if (!sealed.ok()) {
     pending->done(sealed.status());
     return;
@@ -226,7 +264,7 @@ void Vault::TokenizeRetry(std::shared_ptr<PendingTokenize> pending, Keyring::Enc
   StatusOr<SealedToken> sealed =
       charged.ok() ? SealWith(std::move(lease), std::move(token).value(), pending->merchant,
                               pending->normalized, pending->type, pending->format,
-                              pending->fingerprint, pending->metadata_json)
+                              pending->fingerprint, pending->attributes)
                    : StatusOr<SealedToken>(charged);
   if (!sealed.ok()) {
     pending->done(sealed.status());
@@ -273,6 +311,9 @@ StatusOr<storage::TokenRecord> Vault::FindOwnToken(std::string_view merchant,
     return found.status();
   }
   if (found->merchant != merchant) return TokenNotFound();
+  if (found->expires_at_ms.has_value() && *found->expires_at_ms <= clock_.NowUnixMillis()) {
+    return NotFoundError(kReasonTokenGone, "the token expired");
+  }
   if (found->deleted_at_ms.has_value() || found->nonce.empty()) {
     return NotFoundError(kReasonTokenGone, "the token was deleted");
   }

@@ -7,7 +7,11 @@
 #ifndef TOKENVAULT_VAULT_VAULT_H_
 #define TOKENVAULT_VAULT_VAULT_H_
 
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <mutex>
+#include <thread>
 #include <memory>
 #include <optional>
 #include <string>
@@ -27,6 +31,17 @@ namespace tokenvault {
 
 struct VaultOptions {
   KeyringOptions keys;
+  // How often expired tokens lose their sealed value (SweepExpired). 0: never in the background.
+  std::chrono::milliseconds expiry_sweep_interval = std::chrono::seconds(30);
+};
+
+// What a tokenize may carry besides the value (API.md, Tokens).
+struct TokenAttributes {
+  // A JSON object of string pairs, stored and returned as given: the service validates it; the
+  // vault treats it as opaque and never as a value.
+  std::optional<std::string> metadata_json;
+  // After this many seconds the token answers gone, and the sweeper removes its sealed value.
+  std::optional<int64_t> ttl_seconds;
 };
 
 struct MerchantInfo {
@@ -90,17 +105,15 @@ class Vault {
   StatusOr<TokenInfo> Tokenize(std::string_view merchant, ByteView value, ValueType type,
                                const storage::AuditRecord* audit = nullptr,
                                const TokenFormatOptions& format = {},
-                               std::optional<std::string> metadata_json = std::nullopt);
+                               const TokenAttributes& attributes = {});
 
   // Tokenize without waiting for the commit: 'done' gets what Tokenize would have returned,
   // once the token (and its audit record) is durable or failed - on the calling thread for
   // errors found before the write, else on the store's completion thread. 'done' must be quick
   // and must not wait for another asynchronous write. The vault waits for pending tokenizes
   // before it is destroyed.
-  // 'metadata_json': a JSON object of string pairs, stored and returned as given (the service
-  // validates it; the vault treats it as opaque and never as a value).
   void TokenizeAsync(std::string_view merchant, ByteView value, ValueType type,
-                     const TokenFormatOptions& format, std::optional<std::string> metadata_json,
+                     const TokenFormatOptions& format, TokenAttributes attributes,
                      std::optional<storage::AuditRecord> audit,
                      std::function<void(StatusOr<TokenInfo>)> done);
 
@@ -118,6 +131,10 @@ class Vault {
   // that record is committed in the same transaction as the deletion.
   Status DeleteToken(std::string_view merchant, std::string_view token,
                      const storage::AuditRecord* audit = nullptr);
+
+  // Removes the sealed value of up to 'limit' tokens whose time to live has passed (their rows
+  // stay, answering gone). Returns how many. Runs by itself every expiry_sweep_interval.
+  StatusOr<size_t> SweepExpired(size_t limit = 1000);
 
   // New DEK version for new writes; older tokens still decrypt. Returns the new version.
   StatusOr<uint32_t> RotateDataKey(std::string_view merchant);
@@ -139,12 +156,12 @@ class Vault {
   StatusOr<SealedToken> Seal(std::string_view merchant, const SecretBytes& normalized,
                              ValueType type, const TokenFormatOptions& format,
                              const std::string& fingerprint,
-                             const std::optional<std::string>& metadata_json);
+                             const TokenAttributes& attributes);
   StatusOr<SealedToken> SealWith(Keyring::EncryptLease lease, std::string token,
                                  std::string_view merchant, const SecretBytes& normalized,
                                  ValueType type, const TokenFormatOptions& format,
                                  const std::string& fingerprint,
-                                 const std::optional<std::string>& metadata_json);
+                                 const TokenAttributes& attributes);
   void TokenizeRetry(std::shared_ptr<PendingTokenize> pending, Keyring::EncryptLease lease);
   void InsertSealed(std::shared_ptr<PendingTokenize> pending, SealedToken sealed);
   std::optional<storage::AuditAttachment> AttachTo(const SealedToken& sealed,
@@ -163,6 +180,12 @@ class Vault {
   std::unique_ptr<Keyring> keyring_;
   std::unique_ptr<AuditLog> audit_;
   InFlight pending_;  // asynchronous tokenizes not yet completed
+
+  void SweepLoop(std::chrono::milliseconds interval);
+  std::mutex sweep_mu_;
+  std::condition_variable sweep_cv_;
+  bool stopping_ = false;  // GUARDED_BY(sweep_mu_)
+  std::thread sweeper_;    // last: started once everything above exists
 };
 
 }  // namespace tokenvault

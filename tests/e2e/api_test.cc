@@ -363,6 +363,29 @@ TEST_F(ApiTest, TokenMetadataIsKeptAndNeverHoldsValues) {
   ASSERT_TRUE(server_->Start());
 }
 
+TEST_F(ApiTest, AnExpiredTokenAnswersGone) {
+  Merchant("acme");
+  const std::string maker = Principal("maker", {"tokenizer"}, "*");
+  const std::string reader = Principal("reader", {"detokenizer"}, "*");
+  Reply made = client_->Post("/v1/merchants/acme/tokens", maker, {{"value", "brief"}, {"ttl_seconds", 1}});
+  ASSERT_EQ(made.status, 201) << made.body;
+  EXPECT_TRUE(made.Json()["expires_at"].is_string());
+  const std::string token = made.Json()["token"];
+  // Waits for the expiry (not a timing assertion: the token must be gone afterwards).
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  Reply read = client_->Get("/v1/merchants/acme/tokens/" + token, maker);
+  EXPECT_EQ(read.status, 410) << read.body;
+  json items = client_->Post("/v1/merchants/acme/detokenize", reader,
+                             {{"tokens", {token}}, {"reveal", "plain"}}).Json()["items"];
+  EXPECT_EQ(items[0]["error"]["type"], "gone");
+  EXPECT_FALSE(items[0].contains("value"));
+  for (const json& ttl : {json(0), json(-5), json(1.5), json("60"), json(316224001)}) {
+    Reply r = client_->Post("/v1/merchants/acme/tokens", maker, {{"value", "x"}, {"ttl_seconds", ttl}});
+    EXPECT_EQ(r.status, 400) << ttl.dump();
+    EXPECT_EQ(r.Json()["error"]["code"], "invalid_ttl") << r.body;
+  }
+}
+
 TEST_F(ApiTest, BadInputGetsAJsonErrorStoresNothingAndIsAudited) {
   Merchant("acme");
   const std::string app = Principal("app", {"tokenizer", "support"}, {"acme"});

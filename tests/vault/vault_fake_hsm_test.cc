@@ -14,6 +14,7 @@
 #include "storage/sqlite.h"
 #include "storage/sqlite_store.h"
 #include "tests/fakes/fake_hsm.h"
+#include "tests/support/leak_scan.h"
 #include "tests/support/matchers.h"
 #include "tests/support/temp_dir.h"
 #include "vault/value_type.h"
@@ -196,7 +197,7 @@ TEST_F(VaultFakeHsmTest, TokenizeAsyncCommitsTheTokenWithItsAuditRecord) {
   audit.outcome = "allowed";
   audit.status = 201;
   std::promise<StatusOr<TokenInfo>> done;
-  vault_->TokenizeAsync("acme", AsBytes("4111 1111 1111 1111"), ValueType::kCard, {}, std::nullopt, audit,
+  vault_->TokenizeAsync("acme", AsBytes("4111 1111 1111 1111"), ValueType::kCard, {}, {}, audit,
                         [&](StatusOr<TokenInfo> t) { done.set_value(std::move(t)); });
   StatusOr<TokenInfo> t = done.get_future().get();
   TV_ASSERT_OK(t);
@@ -213,9 +214,9 @@ TEST_F(VaultFakeHsmTest, TokenizeAsyncReportsBadInputWithoutWriting) {
   TV_ASSERT_OK(vault_->CreateMerchant("acme"));
   const uint64_t before = store_->GetStats().operations;
   std::promise<Status> bad_card, bad_merchant;
-  vault_->TokenizeAsync("acme", AsBytes("4111 1111 1111 1112"), ValueType::kCard, {}, std::nullopt, std::nullopt,
+  vault_->TokenizeAsync("acme", AsBytes("4111 1111 1111 1112"), ValueType::kCard, {}, {}, std::nullopt,
                         [&](StatusOr<TokenInfo> t) { bad_card.set_value(t.status()); });
-  vault_->TokenizeAsync("Bad Id", AsBytes("x"), ValueType::kGeneric, {}, std::nullopt, std::nullopt,
+  vault_->TokenizeAsync("Bad Id", AsBytes("x"), ValueType::kGeneric, {}, {}, std::nullopt,
                         [&](StatusOr<TokenInfo> t) { bad_merchant.set_value(t.status()); });
   EXPECT_EQ(bad_card.get_future().get().code(), StatusCode::kInvalidArgument);
   TV_EXPECT_ERROR(bad_merchant.get_future().get(), StatusCode::kInvalidArgument, "invalid_merchant");
@@ -239,7 +240,7 @@ TEST_F(VaultFakeHsmTest, RotationWaitsUntilAPendingAsyncInsertHasCommitted) {
   });
   entered.get_future().wait();
   std::promise<StatusOr<TokenInfo>> done;
-  vault_->TokenizeAsync("acme", AsBytes("pending"), ValueType::kGeneric, {}, std::nullopt, std::nullopt,
+  vault_->TokenizeAsync("acme", AsBytes("pending"), ValueType::kGeneric, {}, {}, std::nullopt,
                         [&](StatusOr<TokenInfo> t) { done.set_value(std::move(t)); });
   ASSERT_EQ(store_->PendingWrites(), 1u);
   std::promise<StatusOr<uint32_t>> rotated;
@@ -273,7 +274,7 @@ std::vector<StatusOr<TokenInfo>> TokenizeAll(Vault& vault, const std::vector<std
       cv.wait(lock, [&] { return in_flight < 512; });
       ++in_flight;
     }
-    vault.TokenizeAsync("acme", AsBytes(values[i]), type, format, std::nullopt, std::nullopt,
+    vault.TokenizeAsync("acme", AsBytes(values[i]), type, format, {}, std::nullopt,
                         [&, i](StatusOr<TokenInfo> t) {
                           std::lock_guard<std::mutex> lock(mu);
                           results[i] = std::move(t);
@@ -419,6 +420,53 @@ TEST_F(VaultFakeHsmTest, FingerprintsMatchWithinAMerchantAndNeverAcross) {
   StatusOr<TokenInfo> t = vault_->Tokenize("acme", AsBytes("4111111111111111"), ValueType::kCard);
   TV_ASSERT_OK(t);
   EXPECT_EQ(vault_->GetToken("acme", t->token)->fingerprint, a1);
+}
+
+TEST(VaultExpiryTest, AnExpiredTokenIsGoneAndTheSweeperRemovesItsCiphertext) {
+  TempDir dir;
+  FakeClock clock;
+  auto hsm = std::make_shared<FakeHsm>();
+  Bytes ciphertext;
+  std::string token;
+  {
+    auto store = storage::SqliteStore::Open({dir.Sub("vault.db")});
+    ASSERT_TRUE(store.ok());
+    std::shared_ptr<storage::SqliteStore> shared = std::move(store).value();
+    VaultOptions options;
+    options.expiry_sweep_interval = std::chrono::milliseconds(0);  // swept by hand below
+    auto vault = Vault::Create(hsm, shared, options, clock);
+    ASSERT_TRUE(vault.ok());
+    TV_ASSERT_OK((*vault)->CreateMerchant("acme"));
+    StatusOr<TokenInfo> t = (*vault)->Tokenize("acme", AsBytes("short-lived value"),
+                                              ValueType::kGeneric, nullptr, {}, {std::nullopt, 1});
+    TV_ASSERT_OK(t);
+    token = t->token;
+    ASSERT_TRUE(t->expires_at_ms.has_value());
+    EXPECT_EQ(*t->expires_at_ms, t->created_at_ms + 1000);
+    StatusOr<TokenInfo> forever = (*vault)->Tokenize("acme", AsBytes("long-lived"), ValueType::kGeneric);
+    TV_ASSERT_OK(forever);
+    ciphertext = shared->FindToken(token)->ciphertext;
+    TV_ASSERT_OK((*vault)->Detokenize("acme", token));  // also puts the row in the row cache
+
+    clock.Advance(std::chrono::milliseconds(999));
+    TV_ASSERT_OK((*vault)->Detokenize("acme", token));
+    clock.Advance(std::chrono::milliseconds(1));
+    TV_EXPECT_ERROR((*vault)->Detokenize("acme", token), StatusCode::kNotFound, kReasonTokenGone);
+    TV_EXPECT_ERROR((*vault)->GetToken("acme", token), StatusCode::kNotFound, kReasonTokenGone);
+
+    StatusOr<size_t> swept = (*vault)->SweepExpired();
+    TV_ASSERT_OK(swept);
+    EXPECT_EQ(*swept, 1u);
+    StatusOr<storage::TokenRecord> row = shared->FindToken(token);
+    TV_ASSERT_OK(row);
+    EXPECT_TRUE(row->ciphertext.empty());  // the row stays, the sealed value does not
+    EXPECT_EQ(*(*vault)->SweepExpired(), 0u);
+    TV_EXPECT_OK((*vault)->Detokenize("acme", forever->token));
+  }  // closing checkpoints the WAL into the file (secure_delete zeroes freed bytes)
+  ASSERT_FALSE(ciphertext.empty());
+  EXPECT_TRUE(testing::FindNeedles(dir.Sub("vault.db"),
+                                   {std::string(ciphertext.begin(), ciphertext.end())})
+                  .empty());
 }
 
 TEST_F(VaultFakeHsmTest, DisabledCacheAsksTheHsmEveryTime) {
