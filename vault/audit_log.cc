@@ -45,6 +45,12 @@ Bytes CanonicalAuditEncoding(const storage::AuditRecord& r) {
   return out;
 }
 
+AuditLog::AuditLog(storage::Store& store, SecretBytes key, const Clock& clock, evp_mac_st* hmac)
+    : store_(store), key_(std::move(key)), clock_(clock), hmac_(hmac) {
+  StatusOr<std::unique_ptr<HmacSha256>> keyed = HmacSha256::Create(key_);
+  if (keyed.ok()) keyed_ = std::move(keyed).value();
+}
+
 AuditLog::~AuditLog() {
   pending_.WaitIdle();  // their operations still compute MACs with this log
   EVP_MAC_free(hmac_);
@@ -90,6 +96,10 @@ StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(hsm::Hsm& hsm, storage::Store
 }
 
 StatusOr<Bytes> AuditLog::Hmac(ByteView a, ByteView b) const {
+  if (keyed_) {
+    TV_ASSIGN_OR_RETURN(HmacSha256Tag tag, keyed_->Compute(a, b));
+    return Bytes(tag.begin(), tag.end());
+  }
   Bytes mac(kMacSize);
   EVP_MAC_CTX* ctx = EVP_MAC_CTX_new(hmac_);
   OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string("digest", const_cast<char*>("SHA256"), 0),

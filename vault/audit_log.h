@@ -19,6 +19,7 @@
 #include "hsm/hsm.h"
 #include "storage/store.h"
 #include "vault/base/in_flight.h"
+#include "vault/hmac_sha256.h"
 #include "vault/base/clock.h"
 #include "vault/base/secret_bytes.h"
 
@@ -71,8 +72,7 @@ class AuditLog final : public storage::AuditMac {
   StatusOr<Bytes> HeadMac(int64_t seq, ByteView mac) const override;
 
  private:
-  AuditLog(storage::Store& store, SecretBytes key, const Clock& clock, evp_mac_st* hmac)
-      : store_(store), key_(std::move(key)), clock_(clock), hmac_(hmac) {}
+  AuditLog(storage::Store& store, SecretBytes key, const Clock& clock, evp_mac_st* hmac);
   StatusOr<Bytes> Hmac(ByteView a, ByteView b) const;
 
   storage::Store& store_;
@@ -80,6 +80,9 @@ class AuditLog final : public storage::AuditMac {
   InFlight pending_;  // appends whose completion has not run; waited for on destruction
   const Clock& clock_;
   evp_mac_st* const hmac_;  // OpenSSL's HMAC implementation, fetched once (thread-safe to share)
+  // The same key, keyed once: every append computes two MACs on the writer thread, the store's
+  // serial path, so no key schedule per MAC. Null only if keying failed (then hmac_ is used).
+  std::unique_ptr<HmacSha256> keyed_;
 };
 
 }  // namespace tokenvault

@@ -32,6 +32,8 @@ class HmacSha256 {
   HmacSha256& operator=(const HmacSha256&) = delete;
 
   StatusOr<HmacSha256Tag> Compute(ByteView message) const;
+  // The MAC of the concatenation first || second.
+  StatusOr<HmacSha256Tag> Compute(ByteView first, ByteView second) const;
 
  private:
   explicit HmacSha256(evp_mac_ctx_st* keyed) : keyed_(keyed) {}

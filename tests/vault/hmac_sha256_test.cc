@@ -62,6 +62,10 @@ TEST(HmacSha256Test, FingerprintsAreFortyThreeBase62DigitsAndKeyDependent) {
   HmacSha256Tag max;
   max.fill(0xff);
   EXPECT_EQ(FingerprintString(max), "fp_yhjskwdA6OZ1AL1YmHWZWm8LLG7HjnuCA2j5rOw8Xp1");  // 2^256 - 1
+  // A value with every limb different, against Python's int -> base62.
+  HmacSha256Tag counting;
+  for (size_t i = 0; i < counting.size(); ++i) counting[i] = static_cast<uint8_t>(i * 7 + 1);
+  EXPECT_EQ(FingerprintString(counting), "fp_0FAE0br7FNXNSiMwMIFF0C1t0KyYFUbUOkYEl9j0BPm");
   HmacSha256Tag zero{};
   EXPECT_EQ(FingerprintString(zero), "fp_" + std::string(43, '0'));
 }
