@@ -643,26 +643,34 @@ static Status CheckMetadata(const json& m) {
   if (!m.is_object()) return BadRequest("invalid_metadata", "'metadata' is an object of strings");
   if (m.size() > 16) return BadRequest("invalid_metadata", "at most 16 metadata pairs");
   auto looks_like_a_value = [](const std::string& s) {
-    std::string run;
-    auto check = [&] {
-      if (run.size() >= 13 && run.size() <= 19 && LuhnValid(AsBytes(run))) return true;
-      return false;
-    };
-    for (size_t i = 0; i <= s.size(); ++i) {
-      const char c = i < s.size() ? s[i] : '\0';
-      if (c >= '0' && c <= '9') {
-        run.push_back(c);
-      } else if ((c == ' ' || c == '-') && !run.empty() && i + 1 < s.size() && s[i + 1] >= '0' &&
-                 s[i + 1] <= '9') {
-        continue;  // a separator inside a number
-      } else {
-        if (check()) return true;
-        run.clear();
+    // Digits, with fullwidth ones (U+FF10-FF19, 3 bytes in UTF-8) read as ASCII. A run of
+    // digits continues across anything that is not a letter or a digit (spaces, dashes, dots,
+    // slashes, tabs, other punctuation, non-ASCII symbols), since people write card numbers with
+    // all of those. 13 or more digits in a run is what a card number looks like: refused, Luhn
+    // or not (a long numeric reference has to carry a letter).
+    size_t run = 0;
+    for (size_t i = 0; i < s.size();) {
+      const unsigned char c = static_cast<unsigned char>(s[i]);
+      size_t width = 1;
+      bool digit = c >= '0' && c <= '9';
+      if (c == 0xEF && i + 2 < s.size() && static_cast<unsigned char>(s[i + 1]) == 0xBC &&
+          static_cast<unsigned char>(s[i + 2]) >= 0x90 && static_cast<unsigned char>(s[i + 2]) <= 0x99) {
+        digit = true;
+        width = 3;
       }
+      const bool letter = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+      if (digit) {
+        if (++run >= 13) return true;
+      } else if (letter) {
+        run = 0;
+      }
+      i += width;
     }
+    // SSN shapes: ddd-dd-dddd with any one separator, or ddd dd dddd.
     for (size_t i = 0; i + 11 <= s.size(); ++i) {
       const std::string_view w(s.data() + i, 11);
-      bool ssn = w[3] == '-' && w[6] == '-';
+      const char sep = w[3];
+      bool ssn = (sep == '-' || sep == ' ' || sep == '.' || sep == '/') && w[6] == sep;
       for (size_t k : {0, 1, 2, 4, 5, 7, 8, 9, 10}) ssn = ssn && w[k] >= '0' && w[k] <= '9';
       if (ssn) return true;
     }
@@ -678,6 +686,8 @@ static Status CheckMetadata(const json& m) {
                         "metadata must not hold card numbers or SSNs: tokenize them instead");
     }
   }
+  // Escaping can make the stored JSON longer than its strings (the column holds 8192 bytes).
+  if (m.dump().size() > 8192) return BadRequest("invalid_metadata", "metadata is too large");
   return Status::Ok();
 }
 

@@ -686,20 +686,17 @@ StatusOr<size_t> SqliteStore::SweepExpired(int64_t now_ms, size_t limit) {
   std::vector<std::string> swept;
   Status written = Write([&](Database& db) -> Status {
     swept.clear();  // (a retried operation starts over)
-    TV_ASSIGN_OR_RETURN(Statement due,
-                        db.Prepare("SELECT token FROM tokens WHERE expires_at <= ?1 "
-                                   "AND nonce IS NOT NULL LIMIT ?2"));
-    due.Bind(1, now_ms).Bind(2, static_cast<int64_t>(limit));
+    // One statement: the due rows (by the partial index tokens_expiring) lose their sealed value.
+    TV_ASSIGN_OR_RETURN(
+        Statement clear,
+        db.Prepare("UPDATE tokens SET nonce = NULL, ciphertext = NULL, tag = NULL "
+                   "WHERE id IN (SELECT id FROM tokens WHERE expires_at <= ?1 "
+                   "AND nonce IS NOT NULL LIMIT ?2) RETURNING token"));
+    clear.Bind(1, now_ms).Bind(2, static_cast<int64_t>(limit));
     for (;;) {
-      TV_ASSIGN_OR_RETURN(bool row, due.Step());
+      TV_ASSIGN_OR_RETURN(bool row, clear.Step());
       if (!row) break;
-      swept.push_back(due.ColumnText(0));
-    }
-    TV_ASSIGN_OR_RETURN(Statement clear,
-                        db.Prepare("UPDATE tokens SET nonce = NULL, ciphertext = NULL, tag = NULL "
-                                   "WHERE token = ?1"));
-    for (const std::string& token : swept) {
-      TV_RETURN_IF_ERROR(clear.Bind(1, std::string_view(token)).Run());
+      swept.push_back(clear.ColumnText(0));
     }
     return Status::Ok();
   });

@@ -12,6 +12,7 @@ constexpr size_t kMinCardDigits = 12;
 constexpr size_t kMaxCardDigits = 19;
 constexpr size_t kBinDigits = 6;
 constexpr size_t kLastDigits = 4;
+constexpr size_t kMinCardDigitsForBin = 15;  // at least five random digits
 
 bool AllDigits(std::string_view s) {
   for (char c : s) {
@@ -50,12 +51,16 @@ StatusOr<std::string> PreservingCardToken(const SecretBytes& card, bool keep_bin
 }
 
 StatusOr<std::string> PreservingSsnToken(const SecretBytes& ssn) {
-  // The normalised value is AAA-GG-SSSS.
-  std::string token = "9dd-dd-";
-  TV_RETURN_IF_ERROR(FillRandomDigits(token.data() + 1, 2));
-  TV_RETURN_IF_ERROR(FillRandomDigits(token.data() + 4, 2));
-  token.append(reinterpret_cast<const char*>(ssn.data()) + ssn.size() - kLastDigits, kLastDigits);
-  return token;
+  // The normalised value is AAA-GG-SSSS. An ITIN-like value (area 9xx) could be drawn as its own
+  // token: drawn again then.
+  const std::string_view value(reinterpret_cast<const char*>(ssn.data()), ssn.size());
+  for (;;) {
+    std::string token = "9dd-dd-";
+    TV_RETURN_IF_ERROR(FillRandomDigits(token.data() + 1, 2));
+    TV_RETURN_IF_ERROR(FillRandomDigits(token.data() + 4, 2));
+    token.append(value.substr(value.size() - kLastDigits));
+    if (token != value) return token;
+  }
 }
 
 bool IsPreservingSsnShape(std::string_view t) {
@@ -93,6 +98,11 @@ StatusOr<std::string> NewToken(ValueType type, const SecretBytes& normalized,
   if (type == ValueType::kCard) {
     if (normalized.size() < kMinCardDigits || normalized.size() > kMaxCardDigits) {
       return InvalidArgumentError("invalid_card", "a card has 12 to 19 digits");
+    }
+    // Six kept at the front and four at the back leave a short card almost nothing random: a
+    // 13-digit token would narrow its card down to ~100 candidates.
+    if (options.keep_bin && normalized.size() < kMinCardDigitsForBin) {
+      return InvalidArgumentError("invalid_format", "keep_bin needs a card of 15 or more digits");
     }
     return PreservingCardToken(normalized, options.keep_bin);
   }

@@ -13,6 +13,15 @@ namespace {
 // four[, BIN]) bucket, and is drawn again. After this many draws the bucket counts as full.
 constexpr int kTokenInsertAttempts = 10;
 
+// 1 second to 10 years (API.md leaves the bound to us; the service refuses the same range).
+Status CheckAttributes(const TokenAttributes& attributes) {
+  constexpr int64_t kMaxTtlSeconds = int64_t{10} * 366 * 24 * 3600;
+  if (attributes.ttl_seconds && (*attributes.ttl_seconds < 1 || *attributes.ttl_seconds > kMaxTtlSeconds)) {
+    return InvalidArgumentError("invalid_ttl", "ttl_seconds is from 1 to 316224000");
+  }
+  return Status::Ok();
+}
+
 Status TokenSpaceExhausted() {
   return FailedPreconditionError(
       "token_space_exhausted",
@@ -182,6 +191,7 @@ StatusOr<TokenInfo> Vault::Tokenize(std::string_view merchant, ByteView value, V
   }
   TV_ASSIGN_OR_RETURN(SecretBytes normalized, NormalizeValue(type, value));
   TV_RETURN_IF_ERROR(CheckTokenFormat(type, format));
+  TV_RETURN_IF_ERROR(CheckAttributes(attributes));
   TV_ASSIGN_OR_RETURN(std::string fingerprint, Fingerprint(merchant, normalized));
   for (int attempt = 0; attempt < kTokenInsertAttempts; ++attempt) {
     TV_ASSIGN_OR_RETURN(SealedToken sealed,
@@ -224,6 +234,10 @@ void Vault::TokenizeAsync(std::string_view merchant, ByteView value, ValueType t
   }
   if (Status applies = CheckTokenFormat(type, format); !applies.ok()) {
     done(applies);
+    return;
+  }
+  if (Status valid = CheckAttributes(attributes); !valid.ok()) {
+    done(valid);
     return;
   }
   StatusOr<std::string> fingerprint = Fingerprint(merchant, *normalized);

@@ -72,7 +72,8 @@ TEST(TokenFormatTest, PreservingCardTokensKeepLengthAndLastFourAndFailLuhn) {
   std::mt19937_64 rng(42);
   for (bool keep_bin : {false, true}) {
     for (int i = 0; i < kSamples; ++i) {
-      const std::string card = RandomCard(rng, 12 + rng() % 8);  // 12..19 digits
+      // 12..19 digits; with the BIN kept, 15..19 (shorter cards are refused, below).
+      const std::string card = keep_bin ? RandomCard(rng, 15 + rng() % 5) : RandomCard(rng, 12 + rng() % 8);
       const SecretBytes value = Normalized(ValueType::kCard, card);
       StatusOr<std::string> t =
           NewToken(ValueType::kCard, value, {TokenFormat::kPreserving, keep_bin});
@@ -126,6 +127,30 @@ TEST(TokenFormatTest, TheShapeMatchersThemselvesRefuseNearMisses) {
   EXPECT_TRUE(MatchesSsnTokenShape("912-34-5678"));
   EXPECT_FALSE(MatchesSsnTokenShape("812-34-5678"));
   EXPECT_FALSE(MatchesSsnTokenShape("912-3a-5678"));
+}
+
+TEST(TokenFormatTest, KeepingTheBinNeedsALongEnoughCard) {
+  std::mt19937_64 rng(3);
+  for (size_t length = 12; length <= 19; ++length) {
+    const SecretBytes value = Normalized(ValueType::kCard, RandomCard(rng, length));
+    StatusOr<std::string> t = NewToken(ValueType::kCard, value, {TokenFormat::kPreserving, true});
+    if (length < 15) {
+      TV_EXPECT_ERROR(t, StatusCode::kInvalidArgument, "invalid_format");
+    } else {
+      TV_EXPECT_OK(t);
+    }
+  }
+}
+
+TEST(TokenFormatTest, AnSsnTokenIsNeverItsValue) {
+  // An ITIN-like value (area 9xx) has a token's shape; with only four random digits the token
+  // would be the value one time in 10,000 without the redraw.
+  const SecretBytes value = Normalized(ValueType::kSsn, "912-34-5678");
+  for (int i = 0; i < kSamples; ++i) {
+    StatusOr<std::string> t = NewToken(ValueType::kSsn, value, {TokenFormat::kPreserving, false});
+    ASSERT_TRUE(t.ok());
+    ASSERT_NE(*t, "912-34-5678");
+  }
 }
 
 TEST(TokenFormatTest, OptionsMustFitTheType) {

@@ -337,28 +337,25 @@ TEST_F(VaultFakeHsmTest, HundredThousandTokensPerFormatAreDistinctAndRoundTrip) 
 
 TEST_F(VaultFakeHsmTest, APreservingBucketFillsWithoutDuplicatesThenSaysSo) {
   TV_ASSERT_OK(vault_->CreateMerchant("acme"));
-  // 13 digits with the BIN and last four kept leave 3 random digits: at most 1000 tokens (fewer:
-  // the Luhn-valid ones are never used) for this one card in this merchant.
-  std::mt19937_64 rng(5);
-  const std::vector<std::string> values(1000, LuhnCard(rng, 13));
+  // An SSN token keeps the last four and draws four digits: at most 10,000 tokens for one last
+  // four. 11,000 requests for one SSN must fill the bucket and be told so.
+  const std::vector<std::string> values(11000, "123-45-6789");
   std::vector<StatusOr<TokenInfo>> tokens =
-      TokenizeAll(*vault_, values, ValueType::kCard, {TokenFormat::kPreserving, true});
+      TokenizeAll(*vault_, values, ValueType::kSsn, {TokenFormat::kPreserving, false});
   std::set<std::string> distinct;
   size_t exhausted = 0;
   for (const auto& t : tokens) {
     if (t.ok()) {
       distinct.insert(t->token);
-      EXPECT_EQ(t->token.substr(0, 6), values[0].substr(0, 6));
+      EXPECT_EQ(t->token.substr(7), "6789");
     } else {
       EXPECT_EQ(t.status().reason(), "token_space_exhausted") << t.status().ToString();
       ++exhausted;
     }
   }
   EXPECT_EQ(distinct.size() + exhausted, values.size());  // no token was handed out twice
-  // Exactly one in ten of the 1000 fillings is Luhn-valid, so at most 900 tokens exist: at least
-  // 100 of the 1000 requests must have been told the bucket is full.
-  EXPECT_LE(distinct.size(), 900u);
-  EXPECT_GE(exhausted, 100u);
+  EXPECT_LE(distinct.size(), 10000u);
+  EXPECT_GE(exhausted, 1000u);  // pigeonhole: 11,000 requests, 10,000 tokens at most
 }
 
 // A taken token is drawn again on the store's completion thread. If that retry asked for a new
@@ -366,8 +363,7 @@ TEST_F(VaultFakeHsmTest, APreservingBucketFillsWithoutDuplicatesThenSaysSo) {
 // deadlock (ctest's timeout is the guard). Many retries (one small bucket) race many rotations.
 TEST_F(VaultFakeHsmTest, RetriesOfTakenTokensDoNotDeadlockWithRotations) {
   TV_ASSERT_OK(vault_->CreateMerchant("acme"));
-  std::mt19937_64 rng(9);
-  const std::vector<std::string> values(3000, LuhnCard(rng, 13));
+  const std::vector<std::string> values(12000, "123-45-6789");  // one 10,000-token bucket
   std::atomic<bool> stop{false};
   std::atomic<int> rotations{0};
   std::thread rotator([&] {
@@ -376,7 +372,7 @@ TEST_F(VaultFakeHsmTest, RetriesOfTakenTokensDoNotDeadlockWithRotations) {
     }
   });
   std::vector<StatusOr<TokenInfo>> tokens =
-      TokenizeAll(*vault_, values, ValueType::kCard, {TokenFormat::kPreserving, true});
+      TokenizeAll(*vault_, values, ValueType::kSsn, {TokenFormat::kPreserving, false});
   stop = true;
   rotator.join();
   std::set<std::string> distinct;
@@ -443,6 +439,10 @@ TEST(VaultExpiryTest, AnExpiredTokenIsGoneAndTheSweeperRemovesItsCiphertext) {
     token = t->token;
     ASSERT_TRUE(t->expires_at_ms.has_value());
     EXPECT_EQ(*t->expires_at_ms, t->created_at_ms + 1000);
+    for (const char* other : {"also brief 1", "also brief 2"}) {  // three due at once
+      TV_ASSERT_OK((*vault)->Tokenize("acme", AsBytes(other), ValueType::kGeneric, nullptr, {},
+                                      {std::nullopt, 1}));
+    }
     StatusOr<TokenInfo> forever = (*vault)->Tokenize("acme", AsBytes("long-lived"), ValueType::kGeneric);
     TV_ASSERT_OK(forever);
     ciphertext = shared->FindToken(token)->ciphertext;
@@ -456,7 +456,7 @@ TEST(VaultExpiryTest, AnExpiredTokenIsGoneAndTheSweeperRemovesItsCiphertext) {
 
     StatusOr<size_t> swept = (*vault)->SweepExpired();
     TV_ASSERT_OK(swept);
-    EXPECT_EQ(*swept, 1u);
+    EXPECT_EQ(*swept, 3u);
     StatusOr<storage::TokenRecord> row = shared->FindToken(token);
     TV_ASSERT_OK(row);
     EXPECT_TRUE(row->ciphertext.empty());  // the row stays, the sealed value does not
