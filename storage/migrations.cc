@@ -106,7 +106,7 @@ CREATE TABLE audit_head (
 );
 )sql";
 
-// 003: keyed fingerprints, token metadata, expiry (API.md, Tokens). One fingerprint key per merchant, wrapped by the
+// 003: keyed fingerprints, token metadata, expiry, per-merchant token uniqueness (API.md, Tokens). One fingerprint key per merchant, wrapped by the
 // merchant's KEK like a DEK (created on first use, so merchants made before this migration get
 // one too), and each token's fingerprint: fp_ + base62 of HMAC-SHA256 of the normalised value
 // under that key - a keyed hash, useless without the HSM. Deliberately not indexed: an index on
@@ -126,6 +126,11 @@ ALTER TABLE tokens ADD COLUMN metadata TEXT CHECK (metadata IS NULL OR length(me
 -- Live tokens with a time to live, for the expiry sweeper (a partial index: tokens without a
 -- TTL, the common case, never touch it).
 CREATE INDEX tokens_expiring ON tokens(expires_at) WHERE expires_at IS NOT NULL AND nonce IS NOT NULL;
+-- Tokens are unique per merchant, not across the vault: a format-preserving token space (10,000
+-- SSN tokens per last four) must not be shared between tenants, or one merchant could exhaust
+-- another's. Lookups are by (merchant, token) anyway.
+DROP INDEX tokens_by_token;
+CREATE UNIQUE INDEX tokens_by_merchant_token ON tokens(merchant_id, token);
 )sql";
 
 constexpr Migration kMigrations[] = {

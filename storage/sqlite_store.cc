@@ -669,8 +669,9 @@ void SqliteStore::InsertTokenAsync(TokenRecord token, std::optional<AuditAttachm
 Status SqliteStore::DeleteToken(std::string_view merchant, std::string_view token,
                                 int64_t deleted_at_ms, AuditAttachment* audit) {
   // From now until after the commit (or the failure) the row is never served from the cache.
-  impl_->token_rows().BeginChange(token);
-  ScopeGuard changed([&] { impl_->token_rows().EndChange(token); });
+  const std::string key = TokenRowCache::Key(merchant, token);
+  impl_->token_rows().BeginChange(key);
+  ScopeGuard changed([&] { impl_->token_rows().EndChange(key); });
   return Write([&](Database& db) -> Status {
     TV_ASSIGN_OR_RETURN(Statement stmt,
                         db.Prepare("UPDATE tokens SET deleted_at = ?3, nonce = NULL, "
@@ -691,39 +692,40 @@ StatusOr<size_t> SqliteStore::SweepExpired(int64_t now_ms, size_t limit) {
         Statement clear,
         db.Prepare("UPDATE tokens SET nonce = NULL, ciphertext = NULL, tag = NULL "
                    "WHERE id IN (SELECT id FROM tokens WHERE expires_at <= ?1 "
-                   "AND nonce IS NOT NULL LIMIT ?2) RETURNING token"));
+                   "AND nonce IS NOT NULL LIMIT ?2) RETURNING merchant_id, token"));
     clear.Bind(1, now_ms).Bind(2, static_cast<int64_t>(limit));
     for (;;) {
       TV_ASSIGN_OR_RETURN(bool row, clear.Step());
       if (!row) break;
-      swept.push_back(clear.ColumnText(0));
+      swept.push_back(TokenRowCache::Key(clear.ColumnText(0), clear.ColumnText(1)));
     }
     return Status::Ok();
   });
   TV_RETURN_IF_ERROR(written);
   // An expired row answers gone by its expires_at whatever the cache holds; evicting only drops
   // the ciphertext copy from memory.
-  for (const std::string& token : swept) impl_->token_rows().Evict(token);
+  for (const std::string& key : swept) impl_->token_rows().Evict(key);
   return swept.size();
 }
 
-StatusOr<TokenRecord> SqliteStore::FindToken(std::string_view token) {
+StatusOr<TokenRecord> SqliteStore::FindToken(std::string_view merchant, std::string_view token) {
   TokenRowCache& cache = impl_->token_rows();
-  if (std::optional<TokenRecord> cached = cache.Get(token)) return std::move(*cached);
+  const std::string key = TokenRowCache::Key(merchant, token);
+  if (std::optional<TokenRecord> cached = cache.Get(key)) return std::move(*cached);
   const uint64_t epoch = cache.epoch();  // before the read: see TokenRowCache
-  TV_ASSIGN_OR_RETURN(TokenRecord row, ReadTokenRow(token));
-  cache.PutIfUnchanged(row, epoch);
+  TV_ASSIGN_OR_RETURN(TokenRecord row, ReadTokenRow(merchant, token));
+  cache.PutIfUnchanged(key, row, epoch);
   return row;
 }
 
-StatusOr<TokenRecord> SqliteStore::ReadTokenRow(std::string_view token) {
+StatusOr<TokenRecord> SqliteStore::ReadTokenRow(std::string_view merchant, std::string_view token) {
   TV_ASSIGN_OR_RETURN(ReadPool::Lease lease, impl_->Reader());
   TV_ASSIGN_OR_RETURN(
       Statement stmt,
       lease.db().Prepare("SELECT token, merchant_id, type, format, record_version, dek_version, "
                          "nonce, ciphertext, tag, created_at, expires_at, deleted_at, last4, "
-                         "fingerprint, metadata FROM tokens WHERE token = ?1"));
-  stmt.Bind(1, token);
+                         "fingerprint, metadata FROM tokens WHERE merchant_id = ?1 AND token = ?2"));
+  stmt.Bind(1, merchant).Bind(2, token);
   TV_ASSIGN_OR_RETURN(bool row, stmt.Step());
   if (!row) return NotFoundError("token_not_found", "no such token");
   return ReadToken(stmt);

@@ -52,7 +52,7 @@ class SqliteStore final : public Store {
   Status InsertToken(const TokenRecord& token, AuditAttachment* audit = nullptr) override;
   void InsertTokenAsync(TokenRecord token, std::optional<AuditAttachment> audit,
                         std::function<void(Status)> done) override;
-  StatusOr<TokenRecord> FindToken(std::string_view token) override;
+  StatusOr<TokenRecord> FindToken(std::string_view merchant, std::string_view token) override;
   Status DeleteToken(std::string_view merchant, std::string_view token, int64_t deleted_at_ms,
                      AuditAttachment* audit = nullptr) override;
   StatusOr<size_t> SweepExpired(int64_t now_ms, size_t limit) override;
@@ -89,7 +89,7 @@ class SqliteStore final : public Store {
 
  private:
   class Impl;
-  StatusOr<TokenRecord> ReadTokenRow(std::string_view token);
+  StatusOr<TokenRecord> ReadTokenRow(std::string_view merchant, std::string_view token);
   explicit SqliteStore(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

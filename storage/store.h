@@ -165,7 +165,7 @@ class Store {
   virtual Status ReserveEncryptions(std::string_view merchant, uint32_t version,
                                     uint64_t reserved) = 0;
 
-  // kAlreadyExists if the token string exists (in any merchant).
+  // kAlreadyExists if the merchant has a token with that string (tokens are unique per merchant).
   // Every change below takes an optional AuditAttachment, appended in the same transaction.
   virtual Status InsertToken(const TokenRecord& token, AuditAttachment* audit = nullptr) = 0;
   // InsertToken without waiting: 'done' is called exactly once with what InsertToken would have
@@ -176,8 +176,8 @@ class Store {
                                 std::function<void(Status)> done) {
     done(InsertToken(token, audit ? &*audit : nullptr));
   }
-  // kNotFound if there is no such token (in any merchant).
-  virtual StatusOr<TokenRecord> FindToken(std::string_view token) = 0;
+  // kNotFound if the merchant has no such token (another merchant's token is not found).
+  virtual StatusOr<TokenRecord> FindToken(std::string_view merchant, std::string_view token) = 0;
   // Removes the sealed value of a live token of 'merchant' and marks it deleted. kNotFound if no
   // live token of that merchant has that name.
   virtual Status DeleteToken(std::string_view merchant, std::string_view token,

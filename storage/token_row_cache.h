@@ -29,14 +29,22 @@ class TokenRowCache {
   // 0 disables the cache.
   explicit TokenRowCache(size_t max_entries) : max_entries_(max_entries) {}
 
-  std::optional<TokenRecord> Get(std::string_view token) {
+  // Rows are keyed by merchant and token (tokens are unique per merchant only).
+  static std::string Key(std::string_view merchant, std::string_view token) {
+    std::string key(merchant);
+    key.push_back('\n');  // never in a merchant id
+    key.append(token);
+    return key;
+  }
+
+  std::optional<TokenRecord> Get(std::string_view key) {
     if (max_entries_ == 0) return std::nullopt;
     std::lock_guard<std::mutex> lock(mu_);
-    if (!changing_.empty() && changing_.count(std::string(token))) return std::nullopt;
-    auto it = index_.find(std::string(token));
+    if (!changing_.empty() && changing_.count(std::string(key))) return std::nullopt;
+    auto it = index_.find(std::string(key));
     if (it == index_.end()) return std::nullopt;
     lru_.splice(lru_.begin(), lru_, it->second);  // most recently used first
-    return *it->second;
+    return it->second->second;
   }
 
   // Take before reading the row from the database; pass to PutIfUnchanged.
@@ -45,14 +53,14 @@ class TokenRowCache {
     return epoch_;
   }
 
-  void PutIfUnchanged(const TokenRecord& row, uint64_t epoch_seen) {
+  void PutIfUnchanged(const std::string& key, const TokenRecord& row, uint64_t epoch_seen) {
     if (max_entries_ == 0) return;
     std::lock_guard<std::mutex> lock(mu_);
-    if (epoch_ != epoch_seen || index_.count(row.token) || changing_.count(row.token)) return;
-    lru_.push_front(row);
-    index_.emplace(row.token, lru_.begin());
+    if (epoch_ != epoch_seen || index_.count(key) || changing_.count(key)) return;
+    lru_.emplace_front(key, row);
+    index_.emplace(key, lru_.begin());
     if (lru_.size() > max_entries_) {
-      index_.erase(lru_.back().token);
+      index_.erase(lru_.back().first);
       lru_.pop_back();
     }
   }
@@ -104,8 +112,9 @@ class TokenRowCache {
 
   const size_t max_entries_;
   mutable std::mutex mu_;
-  std::list<TokenRecord> lru_;  // GUARDED_BY(mu_)
-  std::unordered_map<std::string, std::list<TokenRecord>::iterator> index_;  // GUARDED_BY(mu_)
+  using Entry = std::pair<std::string, TokenRecord>;  // key, row
+  std::list<Entry> lru_;  // GUARDED_BY(mu_)
+  std::unordered_map<std::string, std::list<Entry>::iterator> index_;  // GUARDED_BY(mu_)
   uint64_t epoch_ = 0;  // GUARDED_BY(mu_); bumped by every eviction
   std::unordered_map<std::string, int> changing_;  // GUARDED_BY(mu_); changes in progress
 };

@@ -319,7 +319,7 @@ StatusOr<storage::TokenRecord> Vault::FindOwnToken(std::string_view merchant,
     return InvalidArgumentError(kReasonInvalidToken, "malformed token");
   }
   if (!IsValidMerchantId(merchant)) return TokenNotFound();
-  StatusOr<storage::TokenRecord> found = store_->FindToken(token);
+  StatusOr<storage::TokenRecord> found = store_->FindToken(merchant, token);
   if (!found.ok()) {
     if (found.status().code() == StatusCode::kNotFound) return TokenNotFound();
     return found.status();

@@ -106,7 +106,7 @@ TEST_F(SqliteStoreTest, InsertAndFindToken) {
   TokenRecord t = Token("tok_a");
   t.expires_at_ms = 99;
   TV_ASSERT_OK(store_->InsertToken(t));
-  StatusOr<TokenRecord> found = store_->FindToken("tok_a");
+  StatusOr<TokenRecord> found = store_->FindToken("acme", "tok_a");
   TV_ASSERT_OK(found);
   EXPECT_EQ(found->merchant, "acme");
   EXPECT_EQ(found->nonce, t.nonce);
@@ -114,8 +114,29 @@ TEST_F(SqliteStoreTest, InsertAndFindToken) {
   EXPECT_EQ(found->tag, t.tag);
   EXPECT_EQ(found->expires_at_ms, 99);
   EXPECT_FALSE(found->deleted_at_ms.has_value());
-  TV_EXPECT_ERROR(store_->FindToken("tok_b"), StatusCode::kNotFound, "token_not_found");
+  TV_EXPECT_ERROR(store_->FindToken("acme", "tok_b"), StatusCode::kNotFound, "token_not_found");
   TV_EXPECT_ERROR(store_->InsertToken(Token("tok_a")), StatusCode::kAlreadyExists, kReasonConstraint);
+}
+
+TEST_F(SqliteStoreTest, TokensAreUniquePerMerchantOnly) {
+  // A preserving token space is the merchant's own: another merchant's tokens never take from it.
+  TV_ASSERT_OK(store_->BeginMerchant(Merchant("globex")));
+  TV_ASSERT_OK(store_->CompleteMerchant("globex", Dek("globex", 1)));
+  TokenRecord mine = Token("912-34-5678", "acme");
+  TokenRecord theirs = Token("912-34-5678", "globex");
+  theirs.ciphertext = Bytes(5, 0x07);
+  TV_ASSERT_OK(store_->InsertToken(mine));
+  TV_ASSERT_OK(store_->InsertToken(theirs));
+  TV_EXPECT_ERROR(store_->InsertToken(Token("912-34-5678", "acme")), StatusCode::kAlreadyExists,
+                  kReasonConstraint);
+  EXPECT_EQ(store_->FindToken("acme", "912-34-5678")->ciphertext, mine.ciphertext);
+  EXPECT_EQ(store_->FindToken("globex", "912-34-5678")->ciphertext, theirs.ciphertext);
+  TV_EXPECT_ERROR(store_->FindToken("initech", "912-34-5678"), StatusCode::kNotFound,
+                  "token_not_found");
+  // Deleting one merchant's token leaves the other's, cached or not.
+  TV_ASSERT_OK(store_->DeleteToken("acme", "912-34-5678", 5));
+  EXPECT_TRUE(store_->FindToken("acme", "912-34-5678")->ciphertext.empty());
+  EXPECT_EQ(store_->FindToken("globex", "912-34-5678")->ciphertext, theirs.ciphertext);
 }
 
 TEST_F(SqliteStoreTest, SchemaRefusesMalformedRows) {
@@ -128,8 +149,8 @@ TEST_F(SqliteStoreTest, SchemaRefusesMalformedRows) {
   TV_EXPECT_ERROR(store_->InsertToken(bad_tag), StatusCode::kInternal, "constraint_violation");
   TV_EXPECT_ERROR(store_->InsertToken(Token("tok_m", "nobody")), StatusCode::kInternal,
                   "constraint_violation");
-  TV_EXPECT_ERROR(store_->FindToken("tok_n"), StatusCode::kNotFound, "token_not_found");
-  TV_EXPECT_ERROR(store_->FindToken("tok_m"), StatusCode::kNotFound, "token_not_found");
+  TV_EXPECT_ERROR(store_->FindToken("acme", "tok_n"), StatusCode::kNotFound, "token_not_found");
+  TV_EXPECT_ERROR(store_->FindToken("acme", "tok_m"), StatusCode::kNotFound, "token_not_found");
 }
 
 TEST_F(SqliteStoreTest, ConcurrentWritesShareOneTransaction) {
@@ -151,7 +172,7 @@ TEST_F(SqliteStoreTest, ConcurrentWritesShareOneTransaction) {
   // The blocked batch plus one batch for all 50 (max_batch is 256).
   EXPECT_EQ(after.operations - before.operations, kWriters + 1u);
   EXPECT_EQ(after.transactions - before.transactions, 2u);
-  for (int i = 0; i < kWriters; ++i) TV_EXPECT_OK(store_->FindToken("tok_g" + std::to_string(i)));
+  for (int i = 0; i < kWriters; ++i) TV_EXPECT_OK(store_->FindToken("acme", "tok_g" + std::to_string(i)));
 }
 
 TEST_F(SqliteStoreTest, OneFailingWriteDoesNotUndoItsBatch) {
@@ -169,8 +190,8 @@ TEST_F(SqliteStoreTest, OneFailingWriteDoesNotUndoItsBatch) {
   TV_EXPECT_OK(ok1.get());
   TV_EXPECT_ERROR(dup.get(), StatusCode::kAlreadyExists, kReasonConstraint);
   TV_EXPECT_OK(ok2.get());
-  TV_EXPECT_OK(store_->FindToken("tok_x1"));
-  TV_EXPECT_OK(store_->FindToken("tok_x2"));
+  TV_EXPECT_OK(store_->FindToken("acme", "tok_x1"));
+  TV_EXPECT_OK(store_->FindToken("acme", "tok_x2"));
 }
 
 // SQLite may roll back the whole transaction by itself (SQLITE_FULL, IOERR, BUSY, NOMEM). The
@@ -199,12 +220,12 @@ TEST_F(SqliteStoreTest, ATransactionRolledBackBySqliteFailsTheWholeBatch) {
     TV_EXPECT_ERROR(before.get(), StatusCode::kUnavailable, kReasonStorageUnavailable);
     TV_EXPECT_ERROR(aborting.get(), StatusCode::kUnavailable, kReasonStorageUnavailable);
     TV_EXPECT_ERROR(after.get(), StatusCode::kUnavailable, kReasonStorageUnavailable);
-    TV_EXPECT_ERROR(store_->FindToken(prefix + "1"), StatusCode::kNotFound, "token_not_found");
-    TV_EXPECT_ERROR(store_->FindToken(prefix + "3"), StatusCode::kNotFound, "token_not_found");
+    TV_EXPECT_ERROR(store_->FindToken("acme", prefix + "1"), StatusCode::kNotFound, "token_not_found");
+    TV_EXPECT_ERROR(store_->FindToken("acme", prefix + "3"), StatusCode::kNotFound, "token_not_found");
   }
   // The store keeps working.
   TV_EXPECT_OK(store_->InsertToken(Token("tok_later")));
-  TV_EXPECT_OK(store_->FindToken("tok_later"));
+  TV_EXPECT_OK(store_->FindToken("acme", "tok_later"));
 }
 
 TEST_F(SqliteStoreTest, AnOperationThatThrowsFailsAloneAndTheWriterSurvives) {
@@ -228,8 +249,8 @@ TEST_F(SqliteStoreTest, AnOperationThatThrowsFailsAloneAndTheWriterSurvives) {
   TV_EXPECT_OK(first.get());
   TV_EXPECT_ERROR(thrower.get(), StatusCode::kInternal, "storage_error");
   TV_EXPECT_OK(last.get());
-  TV_EXPECT_OK(store_->FindToken("tok_t1"));
-  TV_EXPECT_OK(store_->FindToken("tok_t3"));
+  TV_EXPECT_OK(store_->FindToken("acme", "tok_t1"));
+  TV_EXPECT_OK(store_->FindToken("acme", "tok_t3"));
   TV_EXPECT_OK(store_->InsertToken(Token("tok_after_throw")));
 }
 
@@ -353,18 +374,18 @@ TEST_F(SqliteStoreTest, AChangeCommitsOnlyWithItsAuditRecord) {
   AuditAttachment refused{record, &failing};
   TV_EXPECT_ERROR(store_->InsertToken(Token("tok_audited"), &refused), StatusCode::kUnavailable,
                   "audit_down");
-  TV_EXPECT_ERROR(store_->FindToken("tok_audited"), StatusCode::kNotFound, "token_not_found");
+  TV_EXPECT_ERROR(store_->FindToken("acme", "tok_audited"), StatusCode::kNotFound, "token_not_found");
   TV_EXPECT_ERROR(store_->GetAuditHead(), StatusCode::kNotFound, "audit_empty");
 
   FixedMac fixed;
   AuditAttachment accepted{record, &fixed};
   TV_ASSERT_OK(store_->InsertToken(Token("tok_audited"), &accepted));
   EXPECT_EQ(accepted.record.seq, 1);
-  TV_EXPECT_OK(store_->FindToken("tok_audited"));
+  TV_EXPECT_OK(store_->FindToken("acme", "tok_audited"));
   // A deletion whose record fails leaves the token alive.
   AuditAttachment refused_delete{record, &failing};
   EXPECT_FALSE(store_->DeleteToken("acme", "tok_audited", 5, &refused_delete).ok());
-  EXPECT_FALSE(store_->FindToken("tok_audited")->deleted_at_ms.has_value());
+  EXPECT_FALSE(store_->FindToken("acme", "tok_audited")->deleted_at_ms.has_value());
 }
 
 // What an asynchronous write's completion saw.
@@ -381,7 +402,7 @@ TEST_F(SqliteStoreTest, AsyncInsertCompletesAfterCommitOnTheCompletionThread) {
   std::promise<Completed> done;
   store_->InsertTokenAsync(Token("tok_async"), AuditAttachment{record, &fixed}, [&](Status s) {
     Completed c{s, std::this_thread::get_id(), false};
-    c.row_visible = store_->FindToken("tok_async").ok();
+    c.row_visible = store_->FindToken("acme", "tok_async").ok();
     done.set_value(c);
   });
   Completed c = done.get_future().get();
@@ -417,7 +438,7 @@ TEST_F(SqliteStoreTest, AsyncWritesJoinABatchAndOneFailureStaysAlone) {
   TV_EXPECT_OK(results[0].get_future().get());
   TV_EXPECT_ERROR(results[1].get_future().get(), StatusCode::kAlreadyExists, kReasonConstraint);
   TV_EXPECT_OK(results[2].get_future().get());
-  TV_EXPECT_OK(store_->FindToken("tok_a1"));
+  TV_EXPECT_OK(store_->FindToken("acme", "tok_a1"));
   // The blocker's transaction, then one for the three queued operations.
   EXPECT_EQ(store_->GetStats().transactions - before.transactions, 2u);
 }
@@ -450,17 +471,17 @@ TEST(SqliteStoreShutdownTest, PendingAsyncWritesCompleteBeforeTheStoreCloses) {
   EXPECT_EQ(ok.load(), 200);
   auto reopened = SqliteStore::Open({dir.Sub("t.db")});
   ASSERT_TRUE(reopened.ok());
-  TV_EXPECT_OK((*reopened)->FindToken("tok_s199"));
+  TV_EXPECT_OK((*reopened)->FindToken("acme", "tok_s199"));
 }
 
 TEST_F(SqliteStoreTest, ADeletedTokenIsNeverServedFromTheRowCache) {
   TV_ASSERT_OK(store_->InsertToken(Token("tok_cached")));
-  TV_ASSERT_OK(store_->FindToken("tok_cached"));  // read once: now cached
-  StatusOr<TokenRecord> again = store_->FindToken("tok_cached");
+  TV_ASSERT_OK(store_->FindToken("acme", "tok_cached"));  // read once: now cached
+  StatusOr<TokenRecord> again = store_->FindToken("acme", "tok_cached");
   TV_ASSERT_OK(again);
   EXPECT_FALSE(again->nonce.empty());
   TV_ASSERT_OK(store_->DeleteToken("acme", "tok_cached", 99));
-  StatusOr<TokenRecord> deleted = store_->FindToken("tok_cached");
+  StatusOr<TokenRecord> deleted = store_->FindToken("acme", "tok_cached");
   TV_ASSERT_OK(deleted);
   EXPECT_EQ(deleted->deleted_at_ms, 99);
   EXPECT_TRUE(deleted->ciphertext.empty());
@@ -504,7 +525,7 @@ TEST_F(SqliteStoreTest, DataSurvivesReopen) {
   store_.reset();
   auto store = SqliteStore::Open({dir_.Sub("t.db")});
   TV_ASSERT_OK(store);
-  TV_EXPECT_OK((*store)->FindToken("tok_keep"));
+  TV_EXPECT_OK((*store)->FindToken("acme", "tok_keep"));
 }
 
 TEST(SqliteStoreSchemaTest, RefusesADatabaseFromANewerVersion) {

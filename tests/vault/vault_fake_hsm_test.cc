@@ -99,7 +99,7 @@ TEST_F(VaultFakeHsmTest, TokenMetadataAndDeletion) {
   // Another merchant still cannot tell the deleted token from an unknown one.
   TV_EXPECT_ERROR(vault_->Detokenize("other", token), StatusCode::kNotFound, "token_not_found");
   // The sealed value is gone from the row.
-  StatusOr<storage::TokenRecord> row = store_->FindToken(token);
+  StatusOr<storage::TokenRecord> row = store_->FindToken("acme", token);
   TV_ASSERT_OK(row);
   EXPECT_TRUE(row->nonce.empty() && row->ciphertext.empty() && row->tag.empty());
 }
@@ -445,7 +445,7 @@ TEST(VaultExpiryTest, AnExpiredTokenIsGoneAndTheSweeperRemovesItsCiphertext) {
     }
     StatusOr<TokenInfo> forever = (*vault)->Tokenize("acme", AsBytes("long-lived"), ValueType::kGeneric);
     TV_ASSERT_OK(forever);
-    ciphertext = shared->FindToken(token)->ciphertext;
+    ciphertext = shared->FindToken("acme", token)->ciphertext;
     TV_ASSERT_OK((*vault)->Detokenize("acme", token));  // also puts the row in the row cache
 
     clock.Advance(std::chrono::milliseconds(999));
@@ -457,7 +457,7 @@ TEST(VaultExpiryTest, AnExpiredTokenIsGoneAndTheSweeperRemovesItsCiphertext) {
     StatusOr<size_t> swept = (*vault)->SweepExpired();
     TV_ASSERT_OK(swept);
     EXPECT_EQ(*swept, 3u);
-    StatusOr<storage::TokenRecord> row = shared->FindToken(token);
+    StatusOr<storage::TokenRecord> row = shared->FindToken("acme", token);
     TV_ASSERT_OK(row);
     EXPECT_TRUE(row->ciphertext.empty());  // the row stays, the sealed value does not
     EXPECT_EQ(*(*vault)->SweepExpired(), 0u);
