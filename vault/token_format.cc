@@ -27,7 +27,7 @@ Status FillRandomDigits(char* out, size_t count) {
   size_t used = sizeof(pool);
   for (size_t i = 0; i < count;) {
     if (used == sizeof(pool)) {
-      TV_RETURN_IF_ERROR(RandomBytes(pool, sizeof(pool)));
+      TV_RETURN_IF_ERROR(RandomBytesFast(pool, sizeof(pool)));
       used = 0;
     }
     const uint8_t b = pool[used++];

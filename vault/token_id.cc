@@ -29,7 +29,7 @@ std::string Base62Encode128(const std::array<uint8_t, 16>& bytes) {
 
 StatusOr<std::string> NewRandomToken() {
   std::array<uint8_t, 16> bytes;
-  TV_RETURN_IF_ERROR(RandomBytes(bytes.data(), bytes.size()));
+  TV_RETURN_IF_ERROR(RandomBytesFast(bytes.data(), bytes.size()));
   return std::string(kRandomTokenPrefix) + Base62Encode128(bytes);
 }
 

@@ -1,6 +1,7 @@
 #include "vault/base/random.h"
 
 #include <gtest/gtest.h>
+#include <cstring>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -54,6 +55,35 @@ TEST(RandomTest, ForkedChildDoesNotReuseParentNonces) {
   close(pipefd[1]);
   // Without the fork check both would take the next nonce of the same inherited block.
   EXPECT_NE(parent, child);
+}
+
+TEST(RandomTest, FastBytesNeverRepeatAndAreNotReusedAcrossFork) {
+  std::set<std::string> seen;
+  for (int i = 0; i < 10000; ++i) {  // crosses many block refills
+    uint8_t b[16];
+    ASSERT_TRUE(RandomBytesFast(b, sizeof(b)).ok());
+    ASSERT_TRUE(seen.insert(std::string(reinterpret_cast<char*>(b), sizeof(b))).second);
+  }
+  uint8_t warm[16];
+  ASSERT_TRUE(RandomBytesFast(warm, sizeof(warm)).ok());  // this thread's block is partly used
+  int pipefd[2];
+  ASSERT_EQ(pipe(pipefd), 0);
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    uint8_t c[16];
+    const bool ok = RandomBytesFast(c, sizeof(c)).ok();
+    ssize_t w = write(pipefd[1], c, sizeof(c));
+    _exit(ok && w == 16 ? 0 : 1);
+  }
+  uint8_t parent[16], child[16] = {};
+  ASSERT_TRUE(RandomBytesFast(parent, sizeof(parent)).ok());
+  ASSERT_EQ(read(pipefd[0], child, sizeof(child)), 16);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  close(pipefd[0]);
+  close(pipefd[1]);
+  EXPECT_NE(std::memcmp(parent, child, 16), 0);
 }
 
 }  // namespace

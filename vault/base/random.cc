@@ -49,6 +49,32 @@ struct NonceBlock {
 
 }  // namespace
 
+namespace {
+constexpr size_t kFastBlockSize = 1024;
+struct FastBlock {
+  uint8_t bytes[kFastBlockSize];
+  size_t next = kFastBlockSize;  // empty
+  uint64_t generation = 0;
+  ~FastBlock() { OPENSSL_cleanse(bytes, sizeof(bytes)); }
+};
+}  // namespace
+
+Status RandomBytesFast(uint8_t* out, size_t size) {
+  if (size > kFastBlockSize / 4) return RandomBytes(out, size);
+  std::call_once(g_atfork_once, [] { pthread_atfork(nullptr, nullptr, &OnForkChild); });
+  thread_local FastBlock block;
+  const uint64_t generation = g_fork_generation.load(std::memory_order_relaxed);
+  if (kFastBlockSize - block.next < size || block.generation != generation) {
+    TV_RETURN_IF_ERROR(RandomBytes(block.bytes, sizeof(block.bytes)));
+    block.next = 0;
+    block.generation = generation;
+  }
+  std::memcpy(out, block.bytes + block.next, size);
+  OPENSSL_cleanse(block.bytes + block.next, size);  // handed out once
+  block.next += size;
+  return Status::Ok();
+}
+
 StatusOr<GcmNonce> RandomNonce() {
   std::call_once(g_atfork_once, [] { pthread_atfork(nullptr, nullptr, &OnForkChild); });
   thread_local NonceBlock block;
