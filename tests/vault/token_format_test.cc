@@ -8,30 +8,16 @@
 #include <string>
 
 #include "tests/support/matchers.h"
+#include "tests/support/test_values.h"
 #include "vault/value_type.h"
 
 namespace tokenvault {
 namespace {
 
+using testing::RandomCard;
+using testing::RandomSsn;
+
 constexpr int kSamples = 100000;
-
-// A Luhn-valid card number of 'length' digits (test data, from a seeded PRNG).
-std::string RandomCard(std::mt19937_64& rng, size_t length) {
-  std::string card(length, '0');
-  for (size_t i = 0; i + 1 < length; ++i) card[i] = static_cast<char>('0' + rng() % 10);
-  for (char check = '0'; check <= '9'; ++check) {
-    card.back() = check;
-    if (LuhnValid(AsBytes(card))) break;
-  }
-  return card;
-}
-
-std::string RandomSsn(std::mt19937_64& rng) {
-  char buf[12];
-  std::snprintf(buf, sizeof(buf), "%03d-%02d-%04d", static_cast<int>(1 + rng() % 665),
-                static_cast<int>(1 + rng() % 99), static_cast<int>(1 + rng() % 9999));
-  return buf;
-}
 
 // ^tok_[0-9A-Za-z]{22}$ and ^9\d\d-\d\d-\d{4}$, matched by hand: <regex> trips GCC 12's
 // -Wmaybe-uninitialized in the sanitizer build.

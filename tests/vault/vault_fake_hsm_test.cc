@@ -16,6 +16,7 @@
 #include "tests/fakes/fake_hsm.h"
 #include "tests/support/leak_scan.h"
 #include "tests/support/matchers.h"
+#include "tests/support/test_values.h"
 #include "tests/support/temp_dir.h"
 #include "vault/value_type.h"
 #include "vault/vault.h"
@@ -288,16 +289,6 @@ std::vector<StatusOr<TokenInfo>> TokenizeAll(Vault& vault, const std::vector<std
   return results;
 }
 
-std::string LuhnCard(std::mt19937_64& rng, size_t length) {
-  std::string card(length, '0');
-  for (size_t i = 0; i + 1 < length; ++i) card[i] = static_cast<char>('0' + rng() % 10);
-  for (char check = '0'; check <= '9'; ++check) {
-    card.back() = check;
-    if (LuhnValid(AsBytes(card))) break;
-  }
-  return card;
-}
-
 TEST_F(VaultFakeHsmTest, HundredThousandTokensPerFormatAreDistinctAndRoundTrip) {
   TV_ASSERT_OK(vault_->CreateMerchant("acme"));
   std::mt19937_64 rng(2026);
@@ -308,13 +299,8 @@ TEST_F(VaultFakeHsmTest, HundredThousandTokensPerFormatAreDistinctAndRoundTrip) 
   };
   const std::vector<Case> cases = {
       {ValueType::kGeneric, {}, [&] { return "v" + std::to_string(rng()); }},
-      {ValueType::kCard, {TokenFormat::kPreserving, false}, [&] { return LuhnCard(rng, 16); }},
-      {ValueType::kSsn, {TokenFormat::kPreserving, false}, [&] {
-         char b[12];
-         std::snprintf(b, sizeof(b), "%03d-%02d-%04d", static_cast<int>(1 + rng() % 665),
-                       static_cast<int>(1 + rng() % 99), static_cast<int>(1 + rng() % 9999));
-         return std::string(b);
-       }},
+      {ValueType::kCard, {TokenFormat::kPreserving, false}, [&] { return testing::RandomCard(rng, 16); }},
+      {ValueType::kSsn, {TokenFormat::kPreserving, false}, [&] { return testing::RandomSsn(rng); }},
   };
   for (const Case& c : cases) {
     std::vector<std::string> values(100000);
