@@ -55,6 +55,12 @@ HttpResponse Json(int status, const json& body) {
   return r;
 }
 
+HttpResponse NoContent() {
+  HttpResponse r;
+  r.status = 204;
+  return r;
+}
+
 json ErrorJson(const std::string& type, const std::string& code, const std::string& message) {
   return json{{"error", {{"type", type}, {"code", code}, {"message", message}}}};
 }
@@ -610,9 +616,7 @@ HttpResponse Service::DeletePrincipal(Context& ctx) {
   }
   TV_OR_FAIL(deleted);
   ctx.audited = true;
-  HttpResponse r;
-  r.status = 204;
-  return r;
+  return NoContent();
 }
 
 HttpResponse Service::CreateMerchant(Context& ctx) {
@@ -793,9 +797,7 @@ HttpResponse Service::DeleteToken(Context& ctx) {
   const storage::AuditRecord audit = AuditOf(ctx, 204);
   TV_OR_FAIL(vault_.DeleteToken(ctx.merchant, token, &audit));
   ctx.audited = true;
-  HttpResponse r;
-  r.status = 204;
-  return r;
+  return NoContent();
 }
 
 HttpResponse Service::Detokenize(Context& ctx) {
