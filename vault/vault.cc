@@ -1,6 +1,7 @@
 #include "vault/vault.h"
 
 #include <pthread.h>
+#include <spdlog/spdlog.h>
 
 #include "vault/envelope.h"
 #include "vault/token_format.h"
@@ -87,7 +88,15 @@ void Vault::SweepLoop(std::chrono::milliseconds interval) {
     // Batches of 1000 until none is left; an error (storage down) waits for the next round.
     for (;;) {
       StatusOr<size_t> swept = SweepExpired(1000);
-      if (!swept.ok() || *swept < 1000) break;
+      if (!swept.ok()) {
+        // Expired tokens still answer gone (by their expires_at); only their ciphertext stays
+        // until a later round succeeds.
+        spdlog::warn("expiry sweep failed, retried in {} ms: {}", interval.count(),
+                     swept.status().ToString());
+        break;
+      }
+      if (*swept > 0) spdlog::info("expiry sweep removed the sealed values of {} tokens", *swept);
+      if (*swept < 1000) break;
       std::lock_guard<std::mutex> check(sweep_mu_);
       if (stopping_) break;
     }
