@@ -85,9 +85,12 @@ void Vault::SweepLoop(std::chrono::milliseconds interval) {
   std::unique_lock<std::mutex> lock(sweep_mu_);
   while (!sweep_cv_.wait_for(lock, interval, [&] { return stopping_; })) {
     lock.unlock();
-    // Batches of 1000 until none is left; an error (storage down) waits for the next round.
+    // Batches of 256 until none is left: each batch is one operation in a group commit, so a
+    // small one never holds the live requests committed with it for long. An error (storage
+    // down) waits for the next round.
+    constexpr size_t kSweepBatch = 256;
     for (;;) {
-      StatusOr<size_t> swept = SweepExpired(1000);
+      StatusOr<size_t> swept = SweepExpired(kSweepBatch);
       if (!swept.ok()) {
         // Expired tokens still answer gone (by their expires_at); only their ciphertext stays
         // until a later round succeeds.
@@ -96,7 +99,7 @@ void Vault::SweepLoop(std::chrono::milliseconds interval) {
         break;
       }
       if (*swept > 0) spdlog::info("expiry sweep removed the sealed values of {} tokens", *swept);
-      if (*swept < 1000) break;
+      if (*swept < kSweepBatch) break;
       std::lock_guard<std::mutex> check(sweep_mu_);
       if (stopping_) break;
     }
