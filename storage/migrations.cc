@@ -133,10 +133,35 @@ DROP INDEX tokens_by_token;
 CREATE UNIQUE INDEX tokens_by_merchant_token ON tokens(merchant_id, token);
 )sql";
 
+// 004: deterministic tokens and idempotency keys (API.md, Tokens and Idempotency).
+// A deterministic token carries dedup_key = "<type>/<format>/<fingerprint>": the same normalised
+// value, type and format of a merchant find it again through the partial unique index, which
+// only deterministic rows enter (so ordinary tokenizes pay nothing for it), and which also makes
+// two identical requests racing each other end with one token. The key is cleared when the token
+// is deleted or its value swept, so that a new token can take its place.
+// Idempotency keys are stored as HMACs (of the principal and the key; of the request) under a
+// key derived from the HSM-wrapped audit key: a request body holds a value, and a plain hash of
+// a card number is a dictionary away from the number. The answer is kept for replay: it holds
+// tokens, fingerprints and metadata, never a value.
+constexpr char kMigration004[] = R"sql(
+ALTER TABLE tokens ADD COLUMN dedup_key TEXT CHECK (dedup_key IS NULL OR length(dedup_key) <= 96);
+CREATE UNIQUE INDEX tokens_deterministic ON tokens(merchant_id, dedup_key) WHERE dedup_key IS NOT NULL;
+CREATE TABLE idempotency_keys (
+  key_hash     BLOB PRIMARY KEY NOT NULL CHECK (length(key_hash) = 32),
+  request_hash BLOB NOT NULL CHECK (length(request_hash) = 32),
+  status       INTEGER NOT NULL,
+  body         TEXT NOT NULL,
+  created_at   INTEGER NOT NULL,
+  expires_at   INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX idempotency_expiring ON idempotency_keys(expires_at);
+)sql";
+
 constexpr Migration kMigrations[] = {
     {1, "merchants, data keys, tokens", kMigration001},
     {2, "principals, system keys, audit trail", kMigration002},
     {3, "keyed fingerprints, token metadata, expiry index", kMigration003},
+    {4, "deterministic tokens, idempotency keys", kMigration004},
 };
 
 StatusOr<int64_t> CurrentVersion(Database& db) {

@@ -118,6 +118,11 @@ class ReadPool {
   size_t open_ = 0;                              // GUARDED_BY(mu_)
 };
 
+// The columns ReadToken reads, in its order.
+constexpr char kTokenColumns[] =
+    "SELECT token, merchant_id, type, format, record_version, dek_version, nonce, ciphertext, "
+    "tag, created_at, expires_at, deleted_at, last4, fingerprint, metadata, dedup_key FROM tokens ";
+
 StatusOr<TokenRecord> ReadToken(Statement& stmt) {
   TokenRecord r;
   r.token = stmt.ColumnText(0);
@@ -135,6 +140,7 @@ StatusOr<TokenRecord> ReadToken(Statement& stmt) {
   if (!stmt.ColumnIsNull(12)) r.last4 = stmt.ColumnText(12);
   if (!stmt.ColumnIsNull(13)) r.fingerprint = stmt.ColumnText(13);
   if (!stmt.ColumnIsNull(14)) r.metadata = stmt.ColumnText(14);
+  if (!stmt.ColumnIsNull(15)) r.dedup_key = stmt.ColumnText(15);
   return r;
 }
 
@@ -624,8 +630,8 @@ Status InsertTokenInTxn(Database& db, const TokenRecord& t) {
       Statement stmt,
       db.Prepare("INSERT INTO tokens (token, merchant_id, type, format, record_version, "
                  "dek_version, nonce, ciphertext, tag, created_at, expires_at, deleted_at, last4, "
-                 "fingerprint, metadata) "
-                 "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"));
+                 "fingerprint, metadata, dedup_key) "
+                 "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"));
   return stmt.Bind(1, std::string_view(t.token))
       .Bind(2, std::string_view(t.merchant))
       .Bind(3, std::string_view(t.type))
@@ -641,6 +647,51 @@ Status InsertTokenInTxn(Database& db, const TokenRecord& t) {
       .Bind(13, t.last4 ? std::optional<std::string_view>(*t.last4) : std::nullopt)
       .Bind(14, t.fingerprint ? std::optional<std::string_view>(*t.fingerprint) : std::nullopt)
       .Bind(15, t.metadata ? std::optional<std::string_view>(*t.metadata) : std::nullopt)
+      .Bind(16, t.dedup_key ? std::optional<std::string_view>(*t.dedup_key) : std::nullopt)
+      .Run();
+}
+
+// The live deterministic token of 'merchant' under 'dedup_key' as of 'now_ms', if any. One that
+// expired loses its sealed value and its key here (its row answers gone by expires_at anyway),
+// so that the caller's new token can take the key; its cache key goes to 'evict'.
+StatusOr<std::optional<TokenRecord>> TakeDeterministic(Database& db, std::string_view merchant,
+                                                      std::string_view dedup_key, int64_t now_ms,
+                                                      std::vector<std::string>& evict) {
+  TokenRecord found;
+  {
+    TV_ASSIGN_OR_RETURN(Statement find,
+                        db.Prepare(std::string(kTokenColumns) +
+                                   "WHERE merchant_id = ?1 AND dedup_key = ?2"));
+    find.Bind(1, merchant).Bind(2, dedup_key);
+    TV_ASSIGN_OR_RETURN(bool row, find.Step());
+    if (!row) return std::optional<TokenRecord>();
+    TV_ASSIGN_OR_RETURN(found, ReadToken(find));
+  }  // the statement is reset before the update below
+  const bool expired = found.expires_at_ms && *found.expires_at_ms <= now_ms;
+  if (!expired && !found.nonce.empty() && !found.deleted_at_ms) return std::optional(found);
+  TV_ASSIGN_OR_RETURN(Statement release,
+                      db.Prepare("UPDATE tokens SET nonce = NULL, ciphertext = NULL, tag = NULL, "
+                                 "dedup_key = NULL WHERE merchant_id = ?1 AND token = ?2"));
+  TV_RETURN_IF_ERROR(release.Bind(1, merchant).Bind(2, std::string_view(found.token)).Run());
+  evict.push_back(TokenRowCache::Key(merchant, found.token));
+  return std::optional<TokenRecord>();
+}
+
+Status InsertIdempotencyInTxn(Database& db, const IdempotencyRecord& r) {
+  // An expired record under the same key may still be there (the sweeper is periodic).
+  TV_ASSIGN_OR_RETURN(Statement drop, db.Prepare("DELETE FROM idempotency_keys "
+                                                 "WHERE key_hash = ?1 AND expires_at <= ?2"));
+  TV_RETURN_IF_ERROR(drop.Bind(1, ByteView(r.key_hash)).Bind(2, r.created_at_ms).Run());
+  TV_ASSIGN_OR_RETURN(
+      Statement stmt,
+      db.Prepare("INSERT INTO idempotency_keys (key_hash, request_hash, status, body, created_at, "
+                 "expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"));
+  return stmt.Bind(1, ByteView(r.key_hash))
+      .Bind(2, ByteView(r.request_hash))
+      .Bind(3, int64_t{r.status})
+      .Bind(4, std::string_view(r.body))
+      .Bind(5, r.created_at_ms)
+      .Bind(6, r.expires_at_ms)
       .Run();
 }
 
@@ -666,6 +717,94 @@ void SqliteStore::InsertTokenAsync(TokenRecord token, std::optional<AuditAttachm
       std::move(done));
 }
 
+void SqliteStore::WriteTokensAsync(TokenWrite write, std::function<void(TokenWriteResult)> done) {
+  struct Shared {
+    TokenWrite write;
+    TokenWriteResult result;
+    std::vector<std::string> evict;  // expired deterministic tokens released by this write
+  };
+  auto shared = std::make_shared<Shared>();
+  shared->write = std::move(write);
+  impl_->WriteAsync(
+      [shared](Database& db) -> Status {
+        TokenWrite& w = shared->write;
+        TokenWriteResult& r = shared->result;
+        r.taken.clear();  // (a retried operation starts over)
+        r.existing.assign(w.tokens.size(), std::nullopt);
+        shared->evict.clear();
+        for (size_t i = 0; i < w.tokens.size(); ++i) {
+          const TokenRecord& t = w.tokens[i];
+          if (t.dedup_key) {
+            TV_ASSIGN_OR_RETURN(r.existing[i], TakeDeterministic(db, t.merchant, *t.dedup_key,
+                                                                 t.created_at_ms, shared->evict));
+            if (r.existing[i]) continue;
+          }
+          Status inserted = InsertTokenInTxn(db, t);
+          if (inserted.code() == StatusCode::kAlreadyExists) {
+            // The token string is taken (the only unique key left once the deterministic key
+            // was checked above, on this single writer). Look for every such token first, so
+            // that the caller redraws them all at once; the savepoint undoes the rest.
+            r.taken.push_back(i);
+            continue;
+          }
+          TV_RETURN_IF_ERROR(inserted);
+        }
+        if (!r.taken.empty()) {
+          return AlreadyExistsError(kReasonTokenTaken, "the merchant already has that token");
+        }
+        std::optional<IdempotencyRecord> idempotency;
+        AuditAttachment* audit = w.audit ? &*w.audit : nullptr;
+        if (w.complete) {
+          TV_RETURN_IF_ERROR(w.complete(r.existing, audit ? &audit->record : nullptr, &idempotency));
+        }
+        if (idempotency) TV_RETURN_IF_ERROR(InsertIdempotencyInTxn(db, *idempotency));
+        return AppendAttached(db, audit);
+      },
+      [this, shared, done = std::move(done)](Status status) {
+        for (const std::string& key : shared->evict) impl_->token_rows().Evict(key);
+        shared->result.status = std::move(status);
+        if (!shared->result.status.ok() &&
+            shared->result.status.reason() != kReasonTokenTaken) {
+          shared->result.taken.clear();
+        }
+        done(std::move(shared->result));
+      });
+}
+
+StatusOr<IdempotencyRecord> SqliteStore::FindIdempotency(ByteView key_hash, int64_t now_ms) {
+  TV_ASSIGN_OR_RETURN(ReadPool::Lease lease, impl_->Reader());
+  TV_ASSIGN_OR_RETURN(
+      Statement stmt,
+      lease.db().Prepare("SELECT key_hash, request_hash, status, body, created_at, expires_at "
+                         "FROM idempotency_keys WHERE key_hash = ?1 AND expires_at > ?2"));
+  stmt.Bind(1, key_hash).Bind(2, now_ms);
+  TV_ASSIGN_OR_RETURN(bool row, stmt.Step());
+  if (!row) return NotFoundError("idempotency_key_not_found", "no such idempotency key");
+  IdempotencyRecord r;
+  r.key_hash = stmt.ColumnBlob(0);
+  r.request_hash = stmt.ColumnBlob(1);
+  r.status = static_cast<int>(stmt.ColumnInt(2));
+  r.body = stmt.ColumnText(3);
+  r.created_at_ms = stmt.ColumnInt(4);
+  r.expires_at_ms = stmt.ColumnInt(5);
+  return r;
+}
+
+StatusOr<size_t> SqliteStore::SweepIdempotency(int64_t now_ms, size_t limit) {
+  size_t swept = 0;
+  Status written = Write([&](Database& db) -> Status {
+    TV_ASSIGN_OR_RETURN(Statement stmt,
+                        db.Prepare("DELETE FROM idempotency_keys WHERE key_hash IN (SELECT "
+                                   "key_hash FROM idempotency_keys WHERE expires_at <= ?1 "
+                                   "LIMIT ?2)"));
+    TV_RETURN_IF_ERROR(stmt.Bind(1, now_ms).Bind(2, static_cast<int64_t>(limit)).Run());
+    swept = static_cast<size_t>(db.Changes());
+    return Status::Ok();
+  });
+  TV_RETURN_IF_ERROR(written);
+  return swept;
+}
+
 Status SqliteStore::DeleteToken(std::string_view merchant, std::string_view token,
                                 int64_t deleted_at_ms, AuditAttachment* audit) {
   // From now until after the commit (or the failure) the row is never served from the cache.
@@ -675,7 +814,7 @@ Status SqliteStore::DeleteToken(std::string_view merchant, std::string_view toke
   return Write([&](Database& db) -> Status {
     TV_ASSIGN_OR_RETURN(Statement stmt,
                         db.Prepare("UPDATE tokens SET deleted_at = ?3, nonce = NULL, "
-                                   "ciphertext = NULL, tag = NULL "
+                                   "ciphertext = NULL, tag = NULL, dedup_key = NULL "
                                    "WHERE token = ?1 AND merchant_id = ?2 AND deleted_at IS NULL"));
     TV_RETURN_IF_ERROR(stmt.Bind(1, token).Bind(2, merchant).Bind(3, deleted_at_ms).Run());
     if (db.Changes() != 1) return NotFoundError("token_not_found", "no such token");
@@ -690,7 +829,7 @@ StatusOr<size_t> SqliteStore::SweepExpired(int64_t now_ms, size_t limit) {
     // One statement: the due rows (by the partial index tokens_expiring) lose their sealed value.
     TV_ASSIGN_OR_RETURN(
         Statement clear,
-        db.Prepare("UPDATE tokens SET nonce = NULL, ciphertext = NULL, tag = NULL "
+        db.Prepare("UPDATE tokens SET nonce = NULL, ciphertext = NULL, tag = NULL, dedup_key = NULL "
                    "WHERE id IN (SELECT id FROM tokens WHERE expires_at <= ?1 "
                    "AND nonce IS NOT NULL LIMIT ?2) RETURNING merchant_id, token"));
     clear.Bind(1, now_ms).Bind(2, static_cast<int64_t>(limit));
@@ -722,9 +861,7 @@ StatusOr<TokenRecord> SqliteStore::ReadTokenRow(std::string_view merchant, std::
   TV_ASSIGN_OR_RETURN(ReadPool::Lease lease, impl_->Reader());
   TV_ASSIGN_OR_RETURN(
       Statement stmt,
-      lease.db().Prepare("SELECT token, merchant_id, type, format, record_version, dek_version, "
-                         "nonce, ciphertext, tag, created_at, expires_at, deleted_at, last4, "
-                         "fingerprint, metadata FROM tokens WHERE merchant_id = ?1 AND token = ?2"));
+      lease.db().Prepare(std::string(kTokenColumns) + "WHERE merchant_id = ?1 AND token = ?2"));
   stmt.Bind(1, merchant).Bind(2, token);
   TV_ASSIGN_OR_RETURN(bool row, stmt.Step());
   if (!row) return NotFoundError("token_not_found", "no such token");

@@ -52,6 +52,9 @@ class SqliteStore final : public Store {
   Status InsertToken(const TokenRecord& token, AuditAttachment* audit = nullptr) override;
   void InsertTokenAsync(TokenRecord token, std::optional<AuditAttachment> audit,
                         std::function<void(Status)> done) override;
+  void WriteTokensAsync(TokenWrite write, std::function<void(TokenWriteResult)> done) override;
+  StatusOr<IdempotencyRecord> FindIdempotency(ByteView key_hash, int64_t now_ms) override;
+  StatusOr<size_t> SweepIdempotency(int64_t now_ms, size_t limit) override;
   StatusOr<TokenRecord> FindToken(std::string_view merchant, std::string_view token) override;
   Status DeleteToken(std::string_view merchant, std::string_view token, int64_t deleted_at_ms,
                      AuditAttachment* audit = nullptr) override;

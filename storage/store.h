@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "vault/base/bytes.h"
 #include "vault/base/status.h"
@@ -65,9 +66,23 @@ struct TokenRecord {
   std::optional<std::string> last4;  // card and ssn only
   std::optional<std::string> fingerprint;  // fp_...: keyed HMAC of the value (migration 003)
   std::optional<std::string> metadata;     // a JSON object of string pairs, never a value
+  // Deterministic tokens only: "<type>/<format>/<fingerprint>", under which the same value finds
+  // this token again while it is live (migration 004). Cleared when the value is removed.
+  std::optional<std::string> dedup_key;
   int64_t created_at_ms = 0;
   std::optional<int64_t> expires_at_ms;
   std::optional<int64_t> deleted_at_ms;
+};
+
+// The first answer to a request that carried an Idempotency-Key (API.md, Idempotency). Neither
+// the key nor the request is stored: only keyed hashes of them.
+struct IdempotencyRecord {
+  Bytes key_hash;      // HMAC of (principal, Idempotency-Key), 32 bytes
+  Bytes request_hash;  // HMAC of (route, merchant, body), 32 bytes
+  int status = 0;
+  std::string body;    // replayed byte for byte: tokens and fingerprints, never a value
+  int64_t created_at_ms = 0;
+  int64_t expires_at_ms = 0;
 };
 
 // A principal as stored: never its API key, only the key id and a hash of the secret.
@@ -125,6 +140,33 @@ struct AuditAttachment {
   const AuditMac* mac = nullptr;
 };
 
+// Tokens written as one operation (a tokenize, or a batch): the tokens, the audit record and the
+// idempotency record commit together or not at all.
+struct TokenWrite {
+  // In order. A token with a dedup_key is deterministic: if the merchant has a live token under
+  // that key, that token answers for it and nothing is inserted (an expired one loses its value
+  // and its key, and the new token takes its place).
+  std::vector<TokenRecord> tokens;
+  std::optional<AuditAttachment> audit;
+  // Run inside the transaction once every token is placed, with existing[i] set to the row that
+  // answered for tokens[i] when one did: completes the audit record (the request's outcome is
+  // only known now) and may set an idempotency record to commit too. It runs on the store's
+  // serial write path: it must be quick and must not wait for anything. An error fails the write.
+  std::function<Status(const std::vector<std::optional<TokenRecord>>& existing,
+                       AuditRecord* audit, std::optional<IdempotencyRecord>* idempotency)>
+      complete;
+};
+
+struct TokenWriteResult {
+  // OK once durable. kAlreadyExists (token_taken): the merchant already has the tokens listed
+  // in 'taken' (indexes into TokenWrite::tokens); nothing at all was written.
+  Status status;
+  std::vector<size_t> taken;
+  std::vector<std::optional<TokenRecord>> existing;  // as passed to TokenWrite::complete
+};
+
+inline constexpr char kReasonTokenTaken[] = "token_taken";
+
 struct AuditQuery {
   std::optional<int64_t> since_ms, until_ms;  // inclusive, exclusive
   std::string principal, merchant, action, outcome;  // empty: any
@@ -176,6 +218,12 @@ class Store {
                                 std::function<void(Status)> done) {
     done(InsertToken(token, audit ? &*audit : nullptr));
   }
+  // Writes 'write' as one operation; 'done' as for InsertTokenAsync.
+  virtual void WriteTokensAsync(TokenWrite write, std::function<void(TokenWriteResult)> done) = 0;
+  // The unexpired idempotency record under 'key_hash' (as of 'now_ms'), or kNotFound.
+  virtual StatusOr<IdempotencyRecord> FindIdempotency(ByteView key_hash, int64_t now_ms) = 0;
+  // Deletes up to 'limit' idempotency records that expired at or before 'now_ms'; how many.
+  virtual StatusOr<size_t> SweepIdempotency(int64_t now_ms, size_t limit) = 0;
   // kNotFound if the merchant has no such token (another merchant's token is not found).
   virtual StatusOr<TokenRecord> FindToken(std::string_view merchant, std::string_view token) = 0;
   // Removes the sealed value of a live token of 'merchant' and marks it deleted. kNotFound if no

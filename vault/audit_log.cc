@@ -1,5 +1,6 @@
 #include "vault/audit_log.h"
 
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/core_names.h>
 
@@ -112,6 +113,13 @@ StatusOr<Bytes> AuditLog::Hmac(ByteView a, ByteView b) const {
   EVP_MAC_CTX_free(ctx);
   if (!ok || out_len != kMacSize) return InternalError("crypto_error", "HMAC failed");
   return mac;
+}
+
+StatusOr<std::unique_ptr<HmacSha256>> AuditLog::DeriveKey(std::string_view purpose) const {
+  TV_ASSIGN_OR_RETURN(Bytes derived, Hmac(AsBytes("tokenvault/derive/"), AsBytes(purpose)));
+  SecretBytes key = SecretBytes::CopyFrom(derived);
+  OPENSSL_cleanse(derived.data(), derived.size());
+  return HmacSha256::Create(key);
 }
 
 StatusOr<Bytes> AuditLog::RecordMac(const storage::AuditRecord& record) const {

@@ -67,6 +67,11 @@ class AuditLog final : public storage::AuditMac {
 
   ~AuditLog() override;
 
+  // A key for another purpose derived from the audit key (HMAC(audit key, "tokenvault/derive/"
+  // || purpose)), so that it is as safe as the audit key - wrapped by the HSM - with no key of its
+  // own to store. Distinct purposes give independent keys.
+  StatusOr<std::unique_ptr<HmacSha256>> DeriveKey(std::string_view purpose) const;
+
   // storage::AuditMac
   StatusOr<Bytes> RecordMac(const storage::AuditRecord& record) const override;
   StatusOr<Bytes> HeadMac(int64_t seq, ByteView mac) const override;

@@ -273,20 +273,22 @@ StatusOr<std::shared_ptr<const HmacSha256>> Keyring::FingerprintKey(std::string_
   return it->second;
 }
 
-Status Keyring::ChargeEncryption(std::string_view merchant, const EncryptLease& lease) {
+Status Keyring::ChargeEncryption(std::string_view merchant, const EncryptLease& lease,
+                                 uint64_t count) {
   auto keys = std::static_pointer_cast<MerchantKeys>(lease.keys);
   // The lease's shared hold keeps keys->dek_version == lease.version.
   std::lock_guard<std::mutex> counter(keys->counter);
-  if (keys->used >= options_.max_encryptions_per_dek) {
+  if (count > options_.max_encryptions_per_dek - std::min(keys->used, options_.max_encryptions_per_dek)) {
     return UnavailableError("dek_spent", "the data key's encryption budget is used up; retry");
   }
-  if (keys->used >= keys->reserved) {
+  if (keys->used + count > keys->reserved) {
     const uint64_t block = std::max<uint64_t>(1, options_.reservation_block);
-    const uint64_t target = std::min(keys->used + block, options_.max_encryptions_per_dek);
+    const uint64_t target =
+        std::min(keys->used + std::max(count, block), options_.max_encryptions_per_dek);
     TV_RETURN_IF_ERROR(store_.ReserveEncryptions(merchant, lease.version, target));
     keys->reserved = target;
   }
-  ++keys->used;
+  keys->used += count;
   return Status::Ok();
 }
 

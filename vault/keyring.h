@@ -66,7 +66,9 @@ class Keyring {
   // One more encryption under a lease already held (a retry with a new token): counted and
   // reserved like any other, without a new shared hold. kUnavailable (dek_spent) if the DEK's
   // budget is used up - the caller retries later, under the next version.
-  Status ChargeEncryption(std::string_view merchant, const EncryptLease& lease);
+  // 'count' encryptions at once (the rest of a batch).
+  Status ChargeEncryption(std::string_view merchant, const EncryptLease& lease,
+                          uint64_t count = 1);
   StatusOr<std::shared_ptr<const AesGcm256>> ForDecrypt(std::string_view merchant,
                                                         uint32_t dek_version);
 

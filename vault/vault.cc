@@ -1,6 +1,7 @@
 #include "vault/vault.h"
 
 #include <pthread.h>
+#include <future>
 #include <spdlog/spdlog.h>
 
 #include "vault/envelope.h"
@@ -51,17 +52,21 @@ StatusOr<std::unique_ptr<Vault>> Vault::Create(std::shared_ptr<hsm::Hsm> hsm,
     return InvalidArgumentError("bad_config", "max_encryptions_per_dek must be in [1, 2^31]");
   }
   TV_ASSIGN_OR_RETURN(std::unique_ptr<AuditLog> audit, AuditLog::Open(*hsm, *store, clock));
-  return std::unique_ptr<Vault>(
-      new Vault(std::move(hsm), std::move(store), options, clock, std::move(audit)));
+  TV_ASSIGN_OR_RETURN(std::unique_ptr<HmacSha256> idempotency_mac,
+                      audit->DeriveKey("idempotency-keys"));
+  return std::unique_ptr<Vault>(new Vault(std::move(hsm), std::move(store), options, clock,
+                                          std::move(audit), std::move(idempotency_mac)));
 }
 
 Vault::Vault(std::shared_ptr<hsm::Hsm> hsm, std::shared_ptr<storage::Store> store,
-             const VaultOptions& options, const Clock& clock, std::unique_ptr<AuditLog> audit)
+             const VaultOptions& options, const Clock& clock, std::unique_ptr<AuditLog> audit,
+             std::unique_ptr<HmacSha256> idempotency_mac)
     : hsm_(std::move(hsm)),
       store_(std::move(store)),
       clock_(clock),
       keyring_(std::make_unique<Keyring>(*hsm_, *store_, clock, options.keys)),
-      audit_(std::move(audit)) {
+      audit_(std::move(audit)),
+      idempotency_mac_(std::move(idempotency_mac)) {
   if (options.expiry_sweep_interval.count() > 0) {
     sweeper_ = std::thread([this, interval = options.expiry_sweep_interval] { SweepLoop(interval); });
   }
@@ -89,22 +94,37 @@ void Vault::SweepLoop(std::chrono::milliseconds interval) {
     // small one never holds the live requests committed with it for long. An error (storage
     // down) waits for the next round.
     constexpr size_t kSweepBatch = 256;
-    for (;;) {
-      StatusOr<size_t> swept = SweepExpired(kSweepBatch);
-      if (!swept.ok()) {
-        // Expired tokens still answer gone (by their expires_at); only their ciphertext stays
-        // until a later round succeeds.
-        spdlog::warn("expiry sweep failed, retried in {} ms: {}", interval.count(),
-                     swept.status().ToString());
-        break;
-      }
-      if (*swept > 0) spdlog::info("expiry sweep removed the sealed values of {} tokens", *swept);
-      if (*swept < kSweepBatch) break;
-      std::lock_guard<std::mutex> check(sweep_mu_);
-      if (stopping_) break;
-    }
+    SweepInBatches("expiry sweep", "tokens lost their sealed value", interval,
+                   [this] { return SweepExpired(kSweepBatch); }, kSweepBatch);
+    // Idempotency records past their 24 hours: only keyed hashes and answers holding tokens,
+    // but nothing is kept longer than its purpose needs.
+    SweepInBatches("idempotency sweep", "expired idempotency records deleted", interval,
+                   [this] { return SweepIdempotency(kSweepBatch); }, kSweepBatch);
     lock.lock();
   }
+}
+
+void Vault::SweepInBatches(const char* what, const char* done_what,
+                           std::chrono::milliseconds interval,
+                           const std::function<StatusOr<size_t>()>& sweep, size_t batch) {
+  for (;;) {
+    StatusOr<size_t> swept = sweep();
+    if (!swept.ok()) {
+      // Expired tokens still answer gone (by their expires_at), and an expired idempotency
+      // record is never replayed: only the deletion waits for a later round.
+      spdlog::warn("{} failed, retried in {} ms: {}", what, interval.count(),
+                   swept.status().ToString());
+      return;
+    }
+    if (*swept > 0) spdlog::info("{}: {} {}", what, *swept, done_what);
+    if (*swept < batch) return;
+    std::lock_guard<std::mutex> check(sweep_mu_);
+    if (stopping_) return;
+  }
+}
+
+StatusOr<size_t> Vault::SweepIdempotency(size_t limit) {
+  return store_->SweepIdempotency(clock_.NowUnixMillis(), limit);
 }
 
 StatusOr<size_t> Vault::SweepExpired(size_t limit) {
@@ -125,13 +145,56 @@ StatusOr<MerchantInfo> Vault::CreateMerchant(std::string_view merchant,
                       record.current_dek_version};
 }
 
-// A value sealed under a new random token, ready to insert, and the lease that keeps its DEK
-// version current until the insert has committed.
+// One item, normalised and checked, with what is needed to seal it again under a new token.
+struct Vault::PreparedItem {
+  SecretBytes normalized;
+  ValueType type = ValueType::kGeneric;
+  TokenFormatOptions format;
+  TokenAttributes attributes;
+  std::string fingerprint;
+  std::optional<std::string> dedup_key;  // deterministic items only
+};
+
+// A value sealed under a new token, ready to insert.
 struct Vault::SealedToken {
   storage::TokenRecord record;
-  Keyring::EncryptLease lease;
   TokenInfo info;
 };
+
+// A tokenize or a batch on its way to the store: its items, the DEK lease that keeps their DEK
+// version current until the write has committed, and what is known of each item so far.
+struct Vault::PendingWrite {
+  std::string merchant;
+  std::vector<std::optional<PreparedItem>> items;  // nullopt: invalid (outcome says why)
+  std::vector<TokenizeOutcome> outcomes;           // one per item
+  std::vector<int> attempts_left;                  // token draws left, per item
+  // The write's tokens: sealed[k] is item written[k].
+  std::vector<size_t> written;
+  std::vector<SealedToken> sealed;
+  Keyring::EncryptLease lease;
+  std::optional<storage::AuditRecord> audit;
+  TokenizeCommitHook hook;
+  std::function<void(StatusOr<std::vector<TokenizeOutcome>>)> done;
+  bool single = false;      // one tokenize, not a batch: fails as a whole
+  InFlight::Ticket ticket;  // the vault outlives this write
+};
+
+namespace {
+
+// "card/preserving-bin/fp_...": what a deterministic token is found again by (API.md: the same
+// normalised value, type, format and merchant; keeping the BIN is part of the format).
+std::string DedupKey(ValueType type, const TokenFormatOptions& format,
+                     const std::string& fingerprint) {
+  std::string key(ValueTypeName(type));
+  key += '/';
+  key += TokenFormatName(format.format);
+  if (format.keep_bin) key += "-bin";
+  key += '/';
+  key += fingerprint;
+  return key;
+}
+
+}  // namespace
 
 StatusOr<std::string> Vault::Fingerprint(std::string_view merchant, const SecretBytes& normalized) {
   TV_ASSIGN_OR_RETURN(std::shared_ptr<const HmacSha256> key, keyring_->FingerprintKey(merchant));
@@ -139,190 +202,284 @@ StatusOr<std::string> Vault::Fingerprint(std::string_view merchant, const Secret
   return FingerprintString(tag);
 }
 
-StatusOr<Vault::SealedToken> Vault::Seal(std::string_view merchant, const SecretBytes& normalized,
-                                         ValueType type, const TokenFormatOptions& format,
-                                         const std::string& fingerprint,
-                                         const TokenAttributes& attributes) {
-  TV_ASSIGN_OR_RETURN(std::string token, NewToken(type, normalized, format));
-  TV_ASSIGN_OR_RETURN(Keyring::EncryptLease lease, keyring_->ForEncrypt(merchant));
-  return SealWith(std::move(lease), std::move(token), merchant, normalized, type, format,
-                  fingerprint, attributes);
+StatusOr<Vault::PreparedItem> Vault::Prepare(std::string_view merchant, const TokenizeItem& item) {
+  PreparedItem prepared;
+  TV_ASSIGN_OR_RETURN(prepared.normalized, NormalizeValue(item.type, item.value));
+  TV_RETURN_IF_ERROR(CheckTokenFormat(item.type, item.format));
+  TV_RETURN_IF_ERROR(CheckAttributes(item.attributes));
+  TV_ASSIGN_OR_RETURN(prepared.fingerprint, Fingerprint(merchant, prepared.normalized));
+  prepared.type = item.type;
+  prepared.format = item.format;
+  prepared.attributes = item.attributes;
+  if (item.deterministic) prepared.dedup_key = DedupKey(item.type, item.format, prepared.fingerprint);
+  return prepared;
 }
 
-StatusOr<Vault::SealedToken> Vault::SealWith(Keyring::EncryptLease lease, std::string token,
-                                             std::string_view merchant,
-                                             const SecretBytes& normalized, ValueType type,
-                                             const TokenFormatOptions& format,
-                                             const std::string& fingerprint,
-                                             const TokenAttributes& attributes) {
-  const std::string_view type_name = ValueTypeName(type);
+StatusOr<Vault::SealedToken> Vault::SealItem(const Keyring::EncryptLease& lease,
+                                             std::string_view merchant, const PreparedItem& item) {
+  TV_ASSIGN_OR_RETURN(std::string token, NewToken(item.type, item.normalized, item.format));
+  const std::string_view type_name = ValueTypeName(item.type);
   const Bytes aad = envelope::ValueAad(envelope::kValueFormatV1, merchant, token, type_name,
                                        lease.version);
-  TV_ASSIGN_OR_RETURN(SealedBox box, lease.aead->Encrypt(normalized.view(), aad));
+  TV_ASSIGN_OR_RETURN(SealedBox box, lease.aead->Encrypt(item.normalized.view(), aad));
 
   SealedToken sealed;
   storage::TokenRecord& record = sealed.record;
-  record.token = token;
+  record.token = std::move(token);
   record.merchant = std::string(merchant);
   record.type = std::string(type_name);
-  record.format = std::string(TokenFormatName(format.format));
+  record.format = std::string(TokenFormatName(item.format.format));
   record.record_version = envelope::kValueFormatV1;
   record.dek_version = lease.version;
   record.nonce.assign(box.nonce.begin(), box.nonce.end());
   record.ciphertext = std::move(box.ciphertext);
   record.tag.assign(box.tag.begin(), box.tag.end());
-  record.last4 = Last4(type, normalized);
-  record.fingerprint = fingerprint;
-  record.metadata = attributes.metadata_json;
+  record.last4 = Last4(item.type, item.normalized);
+  record.fingerprint = item.fingerprint;
+  record.metadata = item.attributes.metadata_json;
+  record.dedup_key = item.dedup_key;
   record.created_at_ms = clock_.NowUnixMillis();
-  if (attributes.ttl_seconds) {
-    record.expires_at_ms = record.created_at_ms + *attributes.ttl_seconds * 1000;
+  if (item.attributes.ttl_seconds) {
+    record.expires_at_ms = record.created_at_ms + *item.attributes.ttl_seconds * 1000;
   }
-  sealed.info = TokenInfo{token,         std::string(merchant), type,         record.format,
-                          lease.version, record.created_at_ms,  record.expires_at_ms, record.last4,
-                          record.fingerprint, record.metadata};
-  sealed.lease = std::move(lease);
+  sealed.info = InfoOf(record, item.type);
   return sealed;
 }
 
-std::optional<storage::AuditAttachment> Vault::AttachTo(const SealedToken& sealed,
-                                                        const storage::AuditRecord* audit) {
-  if (audit == nullptr) return std::nullopt;
-  storage::AuditAttachment entry{*audit, audit_.get()};
-  entry.record.resource = sealed.record.token;
-  if (entry.record.time_ms == 0) entry.record.time_ms = sealed.record.created_at_ms;
-  return entry;
+TokenInfo Vault::InfoOf(const storage::TokenRecord& record, ValueType type) {
+  return TokenInfo{record.token,         record.merchant,    type,
+                   record.format,        record.dek_version, record.created_at_ms,
+                   record.expires_at_ms, record.last4,       record.fingerprint,
+                   record.metadata};
 }
 
 StatusOr<TokenInfo> Vault::Tokenize(std::string_view merchant, ByteView value, ValueType type,
                                     const storage::AuditRecord* audit,
                                     const TokenFormatOptions& format,
                                     const TokenAttributes& attributes) {
-  if (!IsValidMerchantId(merchant)) {
-    return InvalidArgumentError(kReasonInvalidMerchant, "invalid merchant id");
-  }
-  TV_ASSIGN_OR_RETURN(SecretBytes normalized, NormalizeValue(type, value));
-  TV_RETURN_IF_ERROR(CheckTokenFormat(type, format));
-  TV_RETURN_IF_ERROR(CheckAttributes(attributes));
-  TV_ASSIGN_OR_RETURN(std::string fingerprint, Fingerprint(merchant, normalized));
-  for (int attempt = 0; attempt < kTokenInsertAttempts; ++attempt) {
-    TV_ASSIGN_OR_RETURN(SealedToken sealed,
-                        Seal(merchant, normalized, type, format, fingerprint, attributes));
-    std::optional<storage::AuditAttachment> entry = AttachTo(sealed, audit);
-    Status inserted = store_->InsertToken(sealed.record, entry ? &*entry : nullptr);
-    if (inserted.ok()) return std::move(sealed.info);
-    if (inserted.code() != StatusCode::kAlreadyExists) return inserted;
-  }
-  return TokenSpaceExhausted();
+  TV_ASSIGN_OR_RETURN(TokenizeOutcome outcome,
+                      Tokenize(merchant, TokenizeItem{value, type, format, false, attributes}, audit));
+  return std::move(outcome.token);
 }
 
-// What an asynchronous tokenize carries from one attempt to the next.
-struct Vault::PendingTokenize {
-  std::string merchant;
-  SecretBytes normalized;
-  ValueType type;
-  TokenFormatOptions format;
-  std::string fingerprint;
-  TokenAttributes attributes;
-  std::optional<storage::AuditRecord> audit;
-  std::function<void(StatusOr<TokenInfo>)> done;
-  int attempts_left = kTokenInsertAttempts;
-  InFlight::Ticket ticket;  // the vault outlives this tokenize
-};
+StatusOr<TokenizeOutcome> Vault::Tokenize(std::string_view merchant, const TokenizeItem& item,
+                                          const storage::AuditRecord* audit) {
+  std::promise<StatusOr<TokenizeOutcome>> promise;
+  std::future<StatusOr<TokenizeOutcome>> result = promise.get_future();
+  TokenizeOneAsync(merchant, item, audit ? std::optional(*audit) : std::nullopt, nullptr,
+                   [&promise](StatusOr<TokenizeOutcome> outcome) {
+                     promise.set_value(std::move(outcome));
+                   });
+  return result.get();
+}
 
 void Vault::TokenizeAsync(std::string_view merchant, ByteView value, ValueType type,
-                          const TokenFormatOptions& format,
-                          TokenAttributes attributes,
+                          const TokenFormatOptions& format, TokenAttributes attributes,
                           std::optional<storage::AuditRecord> audit,
                           std::function<void(StatusOr<TokenInfo>)> done) {
+  TokenizeOneAsync(merchant, TokenizeItem{value, type, format, false, std::move(attributes)},
+                   std::move(audit), nullptr,
+                   [done = std::move(done)](StatusOr<TokenizeOutcome> outcome) {
+                     done(outcome.ok() ? std::move(outcome->token)
+                                       : StatusOr<TokenInfo>(outcome.status()));
+                   });
+}
+
+void Vault::TokenizeOneAsync(std::string_view merchant, const TokenizeItem& item,
+                             std::optional<storage::AuditRecord> audit, TokenizeCommitHook hook,
+                             std::function<void(StatusOr<TokenizeOutcome>)> done) {
   if (!IsValidMerchantId(merchant)) {
     done(InvalidArgumentError(kReasonInvalidMerchant, "invalid merchant id"));
     return;
   }
-  StatusOr<SecretBytes> normalized = NormalizeValue(type, value);
-  if (!normalized.ok()) {
-    done(normalized.status());
+  StatusOr<PreparedItem> prepared = Prepare(merchant, item);
+  if (!prepared.ok()) {
+    done(prepared.status());  // nothing to write: the caller reports (and audits) the error
     return;
   }
-  if (Status applies = CheckTokenFormat(type, format); !applies.ok()) {
-    done(applies);
-    return;
-  }
-  if (Status valid = CheckAttributes(attributes); !valid.ok()) {
-    done(valid);
-    return;
-  }
-  StatusOr<std::string> fingerprint = Fingerprint(merchant, *normalized);
-  if (!fingerprint.ok()) {
-    done(fingerprint.status());
-    return;
-  }
-  auto pending = std::make_shared<PendingTokenize>(PendingTokenize{
-      std::string(merchant), std::move(normalized).value(), type, format,
-      std::move(fingerprint).value(), std::move(attributes), std::move(audit), std::move(done),
-      kTokenInsertAttempts,
-      pending_.Enter()});
-  TokenizeAttempt(std::move(pending));
+  auto pending = std::make_shared<PendingWrite>();
+  pending->merchant = std::string(merchant);
+  pending->single = true;
+  pending->items.push_back(std::move(prepared).value());
+  pending->outcomes.push_back(TokenizeOutcome{StatusOr<TokenInfo>(InternalError("pending", "")), false});
+  pending->attempts_left.push_back(kTokenInsertAttempts);
+  pending->audit = std::move(audit);
+  pending->hook = std::move(hook);
+  pending->done = [done = std::move(done)](StatusOr<std::vector<TokenizeOutcome>> outcomes) {
+    if (!outcomes.ok()) {
+      done(outcomes.status());
+      return;
+    }
+    TokenizeOutcome& only = outcomes->front();
+    // A single tokenize that could not be placed fails as a whole (token_space_exhausted).
+    if (!only.token.ok()) {
+      done(only.token.status());
+      return;
+    }
+    done(std::move(only));
+  };
+  pending->ticket = pending_.Enter();
+  StartWrite(std::move(pending));
 }
 
-void Vault::TokenizeAttempt(std::shared_ptr<PendingTokenize> pending) {
-  --pending->attempts_left;
-  StatusOr<SealedToken> sealed = Seal(pending->merchant, pending->normalized, pending->type,
-                                      pending->format, pending->fingerprint,
-                                      pending->attributes);
-  if (!sealed.ok()) {
-    pending->done(sealed.status());
+void Vault::TokenizeBatchAsync(std::string_view merchant, const std::vector<TokenizeItem>& items,
+                               std::optional<storage::AuditRecord> audit, TokenizeCommitHook hook,
+                               std::function<void(StatusOr<std::vector<TokenizeOutcome>>)> done) {
+  if (!IsValidMerchantId(merchant)) {
+    done(InvalidArgumentError(kReasonInvalidMerchant, "invalid merchant id"));
     return;
   }
-  InsertSealed(std::move(pending), std::move(sealed).value());
-}
-
-// Runs on the completion thread, still holding the lease of the attempt whose token was taken:
-// a new token is sealed under that same lease rather than a new one, because asking for a new
-// shared hold here could wait behind a rotation that waits for the holds only this thread
-// releases.
-void Vault::TokenizeRetry(std::shared_ptr<PendingTokenize> pending, Keyring::EncryptLease lease) {
-  --pending->attempts_left;
-  StatusOr<std::string> token = NewToken(pending->type, pending->normalized, pending->format);
-  // Another encryption under the lease's DEK: counted like any other (this may wait for the
-  // store's writer, never for a completion).
-  Status charged = token.ok() ? keyring_->ChargeEncryption(pending->merchant, lease) : token.status();
-  StatusOr<SealedToken> sealed =
-      charged.ok() ? SealWith(std::move(lease), std::move(token).value(), pending->merchant,
-                              pending->normalized, pending->type, pending->format,
-                              pending->fingerprint, pending->attributes)
-                   : StatusOr<SealedToken>(charged);
-  if (!sealed.ok()) {
-    pending->done(sealed.status());
-    return;
+  auto pending = std::make_shared<PendingWrite>();
+  pending->merchant = std::string(merchant);
+  for (const TokenizeItem& item : items) {
+    StatusOr<PreparedItem> prepared = Prepare(merchant, item);
+    if (!prepared.ok() && prepared.status().code() != StatusCode::kInvalidArgument) {
+      // Not the item's fault (the merchant is unknown, the HSM is down): the batch fails.
+      done(prepared.status());
+      return;
+    }
+    pending->outcomes.push_back(
+        TokenizeOutcome{prepared.ok() ? StatusOr<TokenInfo>(InternalError("pending", ""))
+                                      : StatusOr<TokenInfo>(prepared.status()),
+                        false});
+    pending->items.push_back(prepared.ok() ? std::optional(std::move(prepared).value())
+                                           : std::nullopt);
+    pending->attempts_left.push_back(kTokenInsertAttempts);
   }
-  InsertSealed(std::move(pending), std::move(sealed).value());
+  pending->audit = std::move(audit);
+  pending->hook = std::move(hook);
+  pending->done = std::move(done);
+  pending->ticket = pending_.Enter();
+  StartWrite(std::move(pending));
 }
 
-void Vault::InsertSealed(std::shared_ptr<PendingTokenize> pending, SealedToken sealed) {
-  std::optional<storage::AuditAttachment> entry =
-      AttachTo(sealed, pending->audit ? &*pending->audit : nullptr);
-  storage::TokenRecord record = sealed.record;
-  // The lease travels with the insert and ends when it has committed (on the completing thread).
-  auto lease = std::make_shared<Keyring::EncryptLease>(std::move(sealed.lease));
-  store_->InsertTokenAsync(
-      std::move(record), std::move(entry),
-      [this, pending, lease, info = std::move(sealed.info)](Status inserted) mutable {
-        if (inserted.code() == StatusCode::kAlreadyExists && pending->attempts_left > 0) {
-          // The token exists (a preserving token's bucket is filling; for a random token,
-          // practically never): draw another under the same lease.
-          TokenizeRetry(pending, std::move(*lease));
+void Vault::StartWrite(std::shared_ptr<PendingWrite> pending) {
+  for (size_t i = 0; i < pending->items.size(); ++i) {
+    if (pending->items[i]) pending->written.push_back(i);
+  }
+  if (!pending->written.empty()) {
+    // One lease and one charge for the whole write: its tokens are sealed under one DEK version.
+    StatusOr<Keyring::EncryptLease> lease = keyring_->ForEncrypt(pending->merchant);
+    Status charged = lease.ok() && pending->written.size() > 1
+                         ? keyring_->ChargeEncryption(pending->merchant, *lease,
+                                                      pending->written.size() - 1)
+                         : lease.status();
+    if (!charged.ok()) {
+      pending->done(charged);
+      return;
+    }
+    pending->lease = std::move(lease).value();
+    for (size_t i : pending->written) {
+      StatusOr<SealedToken> sealed = SealItem(pending->lease, pending->merchant, *pending->items[i]);
+      if (!sealed.ok()) {
+        pending->lease.no_rotation.Release();
+        pending->done(sealed.status());
+        return;
+      }
+      pending->sealed.push_back(std::move(sealed).value());
+    }
+  }
+  Submit(std::move(pending));
+}
+
+void Vault::Submit(std::shared_ptr<PendingWrite> pending) {
+  storage::TokenWrite write;
+  write.tokens.reserve(pending->sealed.size());
+  for (const SealedToken& s : pending->sealed) write.tokens.push_back(s.record);
+  if (pending->audit) {
+    storage::AuditAttachment entry{*pending->audit, audit_.get()};
+    if (entry.record.time_ms == 0) entry.record.time_ms = clock_.NowUnixMillis();
+    write.audit = std::move(entry);
+  }
+  // Runs on the writer, inside the transaction: every item's outcome is known now.
+  write.complete = [this, pending](const std::vector<std::optional<storage::TokenRecord>>& existing,
+                                   storage::AuditRecord* audit,
+                                   std::optional<storage::IdempotencyRecord>* idempotency) -> Status {
+    for (size_t k = 0; k < pending->written.size(); ++k) {
+      TokenizeOutcome& outcome = pending->outcomes[pending->written[k]];
+      const PreparedItem& item = *pending->items[pending->written[k]];
+      if (existing[k]) {
+        outcome = TokenizeOutcome{InfoOf(*existing[k], item.type), true};
+      } else {
+        outcome = TokenizeOutcome{pending->sealed[k].info, false};
+      }
+    }
+    if (audit != nullptr) {
+      if (pending->outcomes.size() == 1 && pending->outcomes[0].token.ok()) {
+        audit->resource = pending->outcomes[0].token->token;
+      } else {
+        audit->resources.clear();
+        for (const TokenizeOutcome& o : pending->outcomes) {
+          audit->resources.push_back(o.token.ok() ? o.token->token
+                                                  : "error:" + o.token.status().reason());
+        }
+      }
+    }
+    if (pending->hook) return pending->hook(pending->outcomes, audit, idempotency);
+    return Status::Ok();
+  };
+  store_->WriteTokensAsync(std::move(write),
+                           [this, pending](storage::TokenWriteResult result) mutable {
+                             Written(std::move(pending), std::move(result));
+                           });
+}
+
+// Runs on the store's completion thread. Tokens that were taken are drawn again under the lease
+// still held, rather than a new one: asking for a new shared hold here could wait behind a
+// rotation that waits for the holds only this thread releases.
+void Vault::Written(std::shared_ptr<PendingWrite> pending, storage::TokenWriteResult result) {
+  if (result.status.reason() == storage::kReasonTokenTaken && !result.taken.empty()) {
+    std::vector<size_t> keep;  // indexes into written/sealed that stay in the write
+    std::vector<bool> taken(pending->written.size(), false);
+    for (size_t k : result.taken) taken[k] = true;
+    for (size_t k = 0; k < pending->written.size(); ++k) {
+      const size_t i = pending->written[k];
+      if (!taken[k]) {
+        keep.push_back(k);
+        continue;
+      }
+      if (--pending->attempts_left[i] <= 0) {
+        // The value's bucket of format-preserving tokens is (nearly) full.
+        if (pending->single) {
+          // A single tokenize fails as a whole, with nothing written (its caller audits it).
+          pending->lease.no_rotation.Release();
+          pending->done(TokenSpaceExhausted());
           return;
         }
-        lease->no_rotation.Release();
-        if (inserted.ok()) {
-          pending->done(std::move(info));
-        } else if (inserted.code() == StatusCode::kAlreadyExists) {
-          pending->done(TokenSpaceExhausted());
-        } else {
-          pending->done(std::move(inserted));
-        }
-      });
+        pending->outcomes[i].token = TokenSpaceExhausted();
+        continue;
+      }
+      // Another encryption under the lease's DEK, counted like any other (this may wait for
+      // the store's writer, never for a completion).
+      Status charged = keyring_->ChargeEncryption(pending->merchant, pending->lease);
+      StatusOr<SealedToken> resealed =
+          charged.ok() ? SealItem(pending->lease, pending->merchant, *pending->items[i])
+                       : StatusOr<SealedToken>(charged);
+      if (!resealed.ok()) {
+        pending->lease.no_rotation.Release();
+        pending->done(resealed.status());
+        return;
+      }
+      pending->sealed[k] = std::move(resealed).value();
+      keep.push_back(k);
+    }
+    std::vector<size_t> written;
+    std::vector<SealedToken> sealed;
+    for (size_t k : keep) {
+      written.push_back(pending->written[k]);
+      sealed.push_back(std::move(pending->sealed[k]));
+    }
+    pending->written = std::move(written);
+    pending->sealed = std::move(sealed);
+    Submit(std::move(pending));
+    return;
+  }
+  pending->lease.no_rotation.Release();
+  if (!result.status.ok()) {
+    pending->done(std::move(result.status));
+    return;
+  }
+  pending->done(std::move(pending->outcomes));
 }
 
 StatusOr<storage::TokenRecord> Vault::FindOwnToken(std::string_view merchant,
@@ -350,9 +507,7 @@ StatusOr<TokenInfo> Vault::GetToken(std::string_view merchant, std::string_view 
   TV_ASSIGN_OR_RETURN(storage::TokenRecord record, FindOwnToken(merchant, token));
   const std::optional<ValueType> type = ParseValueType(record.type);
   if (!type) return DataLossError(kReasonIntegrity, "the stored token has an unknown type");
-  return TokenInfo{record.token,   record.merchant,    *type,
-                   record.format,  record.dek_version, record.created_at_ms,
-                   record.expires_at_ms, record.last4, record.fingerprint, record.metadata};
+  return InfoOf(record, *type);
 }
 
 Status Vault::DeleteToken(std::string_view merchant, std::string_view token,

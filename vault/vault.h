@@ -8,6 +8,8 @@
 #define TOKENVAULT_VAULT_VAULT_H_
 
 #include <chrono>
+#include <functional>
+#include <vector>
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
@@ -44,6 +46,17 @@ struct TokenAttributes {
   std::optional<int64_t> ttl_seconds;
 };
 
+// One value to tokenize: a tokenize request, or one item of a batch.
+struct TokenizeItem {
+  ByteView value;  // read (normalised into a wiped buffer) before the call taking it returns
+  ValueType type = ValueType::kGeneric;
+  TokenFormatOptions format;
+  // The merchant's live token for the same normalised value, type and format answers, if there
+  // is one; otherwise a new token is made and kept for the next such request (API.md, Tokens).
+  bool deterministic = false;
+  TokenAttributes attributes;
+};
+
 struct MerchantInfo {
   std::string id;
   int64_t created_at_ms = 0;
@@ -65,6 +78,19 @@ struct TokenInfo {
   std::optional<std::string> fingerprint;
   std::optional<std::string> metadata_json;  // as given at tokenize, validated by the service
 };
+
+struct TokenizeOutcome {
+  StatusOr<TokenInfo> token;
+  bool existing = false;  // a deterministic tokenize answered with a token made before
+};
+
+// Runs inside the transaction that commits a tokenize or a batch, once every item's outcome is
+// known (in item order): completes the audit record (status, reason: the vault has already named
+// the tokens in it) and may set an idempotency record to commit with it. It runs on the store's
+// serial write path: quick, no waiting. An error fails the whole write.
+using TokenizeCommitHook = std::function<Status(const std::vector<TokenizeOutcome>& outcomes,
+                                                storage::AuditRecord* audit,
+                                                std::optional<storage::IdempotencyRecord>* idempotency)>;
 
 struct RevealedValue {
   ValueType type = ValueType::kGeneric;
@@ -107,6 +133,27 @@ class Vault {
                                const TokenFormatOptions& format = {},
                                const TokenAttributes& attributes = {});
 
+  // Tokenize for one item, deterministic ones included. 'existing' says a deterministic token
+  // made before answered (nothing new was stored).
+  StatusOr<TokenizeOutcome> Tokenize(std::string_view merchant, const TokenizeItem& item,
+                                     const storage::AuditRecord* audit = nullptr);
+
+  // One item, without waiting for the commit: as TokenizeAsync, plus the commit hook, which runs
+  // only if the item is valid (an invalid one is reported to 'done' and nothing is written).
+  void TokenizeOneAsync(std::string_view merchant, const TokenizeItem& item,
+                        std::optional<storage::AuditRecord> audit, TokenizeCommitHook hook,
+                        std::function<void(StatusOr<TokenizeOutcome>)> done);
+
+  // Any number of items as one write (the service allows 1000): each item is validated on its
+  // own, and an invalid one gets its error in its outcome without failing the others. The valid
+  // items' tokens, the audit record (its 'resources' set to one entry per item: the token, or
+  // "error:<reason>") and the hook's idempotency record commit in one transaction, even when no
+  // item is valid. 'done' gets the outcomes in item order, or the status of a write that failed
+  // as a whole (nothing was written): an unknown merchant, the HSM or storage down.
+  void TokenizeBatchAsync(std::string_view merchant, const std::vector<TokenizeItem>& items,
+                          std::optional<storage::AuditRecord> audit, TokenizeCommitHook hook,
+                          std::function<void(StatusOr<std::vector<TokenizeOutcome>>)> done);
+
   // Tokenize without waiting for the commit: 'done' gets what Tokenize would have returned,
   // once the token (and its audit record) is durable or failed - on the calling thread for
   // errors found before the write, else on the store's completion thread. 'done' must be quick
@@ -133,8 +180,16 @@ class Vault {
                      const storage::AuditRecord* audit = nullptr);
 
   // Removes the sealed value of up to 'limit' tokens whose time to live has passed (their rows
-  // stay, answering gone). Returns how many. Runs by itself every expiry_sweep_interval.
+  // stay, answering gone). Returns how many. Runs by itself every expiry_sweep_interval, with
+  // SweepIdempotency.
   StatusOr<size_t> SweepExpired(size_t limit = 1000);
+  // Deletes up to 'limit' idempotency records past their 24 hours. Returns how many.
+  StatusOr<size_t> SweepIdempotency(size_t limit = 1000);
+
+  // Keyed hashes for idempotency records (storage::IdempotencyRecord): HMAC-SHA256 under a key
+  // derived from the HSM-wrapped audit key, so that neither an Idempotency-Key nor a request
+  // body (which holds a value) is ever stored, even hashed in a way one could test guesses on.
+  const HmacSha256& idempotency_mac() const { return *idempotency_mac_; }
 
   // New DEK version for new writes; older tokens still decrypt. Returns the new version.
   StatusOr<uint32_t> RotateDataKey(std::string_view merchant);
@@ -150,38 +205,42 @@ class Vault {
 
  private:
   struct SealedToken;
-  struct PendingTokenize;
+  struct PreparedItem;
+  struct PendingWrite;
   // fp_...: the keyed fingerprint of a normalised value in 'merchant'.
   StatusOr<std::string> Fingerprint(std::string_view merchant, const SecretBytes& normalized);
-  StatusOr<SealedToken> Seal(std::string_view merchant, const SecretBytes& normalized,
-                             ValueType type, const TokenFormatOptions& format,
-                             const std::string& fingerprint,
-                             const TokenAttributes& attributes);
-  StatusOr<SealedToken> SealWith(Keyring::EncryptLease lease, std::string token,
-                                 std::string_view merchant, const SecretBytes& normalized,
-                                 ValueType type, const TokenFormatOptions& format,
-                                 const std::string& fingerprint,
-                                 const TokenAttributes& attributes);
-  void TokenizeRetry(std::shared_ptr<PendingTokenize> pending, Keyring::EncryptLease lease);
-  void InsertSealed(std::shared_ptr<PendingTokenize> pending, SealedToken sealed);
-  std::optional<storage::AuditAttachment> AttachTo(const SealedToken& sealed,
-                                                   const storage::AuditRecord* audit);
-  void TokenizeAttempt(std::shared_ptr<PendingTokenize> pending);
+  // Normalises and checks one item and computes its fingerprint.
+  StatusOr<PreparedItem> Prepare(std::string_view merchant, const TokenizeItem& item);
+  // Seals 'item' under a new token with the lease's DEK (an encryption the caller has charged).
+  StatusOr<SealedToken> SealItem(const Keyring::EncryptLease& lease, std::string_view merchant,
+                                 const PreparedItem& item);
+  // Leases a DEK, seals every prepared item, and writes them.
+  void StartWrite(std::shared_ptr<PendingWrite> pending);
+  void Submit(std::shared_ptr<PendingWrite> pending);
+  void Written(std::shared_ptr<PendingWrite> pending, storage::TokenWriteResult result);
+  static TokenInfo InfoOf(const storage::TokenRecord& record, ValueType type);
 
   // The live, well-formed token row of 'merchant' (errors as GetToken).
   StatusOr<storage::TokenRecord> FindOwnToken(std::string_view merchant, std::string_view token);
 
   Vault(std::shared_ptr<hsm::Hsm> hsm, std::shared_ptr<storage::Store> store,
-        const VaultOptions& options, const Clock& clock, std::unique_ptr<AuditLog> audit);
+        const VaultOptions& options, const Clock& clock, std::unique_ptr<AuditLog> audit,
+        std::unique_ptr<HmacSha256> idempotency_mac);
 
   std::shared_ptr<hsm::Hsm> hsm_;
   std::shared_ptr<storage::Store> store_;
   const Clock& clock_;
   std::unique_ptr<Keyring> keyring_;
   std::unique_ptr<AuditLog> audit_;
+  std::unique_ptr<HmacSha256> idempotency_mac_;
   InFlight pending_;  // asynchronous tokenizes not yet completed
 
   void SweepLoop(std::chrono::milliseconds interval);
+  // Runs 'sweep' (batches of 'batch') until a batch comes back short, an error (logged), or
+  // the vault stops.
+  void SweepInBatches(const char* what, const char* done_what,
+                      std::chrono::milliseconds interval,
+                      const std::function<StatusOr<size_t>()>& sweep, size_t batch);
   std::mutex sweep_mu_;
   std::condition_variable sweep_cv_;
   bool stopping_ = false;  // GUARDED_BY(sweep_mu_)

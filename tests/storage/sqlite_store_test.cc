@@ -515,6 +515,134 @@ TEST(SqliteStoreWalTest, TheWalStartsOverUnderSteadyWrites) {
   EXPECT_LT(wal.st_size, 2 * 1024 * 1024) << "WAL of " << wal.st_size << " bytes";
 }
 
+TokenWriteResult WriteTokens(Store& store, TokenWrite write) {
+  std::promise<TokenWriteResult> done;
+  store.WriteTokensAsync(std::move(write), [&](TokenWriteResult r) { done.set_value(std::move(r)); });
+  return done.get_future().get();
+}
+
+TokenRecord Deterministic(const std::string& token, const std::string& key) {
+  TokenRecord t = Token(token);
+  t.dedup_key = key;
+  return t;
+}
+
+TEST_F(SqliteStoreTest, ATokenWriteWithATakenTokenWritesNothingAndNamesEveryTakenOne) {
+  TV_ASSERT_OK(store_->InsertToken(Token("tok_b")));
+  TV_ASSERT_OK(store_->InsertToken(Token("tok_d")));
+  FixedMac fixed;
+  AuditRecord record;
+  record.outcome = "allowed";
+  TokenWrite write;
+  write.tokens = {Token("tok_a"), Token("tok_b"), Token("tok_c"), Token("tok_d")};
+  write.audit = AuditAttachment{record, &fixed};
+  bool completed = false;
+  write.complete = [&](const auto&, AuditRecord*, std::optional<IdempotencyRecord>*) {
+    completed = true;
+    return Status::Ok();
+  };
+  TokenWriteResult result = WriteTokens(*store_, std::move(write));
+  TV_EXPECT_ERROR(result.status, StatusCode::kAlreadyExists, kReasonTokenTaken);
+  EXPECT_EQ(result.taken, (std::vector<size_t>{1, 3}));
+  EXPECT_FALSE(completed);  // the hook runs only for a write that goes in
+  // Nothing of it was written: neither the free tokens nor the audit record.
+  TV_EXPECT_ERROR(store_->FindToken("acme", "tok_a"), StatusCode::kNotFound, "token_not_found");
+  TV_EXPECT_ERROR(store_->FindToken("acme", "tok_c"), StatusCode::kNotFound, "token_not_found");
+  TV_EXPECT_ERROR(store_->GetAuditHead(), StatusCode::kNotFound, "audit_empty");
+}
+
+TEST_F(SqliteStoreTest, ADeterministicKeyAnswersWithItsLiveTokenUntilTheTokenIsGone) {
+  TokenWrite first;
+  first.tokens = {Deterministic("tok_first", "card/random/fp_x")};
+  TokenWriteResult r1 = WriteTokens(*store_, std::move(first));
+  TV_ASSERT_OK(r1.status);
+  EXPECT_FALSE(r1.existing[0].has_value());
+
+  // The same key again, twice within one write: the first token answers for both.
+  TokenWrite again;
+  again.tokens = {Deterministic("tok_second", "card/random/fp_x"),
+                  Deterministic("tok_other", "card/random/fp_y"),
+                  Deterministic("tok_third", "card/random/fp_y")};
+  std::vector<std::optional<TokenRecord>> seen;
+  again.complete = [&](const auto& existing, AuditRecord*, std::optional<IdempotencyRecord>*) {
+    seen = existing;
+    return Status::Ok();
+  };
+  TokenWriteResult r2 = WriteTokens(*store_, std::move(again));
+  TV_ASSERT_OK(r2.status);
+  ASSERT_EQ(r2.existing.size(), 3u);
+  ASSERT_TRUE(r2.existing[0].has_value());
+  EXPECT_EQ(r2.existing[0]->token, "tok_first");
+  EXPECT_FALSE(r2.existing[1].has_value());
+  ASSERT_TRUE(r2.existing[2].has_value());
+  EXPECT_EQ(r2.existing[2]->token, "tok_other");
+  ASSERT_EQ(seen.size(), 3u);
+  EXPECT_TRUE(seen[0].has_value());
+  TV_EXPECT_ERROR(store_->FindToken("acme", "tok_second"), StatusCode::kNotFound, "token_not_found");
+
+  // Deleted: the key is free again, and a new token takes it.
+  TV_ASSERT_OK(store_->DeleteToken("acme", "tok_first", 2000));
+  TokenWriteResult r3 = WriteTokens(*store_, TokenWrite{{Deterministic("tok_fourth", "card/random/fp_x")}, {}, {}});
+  TV_ASSERT_OK(r3.status);
+  EXPECT_FALSE(r3.existing[0].has_value());
+
+  // Expired (not yet swept): the write that finds it removes its value and replaces it.
+  TokenRecord expiring = Deterministic("tok_fifth", "card/random/fp_z");
+  expiring.expires_at_ms = 5000;
+  TV_ASSERT_OK(WriteTokens(*store_, TokenWrite{{expiring}, {}, {}}).status);
+  TokenRecord before_expiry = Deterministic("tok_sixth", "card/random/fp_z");
+  before_expiry.created_at_ms = 4999;
+  TokenWriteResult live = WriteTokens(*store_, TokenWrite{{before_expiry}, {}, {}});
+  ASSERT_TRUE(live.existing[0].has_value());
+  EXPECT_EQ(live.existing[0]->token, "tok_fifth");
+  TokenRecord after_expiry = Deterministic("tok_seventh", "card/random/fp_z");
+  after_expiry.created_at_ms = 5000;
+  TokenWriteResult replaced = WriteTokens(*store_, TokenWrite{{after_expiry}, {}, {}});
+  TV_ASSERT_OK(replaced.status);
+  EXPECT_FALSE(replaced.existing[0].has_value());
+  StatusOr<TokenRecord> old = store_->FindToken("acme", "tok_fifth");
+  ASSERT_TRUE(old.ok());
+  EXPECT_TRUE(old->nonce.empty());  // its sealed value is gone
+  EXPECT_FALSE(old->dedup_key.has_value());
+  EXPECT_EQ(store_->FindToken("acme", "tok_seventh")->dedup_key, "card/random/fp_z");
+}
+
+TEST_F(SqliteStoreTest, IdempotencyRecordsCommitWithTheirTokensAndExpire) {
+  IdempotencyRecord idem;
+  idem.key_hash = Bytes(32, 0xAA);
+  idem.request_hash = Bytes(32, 0xBB);
+  idem.status = 201;
+  idem.body = R"({"token":"tok_idem"})";
+  idem.created_at_ms = 1000;
+  idem.expires_at_ms = 2000;
+  TokenWrite write;
+  write.tokens = {Token("tok_idem")};
+  write.complete = [&](const auto&, AuditRecord*, std::optional<IdempotencyRecord>* out) {
+    *out = idem;
+    return Status::Ok();
+  };
+  TV_ASSERT_OK(WriteTokens(*store_, std::move(write)).status);
+  StatusOr<IdempotencyRecord> found = store_->FindIdempotency(Bytes(32, 0xAA), 1999);
+  ASSERT_TRUE(found.ok()) << found.status().ToString();
+  EXPECT_EQ(found->status, 201);
+  EXPECT_EQ(found->body, idem.body);
+  EXPECT_EQ(found->request_hash, idem.request_hash);
+  // Past its expiry it is not found, and the sweeper deletes it.
+  TV_EXPECT_ERROR(store_->FindIdempotency(Bytes(32, 0xAA), 2000), StatusCode::kNotFound,
+                  "idempotency_key_not_found");
+  EXPECT_EQ(*store_->SweepIdempotency(1999, 10), 0u);
+  EXPECT_EQ(*store_->SweepIdempotency(2000, 10), 1u);
+
+  // A hook that fails takes the whole write with it.
+  TokenWrite failing;
+  failing.tokens = {Token("tok_hook")};
+  failing.complete = [](const auto&, AuditRecord*, std::optional<IdempotencyRecord>*) {
+    return InternalError("hook_failed", "no");
+  };
+  TV_EXPECT_ERROR(WriteTokens(*store_, std::move(failing)).status, StatusCode::kInternal, "hook_failed");
+  TV_EXPECT_ERROR(store_->FindToken("acme", "tok_hook"), StatusCode::kNotFound, "token_not_found");
+}
+
 TEST_F(SqliteStoreTest, OnlyOneStorePerDatabase) {
   TV_EXPECT_ERROR(SqliteStore::Open({dir_.Sub("t.db")}), StatusCode::kFailedPrecondition,
                   "store_locked");
@@ -551,15 +679,21 @@ TEST(SqliteStoreSchemaTest, NoColumnCanHoldAPlaintextValue) {
   ASSERT_TRUE(*stmt->Step());
   // fingerprint is a keyed HMAC (46 characters, checked by the schema), never the value;
   // metadata holds references whose values the service refuses when they look like a card number
-  // or an SSN (ApiTest.TokenMetadataIsKeptAndNeverHoldsValues).
+  // or an SSN (ApiTest.TokenMetadataIsKeptAndNeverHoldsValues); dedup_key is type/format/fingerprint.
   EXPECT_EQ(stmt->ColumnText(0),
             "id,token,merchant_id,type,format,record_version,dek_version,nonce,ciphertext,tag,"
-            "last4,created_at,expires_at,deleted_at,fingerprint,metadata");
+            "last4,created_at,expires_at,deleted_at,fingerprint,metadata,dedup_key");
   // Fingerprint keys are stored wrapped only.
   auto keys = (*db)->Prepare("SELECT group_concat(name, ',') FROM pragma_table_info('fingerprint_keys')");
   TV_ASSERT_OK(keys);
   ASSERT_TRUE(*keys->Step());
   EXPECT_EQ(keys->ColumnText(0), "merchant_id,kek_version,wrapped,created_at");
+  // Idempotency records: keyed hashes of the key and the request, and the answer (tokens only).
+  auto idempotency =
+      (*db)->Prepare("SELECT group_concat(name, ',') FROM pragma_table_info('idempotency_keys')");
+  TV_ASSERT_OK(idempotency);
+  ASSERT_TRUE(*idempotency->Step());
+  EXPECT_EQ(idempotency->ColumnText(0), "key_hash,request_hash,status,body,created_at,expires_at");
 }
 
 }  // namespace

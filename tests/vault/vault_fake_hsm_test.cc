@@ -404,6 +404,169 @@ TEST_F(VaultFakeHsmTest, FingerprintsMatchWithinAMerchantAndNeverAcross) {
   EXPECT_EQ(vault_->GetToken("acme", t->token)->fingerprint, a1);
 }
 
+// Rows of 'merchant' in the tokens table, counted from another connection.
+int64_t TokenRows(const std::string& db_path, const std::string& where) {
+  auto db = storage::Database::Open(db_path, {true, 5000});
+  if (!db.ok()) return -1;
+  auto stmt = (*db)->Prepare("SELECT COUNT(*) FROM tokens WHERE " + where);
+  if (!stmt.ok() || !*stmt->Step()) return -1;
+  return stmt->ColumnInt(0);
+}
+
+TEST_F(VaultFakeHsmTest, EightThreadsTokenizingOneValueDeterministicallyMakeOneTokenOneRow) {
+  TV_ASSERT_OK(vault_->CreateMerchant("acme"));
+  TV_ASSERT_OK(vault_->CreateMerchant("other"));
+  const std::string card = "4242 4242 4242 4242";
+  constexpr int kThreads = 8;
+  std::vector<StatusOr<TokenizeOutcome>> results(kThreads, InternalError("unset", ""));
+  std::atomic<int> ready{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kThreads; ++i) {
+    threads.emplace_back([&, i] {
+      ++ready;
+      while (ready.load() < kThreads) std::this_thread::yield();  // all start together
+      results[i] = vault_->Tokenize("acme", TokenizeItem{AsBytes(card), ValueType::kCard, {}, true, {}});
+    });
+  }
+  for (auto& t : threads) t.join();
+  std::set<std::string> tokens;
+  int created = 0;
+  for (const auto& r : results) {
+    TV_ASSERT_OK(r);
+    tokens.insert(r->token->token);
+    created += r->existing ? 0 : 1;
+  }
+  EXPECT_EQ(tokens.size(), 1u);
+  EXPECT_EQ(created, 1);  // one request made it; the seven others were answered with it
+  const std::string token = *tokens.begin();
+  EXPECT_EQ(TokenRows(dir_.Sub("vault.db"), "merchant_id = 'acme'"), 1);
+  EXPECT_EQ(AsChars(vault_->Detokenize("acme", token)->value.view()), "4242424242424242");
+
+  // The same value as another type, another format, non-deterministically, or in another
+  // merchant: another token each time.
+  auto tokenize = [&](const std::string& merchant, ValueType type, TokenFormatOptions format,
+                      bool deterministic) {
+    StatusOr<TokenizeOutcome> o =
+        vault_->Tokenize(merchant, TokenizeItem{AsBytes(card), type, format, deterministic, {}});
+    EXPECT_TRUE(o.ok()) << o.status().ToString();
+    return o.ok() ? o->token->token : std::string();
+  };
+  const std::string generic = tokenize("acme", ValueType::kGeneric, {}, true);
+  const std::string preserving = tokenize("acme", ValueType::kCard, {TokenFormat::kPreserving, false}, true);
+  const std::string with_bin = tokenize("acme", ValueType::kCard, {TokenFormat::kPreserving, true}, true);
+  const std::string plain = tokenize("acme", ValueType::kCard, {}, false);
+  const std::string elsewhere = tokenize("other", ValueType::kCard, {}, true);
+  EXPECT_EQ(std::set<std::string>({token, generic, preserving, with_bin, plain, elsewhere}).size(), 6u);
+  // Each deterministic one is found again (normalisation applies: dashes instead of spaces).
+  EXPECT_EQ(tokenize("acme", ValueType::kCard, {TokenFormat::kPreserving, true}, true), with_bin);
+  StatusOr<TokenizeOutcome> dashed = vault_->Tokenize(
+      "acme", TokenizeItem{AsBytes("4242-4242-4242-4242"), ValueType::kCard, {}, true, {}});
+  TV_ASSERT_OK(dashed);
+  EXPECT_EQ(dashed->token->token, token);
+  EXPECT_TRUE(dashed->existing);
+
+  // Deleted: the next deterministic request makes a new token.
+  TV_ASSERT_OK(vault_->DeleteToken("acme", token));
+  StatusOr<TokenizeOutcome> fresh =
+      vault_->Tokenize("acme", TokenizeItem{AsBytes(card), ValueType::kCard, {}, true, {}});
+  TV_ASSERT_OK(fresh);
+  EXPECT_FALSE(fresh->existing);
+  EXPECT_NE(fresh->token->token, token);
+}
+
+// Runs a batch and waits for it.
+StatusOr<std::vector<TokenizeOutcome>> Batch(Vault& vault, const std::string& merchant,
+                                             const std::vector<TokenizeItem>& items,
+                                             std::optional<storage::AuditRecord> audit = std::nullopt) {
+  std::promise<StatusOr<std::vector<TokenizeOutcome>>> done;
+  vault.TokenizeBatchAsync(merchant, items, std::move(audit), nullptr,
+                           [&](StatusOr<std::vector<TokenizeOutcome>> r) { done.set_value(std::move(r)); });
+  return done.get_future().get();
+}
+
+TEST_F(VaultFakeHsmTest, ABatchOfAThousandIsOneWriteWithOneAuditRecordAndPerItemAnswers) {
+  TV_ASSERT_OK(vault_->CreateMerchant("acme"));
+  // Loads the merchant's keys, its fingerprint key and a block of reserved encryptions, so
+  // that the batch below needs no write besides its own.
+  TV_ASSERT_OK(vault_->Tokenize("acme", AsBytes("warm up"), ValueType::kGeneric));
+  std::mt19937_64 rng(7);
+  std::vector<std::string> values;
+  std::vector<TokenizeItem> items;
+  values.reserve(1000);
+  for (int i = 0; i < 1000; ++i) values.push_back(testing::RandomCard(rng, 16));
+  const std::set<int> bad = {3, 500, 998};
+  for (int i : bad) values[i].back() = values[i].back() == '9' ? '0' : values[i].back() + 1;  // Luhn fails
+  for (int i = 0; i < 1000; ++i) {
+    TokenizeItem item{AsBytes(values[i]), ValueType::kCard, {}, false, {}};
+    if (i % 3 == 1) item.format = {TokenFormat::kPreserving, false};
+    if (i == 700) item.format = {TokenFormat::kPreserving, false}, item.type = ValueType::kGeneric;  // not applicable
+    items.push_back(item);
+  }
+  storage::AuditRecord audit;
+  audit.request_id = "req_batch";
+  audit.action = "tokens.batch";
+  audit.outcome = "allowed";
+  audit.status = 200;
+  const int64_t seq_before = store_->GetAuditHead().ok() ? store_->GetAuditHead()->seq : 0;
+  const storage::SqliteStore::Stats before = store_->GetStats();
+  StatusOr<std::vector<TokenizeOutcome>> outcomes = Batch(*vault_, "acme", items, audit);
+  TV_ASSERT_OK(outcomes);
+  const storage::SqliteStore::Stats after = store_->GetStats();
+  EXPECT_EQ(after.operations - before.operations, 1u);  // one write, so one transaction, one fsync
+  EXPECT_EQ(after.transactions - before.transactions, 1u);
+  ASSERT_EQ(outcomes->size(), 1000u);
+  for (int i = 0; i < 1000; ++i) {
+    const TokenizeOutcome& o = (*outcomes)[i];
+    if (bad.count(i)) {
+      TV_EXPECT_ERROR(o.token, StatusCode::kInvalidArgument, "invalid_card");
+      continue;
+    }
+    if (i == 700) {
+      TV_EXPECT_ERROR(o.token, StatusCode::kInvalidArgument, "invalid_format");
+      continue;
+    }
+    TV_ASSERT_OK(o.token);
+    EXPECT_EQ(o.token->last4, values[i].substr(12));
+    EXPECT_EQ(o.token->format, i % 3 == 1 ? "preserving" : "random");
+    EXPECT_EQ(AsChars(vault_->Detokenize("acme", o.token->token)->value.view()), values[i]) << i;
+  }
+  // One audit record names every item's outcome, in order.
+  StatusOr<std::vector<storage::AuditRecord>> records = vault_->audit().Query({});
+  TV_ASSERT_OK(records);
+  EXPECT_EQ(store_->GetAuditHead()->seq, seq_before + 1);
+  const storage::AuditRecord& record = records->back();
+  EXPECT_EQ(record.request_id, "req_batch");
+  ASSERT_EQ(record.resources.size(), 1000u);
+  EXPECT_EQ(record.resources[0], (*outcomes)[0].token->token);
+  EXPECT_EQ(record.resources[3], "error:invalid_card");
+  EXPECT_EQ(record.resources[700], "error:invalid_format");
+}
+
+TEST_F(VaultFakeHsmTest, TakenTokensInABatchAreDrawnAgainWithinTheSameWrite) {
+  TV_ASSERT_OK(vault_->CreateMerchant("acme"));
+  // 2,000 SSN tokens for one last four share a bucket of 10,000: about 200 draws collide with
+  // another item of the same batch, and each is drawn again before anything commits.
+  const std::string ssn = "123-45-6789";
+  std::vector<TokenizeItem> items(2000, TokenizeItem{AsBytes(ssn), ValueType::kSsn,
+                                                     {TokenFormat::kPreserving, false}, false, {}});
+  StatusOr<std::vector<TokenizeOutcome>> outcomes = Batch(*vault_, "acme", items);
+  TV_ASSERT_OK(outcomes);
+  std::set<std::string> distinct;
+  for (const TokenizeOutcome& o : *outcomes) {
+    TV_ASSERT_OK(o.token);
+    distinct.insert(o.token->token);
+  }
+  EXPECT_EQ(distinct.size(), 2000u);
+  EXPECT_EQ(TokenRows(dir_.Sub("vault.db"), "merchant_id = 'acme'"), 2000);
+}
+
+TEST_F(VaultFakeHsmTest, ABatchForAnUnknownMerchantFailsAsAWholeAndWritesNothing) {
+  const uint64_t before = store_->GetStats().operations;
+  std::vector<TokenizeItem> items(3, TokenizeItem{AsBytes("x"), ValueType::kGeneric, {}, false, {}});
+  TV_EXPECT_ERROR(Batch(*vault_, "nobody", items).status(), StatusCode::kNotFound, "merchant_not_found");
+  EXPECT_EQ(store_->GetStats().operations, before);
+}
+
 TEST(VaultExpiryTest, AnExpiredTokenIsGoneAndTheSweeperRemovesItsCiphertext) {
   TempDir dir;
   FakeClock clock;
