@@ -295,6 +295,9 @@ class HttpServer::Impl {
       if (auto ct = rq.headers().tryGet<Http::Header::ContentType>()) {
         request.content_type = ct->mime().toString();
       }
+      if (auto key = rq.headers().tryGetRaw("Idempotency-Key")) {
+        request.idempotency_key = key->value();
+      }
       request.source_ip = rq.address().host();
       request.body = rq.body();
     } catch (...) {

@@ -225,6 +225,7 @@ const std::vector<RouteSpec>& Routes() {
       {"DELETE", "/v1/principals/:name", "principals.delete"},
       {"POST", "/v1/merchants", "merchants.create"},
       {"POST", "/v1/merchants/:m/tokens", "tokens.create"},
+      {"POST", "/v1/merchants/:m/tokens/batch", "tokens.batch"},
       {"GET", "/v1/merchants/:m/tokens/:token", "tokens.read"},
       {"DELETE", "/v1/merchants/:m/tokens/:token", "tokens.delete"},
       {"POST", "/v1/merchants/:m/detokenize", "tokens.detokenize"},
@@ -248,6 +249,8 @@ struct Service::Context : std::enable_shared_from_this<Service::Context> {
   std::string reason;
   json body;          // parsed request body
   bool audited = false;  // the handler already wrote the audit record with its data
+  std::optional<Idempotency> idempotency;  // the request carried an Idempotency-Key
+  HttpResponse answer;  // a tokenize's answer, when rendered inside its commit
 };
 
 Service::Service(Vault& vault, std::shared_ptr<const policy::Policy> policy,
@@ -323,6 +326,8 @@ void Service::Respond(Context& ctx, HttpResponse response) {
     Cleanse(response.body);
     return;
   }
+  // The Idempotency-Key is free again: its record (if any) is committed by now.
+  if (ctx.idempotency) ctx.idempotency->hold.reset();
   ctx.respond(std::move(response));
 }
 
@@ -474,6 +479,10 @@ HttpResponse Service::Dispatch(Context& ctx) {
     return fail(BadRequest("invalid_merchant", "merchant ids match ^[a-z0-9][a-z0-9_-]{0,63}$"));
   }
 
+  if (rq.route == "tokens.create" || rq.route == "tokens.batch") {
+    if (Status prepared = PrepareIdempotency(ctx); !prepared.ok()) return fail(prepared);
+  }
+
   // Both are consumed (ctx.body holds what the handler needs): wipe them before any handler runs,
   // since an asynchronous one completes after this frame is gone.
   Cleanse(rq.body);
@@ -483,6 +492,7 @@ HttpResponse Service::Dispatch(Context& ctx) {
   if (rq.route == "principals.delete") return DeletePrincipal(ctx);
   if (rq.route == "merchants.create") return CreateMerchant(ctx);
   if (rq.route == "tokens.create") return CreateToken(ctx);
+  if (rq.route == "tokens.batch") return CreateTokenBatch(ctx);
   if (rq.route == "tokens.read") return GetToken(ctx);
   if (rq.route == "tokens.delete") return DeleteToken(ctx);
   if (rq.route == "tokens.detokenize") return Detokenize(ctx);
@@ -695,57 +705,215 @@ static Status CheckMetadata(const json& m) {
   return Status::Ok();
 }
 
-HttpResponse Service::CreateToken(Context& ctx) {
-  TV_AUTHORIZE(Permission::kTokensCreate, ctx.merchant);
-  json& b = ctx.body;
-  TV_OR_FAIL(CheckFields(b, {"value", "type", "format", "keep_bin", "deterministic", "ttl_seconds", "metadata"}));
+// One tokenize body (a request, or an item of a batch), checked. The item's value points into
+// 'body', which must outlive it.
+static StatusOr<TokenizeItem> ParseTokenizeBody(json& b) {
+  if (!b.is_object()) return BadRequest("invalid_item", "each item is a JSON object");
+  TV_RETURN_IF_ERROR(CheckFields(b, {"value", "type", "format", "keep_bin", "deterministic", "ttl_seconds", "metadata"}));
   if (!b.contains("value") || !b["value"].is_string()) {
-    TV_OR_FAIL(BadRequest("invalid_value", "'value' must be a string"));
+    return BadRequest("invalid_value", "'value' must be a string");
   }
-  ValueType type = ValueType::kGeneric;
+  TokenizeItem item;
   if (b.contains("type")) {
     std::optional<ValueType> t = b["type"].is_string() ? ParseValueType(b["type"].get<std::string>()) : std::nullopt;
-    if (!t) TV_OR_FAIL(BadRequest("invalid_type", "'type' is card, ssn or generic"));
-    type = *t;
+    if (!t) return BadRequest("invalid_type", "'type' is card, ssn or generic");
+    item.type = *t;
   }
-  TokenFormatOptions format;
   if (b.contains("format")) {
     std::optional<TokenFormat> f = b["format"].is_string() ? ParseTokenFormat(b["format"].get<std::string>()) : std::nullopt;
-    if (!f) TV_OR_FAIL(BadRequest("invalid_format", "'format' is random or preserving"));
-    format.format = *f;
+    if (!f) return BadRequest("invalid_format", "'format' is random or preserving");
+    item.format.format = *f;
   }
   if (b.contains("keep_bin")) {
-    if (!b["keep_bin"].is_boolean()) TV_OR_FAIL(BadRequest("invalid_format", "'keep_bin' is a boolean"));
-    format.keep_bin = b["keep_bin"].get<bool>();
+    if (!b["keep_bin"].is_boolean()) return BadRequest("invalid_format", "'keep_bin' is a boolean");
+    item.format.keep_bin = b["keep_bin"].get<bool>();
   }
-  TV_OR_FAIL(CheckTokenFormat(type, format));
-  // Only the defaults of these are available yet (later milestones add the rest).
-  if (b.contains("deterministic") && !(b["deterministic"].is_boolean() && !b["deterministic"].get<bool>())) {
-    TV_OR_FAIL(BadRequest("unsupported_field", "deterministic tokens are not available yet"));
+  TV_RETURN_IF_ERROR(CheckTokenFormat(item.type, item.format));
+  if (b.contains("deterministic")) {
+    if (!b["deterministic"].is_boolean()) return BadRequest("invalid_deterministic", "'deterministic' is a boolean");
+    item.deterministic = b["deterministic"].get<bool>();
   }
-  TokenAttributes attributes;
   if (b.contains("ttl_seconds") && !b["ttl_seconds"].is_null()) {
     // 1 second to 10 years; a whole number (JSON 5.0 is refused rather than rounded).
     constexpr int64_t kMaxTtlSeconds = int64_t{10} * 366 * 24 * 3600;
     const json& ttl = b["ttl_seconds"];
     if (!ttl.is_number_integer() || ttl.get<int64_t>() < 1 || ttl.get<int64_t>() > kMaxTtlSeconds) {
-      TV_OR_FAIL(BadRequest("invalid_ttl", "'ttl_seconds' is a whole number from 1 to 316224000"));
+      return BadRequest("invalid_ttl", "'ttl_seconds' is a whole number from 1 to 316224000");
     }
-    attributes.ttl_seconds = ttl.get<int64_t>();
+    item.attributes.ttl_seconds = ttl.get<int64_t>();
   }
   if (b.contains("metadata") && !b["metadata"].is_null()) {
-    TV_OR_FAIL(CheckMetadata(b["metadata"]));
-    if (!b["metadata"].empty()) attributes.metadata_json = b["metadata"].dump();
+    TV_RETURN_IF_ERROR(CheckMetadata(b["metadata"]));
+    if (!b["metadata"].empty()) item.attributes.metadata_json = b["metadata"].dump();
   }
-  std::string& value = b["value"].get_ref<std::string&>();
-  // The token and its audit record commit together (one transaction, shared with concurrent
-  // requests by group commit). No thread waits for that commit: the completion answers.
+  const std::string& value = b["value"].get_ref<const std::string&>();
+  item.value = AsBytes(value);
+  return item;
+}
+
+namespace {
+
+json ItemError(const Status& s) {
+  auto [code, type] = HttpStatusOf(s);
+  std::string message = code >= 500 ? "the item could not be tokenized" : s.message();
+  return {{"error", {{"type", type}, {"code", s.reason()}, {"message", message}}}};
+}
+
+// How long an idempotent answer is replayed (API.md: 24 hours).
+constexpr int64_t kIdempotencyWindowMs = int64_t{24} * 3600 * 1000;
+
+Bytes LengthPrefixed(std::initializer_list<std::string_view> parts) {
+  Bytes out;
+  for (std::string_view p : parts) {
+    AppendU32BE(out, static_cast<uint32_t>(p.size()));
+    AppendBytes(out, AsBytes(p));
+  }
+  return out;
+}
+
+}  // namespace
+
+// Where each item of a batch went: to the vault (its index among the vault's items) or nowhere
+// (-1: refused by the service's checks, with the error in parse_errors, in order).
+struct Service::BatchState {
+  std::vector<int> vault_index;
+  std::vector<Status> parse_errors;
+
+  // The answer: every item in request order, a token object or an error.
+  HttpResponse Render(const std::vector<TokenizeOutcome>& outcomes) const {
+    json list = json::array();
+    size_t parse_error = 0;
+    for (int index : vault_index) {
+      if (index < 0) {
+        list.push_back(ItemError(parse_errors[parse_error++]));
+        continue;
+      }
+      const TokenizeOutcome& o = outcomes[static_cast<size_t>(index)];
+      list.push_back(o.token.ok() ? TokenObject(*o.token) : ItemError(o.token.status()));
+    }
+    return Json(200, {{"items", std::move(list)}});
+  }
+};
+
+// The Idempotency-Key of a tokenize or batch, checked and hashed (API.md: 1-255 printable
+// ASCII). Runs before the body is wiped: the request hash covers the body's exact bytes.
+Status Service::PrepareIdempotency(Context& ctx) {
+  const HttpRequest& rq = ctx.request;
+  if (!rq.idempotency_key) return Status::Ok();
+  const std::string& key = *rq.idempotency_key;
+  bool printable = !key.empty() && key.size() <= 255;
+  for (char c : key) printable &= c >= 0x20 && c <= 0x7e;
+  if (!printable) {
+    return BadRequest("invalid_idempotency_key", "Idempotency-Key is 1 to 255 printable ASCII characters");
+  }
+  const HmacSha256& mac = vault_.idempotency_mac();
+  // Scoped to the principal: the same key from another principal is another record.
+  TV_ASSIGN_OR_RETURN(HmacSha256Tag key_hash,
+                      mac.Compute(LengthPrefixed({"key", ctx.principal->name}), AsBytes(key)));
+  // The route and merchant are part of the request: the same body sent elsewhere is another one.
+  TV_ASSIGN_OR_RETURN(HmacSha256Tag request_hash,
+                      mac.Compute(LengthPrefixed({"request", rq.route, ctx.merchant}), AsBytes(rq.body)));
+  ctx.idempotency = Idempotency{Bytes(key_hash.begin(), key_hash.end()),
+                                Bytes(request_hash.begin(), request_hash.end()), nullptr};
+  return Status::Ok();
+}
+
+// With an Idempotency-Key: the stored answer when the key was used for this very request,
+// 409 when it was used for another, and otherwise holds the key until this request is answered
+// (a second request with the same key meanwhile gets 409). nullopt: go on and tokenize.
+std::optional<HttpResponse> Service::ReplayOrHold(Context& ctx) {
+  if (!ctx.idempotency) return std::nullopt;
+  Idempotency& idem = *ctx.idempotency;
+  StatusOr<storage::IdempotencyRecord> stored =
+      vault_.store().FindIdempotency(idem.key_hash, Clock::Real().NowUnixMillis());
+  if (stored.ok()) {
+    if (stored->request_hash.size() != idem.request_hash.size() ||
+        CRYPTO_memcmp(stored->request_hash.data(), idem.request_hash.data(), idem.request_hash.size()) != 0) {
+      ctx.reason = "idempotency key reused with another request";
+      return ErrorResponse(AlreadyExistsError("idempotency_key_reused",
+                                         "this Idempotency-Key was used for another request"),
+                           &ctx.reason);
+    }
+    // The first answer, byte for byte. The audit record names the tokens it holds again.
+    ctx.reason = "idempotent replay";
+    json replayed = json::parse(stored->body, nullptr, false);
+    if (replayed.is_object() && replayed.contains("token") && replayed["token"].is_string()) {
+      ctx.resource = replayed["token"].get<std::string>();
+    } else if (replayed.is_object() && replayed.contains("items") && replayed["items"].is_array()) {
+      for (const json& item : replayed["items"]) {
+        ctx.resources.push_back(item.contains("token") && item["token"].is_string()
+                                    ? item["token"].get<std::string>()
+                                    : "error");
+      }
+    }
+    HttpResponse r;
+    r.status = stored->status;
+    r.body = std::move(stored->body);
+    return r;
+  }
+  if (stored.status().code() != StatusCode::kNotFound) return ErrorResponse(stored.status(), &ctx.reason);
+  std::lock_guard<std::mutex> lock(idempotency_mu_);
+  if (!idempotency_in_flight_.insert(idem.key_hash).second) {
+    return ErrorResponse(AlreadyExistsError("idempotency_key_in_use",
+                                       "a request with this Idempotency-Key is still being answered"),
+                         &ctx.reason);
+  }
+  // Released when the request is answered (Respond), whatever the answer.
+  Bytes held = idem.key_hash;
+  idem.hold = std::shared_ptr<void>(nullptr, [this, held](void*) {
+    std::lock_guard<std::mutex> unlock(idempotency_mu_);
+    idempotency_in_flight_.erase(held);
+  });
+  return std::nullopt;
+}
+
+// Inside the commit: the answer about to be sent (ctx.answer) becomes the idempotency record.
+void Service::RecordAnswer(const Context& ctx, std::optional<storage::IdempotencyRecord>* out) {
+  if (!ctx.idempotency || out == nullptr) return;
+  storage::IdempotencyRecord r;
+  r.key_hash = ctx.idempotency->key_hash;
+  r.request_hash = ctx.idempotency->request_hash;
+  r.status = ctx.answer.status;
+  r.body = ctx.answer.body;
+  r.created_at_ms = Clock::Real().NowUnixMillis();
+  r.expires_at_ms = r.created_at_ms + kIdempotencyWindowMs;
+  *out = std::move(r);
+}
+
+HttpResponse Service::CreateToken(Context& ctx) {
+  TV_AUTHORIZE(Permission::kTokensCreate, ctx.merchant);
+  if (auto replay = ReplayOrHold(ctx)) return std::move(*replay);
+  json& b = ctx.body;
+  StatusOr<TokenizeItem> item = ParseTokenizeBody(b);
+  TV_OR_FAIL(item.status());
+  // The token and its audit record (and idempotency record) commit together, in a transaction
+  // shared with concurrent requests by group commit. No thread waits for that commit: the
+  // completion answers. The answer is rendered inside the commit, once it is known whether a
+  // deterministic token existed, so that a replay sends exactly these bytes.
   storage::AuditRecord audit = AuditOf(ctx, 201);
   std::shared_ptr<Context> self = ctx.shared_from_this();
+  TokenizeCommitHook hook = [self](const std::vector<TokenizeOutcome>& outcomes,
+                                   storage::AuditRecord* record,
+                                   std::optional<storage::IdempotencyRecord>* idempotency) -> Status {
+    const TokenizeOutcome& o = outcomes.front();
+    if (!o.token.ok()) return o.token.status();  // (a single tokenize is only committed when placed)
+    const int status = o.existing ? 200 : 201;
+    if (record != nullptr) {
+      record->status = status;
+      record->outcome = OutcomeOf(status);
+      if (o.existing) record->reason = "deterministic: the existing token answered";
+    }
+    if (self->idempotency) {
+      self->answer = Json(status, TokenObject(*o.token));
+      RecordAnswer(*self, idempotency);
+    }
+    return Status::Ok();
+  };
   ctx.pending = true;  // from here on, only the completion below answers
+  std::string& value = b["value"].get_ref<std::string&>();
   try {
-    vault_.TokenizeAsync(ctx.merchant, AsBytes(value), type, format, std::move(attributes), std::move(audit),
-                         [this, self](StatusOr<TokenInfo> t) { TokenCreated(self, std::move(t)); });
+    vault_.TokenizeOneAsync(ctx.merchant, *item, std::move(audit), std::move(hook),
+                            [this, self](StatusOr<TokenizeOutcome> t) { TokenCreated(self, std::move(t)); });
   } catch (...) {
     // Out of memory before or while queuing: the completion may never run, so answer here (and
     // audit the failure). Should it run after all, Respond sends only the first answer.
@@ -759,19 +927,17 @@ HttpResponse Service::CreateToken(Context& ctx) {
   return HttpResponse{};  // not sent: the request is pending
 }
 
-void Service::TokenCreated(const std::shared_ptr<Context>& ctx, StatusOr<TokenInfo> t) {
+void Service::TokenCreated(const std::shared_ptr<Context>& ctx, StatusOr<TokenizeOutcome> t) {
   HttpResponse response;
   try {
     if (t.ok()) {
       ctx->audited = true;  // committed with the token
-      ctx->resource = t->token;
-      response = Json(201, TokenObject(*t));
+      ctx->resource = t->token->token;
+      // Rendered inside the commit when it is also the idempotency record: the same bytes.
+      response = ctx->idempotency ? std::move(ctx->answer)
+                                  : Json(t->existing ? 200 : 201, TokenObject(*t->token));
     } else {
-      if (t.status().code() == StatusCode::kInternal || t.status().code() == StatusCode::kDataLoss ||
-          t.status().code() == StatusCode::kUnavailable) {
-        spdlog::error("request_id={} route={} {}", ctx->request.request_id, ctx->request.route,
-                      t.status().ToString());
-      }
+      LogIfServerError(*ctx, t.status());
       response = ErrorResponse(t.status(), &ctx->reason);
     }
   } catch (...) {
@@ -779,6 +945,102 @@ void Service::TokenCreated(const std::shared_ptr<Context>& ctx, StatusOr<TokenIn
     response = Json(500, ErrorJson("internal", "internal", "internal error"));
   }
   Complete(ctx, std::move(response));
+}
+
+void Service::LogIfServerError(const Context& ctx, const Status& s) {
+  if (s.code() == StatusCode::kInternal || s.code() == StatusCode::kDataLoss ||
+      s.code() == StatusCode::kUnavailable) {
+    spdlog::error("request_id={} route={} {}", ctx.request.request_id, ctx.request.route, s.ToString());
+  }
+}
+
+HttpResponse Service::CreateTokenBatch(Context& ctx) {
+  TV_AUTHORIZE(Permission::kTokensCreate, ctx.merchant);
+  if (auto replay = ReplayOrHold(ctx)) return std::move(*replay);
+  json& b = ctx.body;
+  TV_OR_FAIL(CheckFields(b, {"items"}));
+  if (!b.contains("items") || !b["items"].is_array() || b["items"].empty()) {
+    TV_OR_FAIL(BadRequest("invalid_items", "'items' must be a non-empty array"));
+  }
+  if (b["items"].size() > options_.max_batch_items) {
+    TV_OR_FAIL(BadRequest("too_many_items", "at most 1000 items per batch"));
+  }
+  // Items that fail the service's checks are answered here; the others go to the vault, whose
+  // outcomes are put back in their places inside the commit.
+  auto batch = std::make_shared<BatchState>();
+  std::vector<TokenizeItem> items;
+  for (json& entry : b["items"]) {
+    StatusOr<TokenizeItem> item = ParseTokenizeBody(entry);
+    if (item.ok()) {
+      batch->vault_index.push_back(static_cast<int>(items.size()));
+      items.push_back(*item);
+    } else {
+      batch->vault_index.push_back(-1);
+      batch->parse_errors.push_back(item.status());
+    }
+  }
+  storage::AuditRecord audit = AuditOf(ctx, 200);
+  std::shared_ptr<Context> self = ctx.shared_from_this();
+  TokenizeCommitHook hook = [self, batch](const std::vector<TokenizeOutcome>& outcomes,
+                                          storage::AuditRecord* record,
+                                          std::optional<storage::IdempotencyRecord>* idempotency) -> Status {
+    if (record != nullptr) {
+      size_t created = 0, existing = 0, failed = 0, parse_error = 0;
+      record->resources.clear();
+      for (int index : batch->vault_index) {
+        if (index < 0) {
+          ++failed;
+          record->resources.push_back("error:" + batch->parse_errors[parse_error++].reason());
+          continue;
+        }
+        const TokenizeOutcome& o = outcomes[static_cast<size_t>(index)];
+        if (!o.token.ok()) {
+          ++failed;
+          record->resources.push_back("error:" + o.token.status().reason());
+          continue;
+        }
+        ++(o.existing ? existing : created);
+        record->resources.push_back(o.token->token);
+      }
+      record->reason = std::to_string(batch->vault_index.size()) + " items: " +
+                       std::to_string(created) + " created, " + std::to_string(existing) +
+                       " existing, " + std::to_string(failed) + " failed";
+    }
+    if (self->idempotency) {
+      self->answer = batch->Render(outcomes);
+      RecordAnswer(*self, idempotency);
+    }
+    return Status::Ok();
+  };
+  ctx.pending = true;
+  try {
+    vault_.TokenizeBatchAsync(
+        ctx.merchant, items, std::move(audit), std::move(hook),
+        [this, self, batch](StatusOr<std::vector<TokenizeOutcome>> outcomes) {
+          HttpResponse response;
+          try {
+            if (outcomes.ok()) {
+              self->audited = true;  // committed with the tokens
+              response = self->idempotency ? std::move(self->answer) : batch->Render(*outcomes);
+            } else {
+              LogIfServerError(*self, outcomes.status());
+              response = ErrorResponse(outcomes.status(), &self->reason);
+            }
+          } catch (...) {
+            self->reason = "unexpected exception";
+            response = Json(500, ErrorJson("internal", "internal", "internal error"));
+          }
+          Complete(self, std::move(response));
+        });
+  } catch (...) {
+    spdlog::error("request_id={} batch could not be queued", ctx.request.request_id);
+    ctx.reason = "unexpected exception";
+    WipeStrings(b);
+    Complete(self, Json(500, ErrorJson("internal", "internal", "internal error")));
+    return HttpResponse{};
+  }
+  WipeStrings(b);  // the vault took its own (wiped) copies of the values before returning
+  return HttpResponse{};
 }
 
 HttpResponse Service::GetToken(Context& ctx) {

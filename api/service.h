@@ -7,6 +7,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <set>
 #include <unordered_map>
 #include <memory>
 #include <optional>
@@ -28,6 +29,7 @@ struct HttpRequest {
   std::string content_type;
   std::string body;
   bool body_too_large = false;  // the body exceeded the limit and was dropped
+  std::optional<std::string> idempotency_key;  // the Idempotency-Key header, if sent
   std::string source_ip;
   std::string request_id;
 };
@@ -50,6 +52,7 @@ const std::vector<RouteSpec>& Routes();
 
 struct ServiceOptions {
   size_t max_detokenize_tokens = 1000;
+  size_t max_batch_items = 1000;
 };
 
 // Thread-safe.
@@ -76,6 +79,14 @@ class Service {
 
  private:
   struct Context;
+  struct BatchState;
+  // An Idempotency-Key, hashed (storage::IdempotencyRecord), and while the request runs, the
+  // hold that keeps a second request with the same key out.
+  struct Idempotency {
+    Bytes key_hash;
+    Bytes request_hash;
+    std::shared_ptr<void> hold;
+  };
   HttpResponse Dispatch(Context& ctx);
   // Appends the request's audit record unless the handler committed it already, then answers.
   void Complete(const std::shared_ptr<Context>& ctx, HttpResponse response);
@@ -83,13 +94,18 @@ class Service {
   HttpResponse Finish(const Context& ctx, HttpResponse response, const Status& written);
   static HttpResponse AuditUnavailable(const Context& ctx);
   static void Respond(Context& ctx, HttpResponse response);
-  void TokenCreated(const std::shared_ptr<Context>& ctx, StatusOr<TokenInfo> t);
+  void TokenCreated(const std::shared_ptr<Context>& ctx, StatusOr<TokenizeOutcome> t);
+  static void LogIfServerError(const Context& ctx, const Status& s);
+  Status PrepareIdempotency(Context& ctx);
+  std::optional<HttpResponse> ReplayOrHold(Context& ctx);
+  static void RecordAnswer(const Context& ctx, std::optional<storage::IdempotencyRecord>* out);
   static storage::AuditRecord AuditOf(const Context& ctx, int status);
 
   HttpResponse CreatePrincipal(Context& ctx);
   HttpResponse DeletePrincipal(Context& ctx);
   HttpResponse CreateMerchant(Context& ctx);
   HttpResponse CreateToken(Context& ctx);
+  HttpResponse CreateTokenBatch(Context& ctx);
   HttpResponse GetToken(Context& ctx);
   HttpResponse DeleteToken(Context& ctx);
   HttpResponse Detokenize(Context& ctx);
@@ -109,6 +125,8 @@ class Service {
   std::unordered_map<std::string, storage::PrincipalRecord> principals_;  // GUARDED_BY(principals_mu_)
   // Bumped by every deletion: a lookup that started before it must not refill the cache.
   uint64_t principals_generation_ = 0;  // GUARDED_BY(principals_mu_)
+  std::mutex idempotency_mu_;
+  std::set<Bytes> idempotency_in_flight_;  // key hashes of requests being answered. GUARDED_BY(idempotency_mu_)
 };
 
 // The one Status -> HTTP mapping: status code and error type of API.md.

@@ -405,7 +405,7 @@ void Vault::Submit(std::shared_ptr<PendingWrite> pending) {
       }
     }
     if (audit != nullptr) {
-      if (pending->outcomes.size() == 1 && pending->outcomes[0].token.ok()) {
+      if (pending->single) {  // (a single tokenize is only written once its token is placed)
         audit->resource = pending->outcomes[0].token->token;
       } else {
         audit->resources.clear();

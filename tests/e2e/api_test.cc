@@ -325,6 +325,186 @@ TEST_F(ApiTest, FormatPreservingTokensOverHttp) {
   }
 }
 
+TEST_F(ApiTest, DeterministicTokensOverHttp) {
+  Merchant("acme");
+  const std::string maker = Principal("maker", {"tokenizer"}, "*");
+  const json body = {{"value", "4000 0566 5566 5556"}, {"type", "card"}, {"deterministic", true}};
+  // Eight clients at once: one token, one 201; the others get it with 200.
+  constexpr int kClients = 8;
+  std::vector<Reply> replies(kClients);
+  std::atomic<int> ready{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kClients; ++i) {
+    threads.emplace_back([&, i] {
+      HttpClient client(server_->base_url(), server_->ca_file());
+      ++ready;
+      while (ready.load() < kClients) std::this_thread::yield();
+      replies[i] = client.Post("/v1/merchants/acme/tokens", maker, body);
+    });
+  }
+  for (auto& t : threads) t.join();
+  std::set<std::string> tokens;
+  int created = 0;
+  for (const Reply& r : replies) {
+    ASSERT_TRUE(r.status == 200 || r.status == 201) << r.status << " " << r.body;
+    created += r.status == 201;
+    tokens.insert(r.Json()["token"].get<std::string>());
+  }
+  EXPECT_EQ(created, 1);
+  EXPECT_EQ(tokens.size(), 1u);
+  // Not deterministic, or another format: new tokens.
+  Reply plain = client_->Post("/v1/merchants/acme/tokens", maker, {{"value", "4000056655665556"}, {"type", "card"}});
+  EXPECT_EQ(plain.status, 201);
+  EXPECT_NE(plain.Json()["token"], *tokens.begin());
+  Reply wrong = client_->Post("/v1/merchants/acme/tokens", maker, {{"value", "x"}, {"deterministic", "yes"}});
+  EXPECT_EQ(wrong.status, 400);
+  EXPECT_EQ(wrong.Json()["error"]["code"], "invalid_deterministic");
+  // The audit trail says which request made the token and which were answered with it.
+  json records = client_->Get("/v1/audit?action=tokens.create&limit=1000", admin_).Json()["records"];
+  int audited_200 = 0;
+  for (const json& r : records) audited_200 += r["status"] == 200 && r["resource"] == *tokens.begin();
+  EXPECT_EQ(audited_200, kClients - 1);
+  server_->Stop(SIGTERM);
+  EXPECT_EQ(TokenRows(), 2);
+}
+
+TEST_F(ApiTest, ABatchAnswersEachItemInOrderAndCommitsOnce) {
+  Merchant("acme");
+  const std::string maker = Principal("maker", {"tokenizer"}, "*");
+  const std::string reader = Principal("reader", {"detokenizer"}, "*");
+  std::vector<std::string> values;
+  json items = json::array();
+  for (int i = 0; i < 1000; ++i) {
+    if (i == 10) {
+      items.push_back({{"value", "4111 1111 1111 1112"}, {"type", "card"}});  // fails Luhn
+    } else if (i == 20) {
+      items.push_back({{"value", 42}});  // not a string
+    } else if (i == 30) {
+      items.push_back("not an object");
+    } else if (i == 40) {
+      items.push_back({{"value", "x"}, {"colour", "blue"}});  // unknown field
+    } else {
+      values.push_back("batch value " + std::to_string(i));
+      items.push_back({{"value", values.back()}});
+      continue;
+    }
+    values.push_back("");
+  }
+  const int64_t audit_before = AuditCount();
+  Reply r = client_->Post("/v1/merchants/acme/tokens/batch", maker, {{"items", items}});
+  ASSERT_EQ(r.status, 200) << r.body.substr(0, 300);
+  const json answer = r.Json()["items"];
+  ASSERT_EQ(answer.size(), 1000u);
+  EXPECT_EQ(answer[10]["error"]["code"], "invalid_card");
+  EXPECT_EQ(answer[20]["error"]["code"], "invalid_value");
+  EXPECT_EQ(answer[30]["error"]["code"], "invalid_item");
+  EXPECT_EQ(answer[40]["error"]["code"], "unknown_field");
+  EXPECT_EQ(answer[10]["error"]["type"], "invalid_request");
+  json tokens = json::array();
+  for (int i = 0; i < 1000; ++i) {
+    if (values[i].empty()) continue;
+    ASSERT_TRUE(answer[i].contains("token")) << i << ": " << answer[i].dump();
+    tokens.push_back(answer[i]["token"]);
+  }
+  // One audit record for the batch, naming every item's outcome.
+  EXPECT_EQ(AuditCount(), audit_before + 2);  // the batch, and the audit read just above
+  json records = client_->Get("/v1/audit?action=tokens.batch", admin_).Json()["records"];
+  ASSERT_EQ(records.size(), 1u);
+  EXPECT_EQ(records[0]["resources"].size(), 1000u);
+  EXPECT_EQ(records[0]["resources"][10], "error:invalid_card");
+  EXPECT_EQ(records[0]["resources"][0], answer[0]["token"]);
+  EXPECT_EQ(records[0]["reason"], "1000 items: 996 created, 0 existing, 4 failed");
+
+  // Detokenize the 996: every value comes back, in order.
+  Reply revealed = client_->Post("/v1/merchants/acme/detokenize", reader, {{"tokens", tokens}, {"reveal", "plain"}});
+  ASSERT_EQ(revealed.status, 200);
+  size_t k = 0;
+  for (int i = 0; i < 1000; ++i) {
+    if (values[i].empty()) continue;
+    EXPECT_EQ(revealed.Json()["items"][k++]["value"], values[i]) << i;
+  }
+
+  // 1001 items: refused as a whole, nothing made.
+  json too_many = json::array();
+  for (int i = 0; i < 1001; ++i) too_many.push_back({{"value", "v"}});
+  Reply refused = client_->Post("/v1/merchants/acme/tokens/batch", maker, {{"items", too_many}});
+  EXPECT_EQ(refused.status, 400);
+  EXPECT_EQ(refused.Json()["error"]["code"], "too_many_items");
+  for (const json& bad : {json{{"items", json::array()}}, json{{"items", "x"}}, json::object(),
+                          json{{"items", {{{"value", "v"}}}}, {"extra", 1}}}) {
+    Reply b = client_->Post("/v1/merchants/acme/tokens/batch", maker, bad);
+    EXPECT_EQ(b.status, 400) << bad.dump();
+  }
+  // Only tokens:create may batch; another merchant's scope is refused.
+  EXPECT_EQ(client_->Post("/v1/merchants/acme/tokens/batch", reader, {{"items", {{{"value", "v"}}}}}).status, 403);
+  EXPECT_EQ(client_->Post("/v1/merchants/nobody/tokens/batch", maker, {{"items", {{{"value", "v"}}}}}).status, 404);
+  server_->Stop(SIGTERM);
+  EXPECT_EQ(TokenRows(), 996);
+  std::unordered_set<std::string> stored(values.begin(), values.end());
+  stored.erase("");
+  ExpectNoValuesAtRest(stored, "maker");
+}
+
+TEST_F(ApiTest, IdempotencyKeysReplayTheFirstAnswerAndAreScopedToThePrincipal) {
+  Merchant("acme");
+  const std::string maker = Principal("maker", {"tokenizer"}, "*");
+  const std::string other = Principal("other", {"tokenizer"}, "*");
+  auto post = [&](const std::string& path, const std::string& key, const json& body,
+                  const std::string& idempotency_key) {
+    return client_->Send("POST", path, key, body.dump(), "application/json",
+                         {"Idempotency-Key: " + idempotency_key});
+  };
+  const json body = {{"value", "4111111111111111"}, {"type", "card"}, {"metadata", {{"order", "A-1"}}}};
+  Reply first = post("/v1/merchants/acme/tokens", maker, body, "order-A-1");
+  ASSERT_EQ(first.status, 201) << first.body;
+  Reply replay = post("/v1/merchants/acme/tokens", maker, body, "order-A-1");
+  EXPECT_EQ(replay.status, 201);
+  EXPECT_EQ(replay.body, first.body);  // byte for byte
+  EXPECT_NE(replay.headers["request-id"], first.headers["request-id"]);
+  // Another body under the same key: 409, nothing made.
+  Reply reused = post("/v1/merchants/acme/tokens", maker, {{"value", "4242424242424242"}, {"type", "card"}}, "order-A-1");
+  EXPECT_EQ(reused.status, 409);
+  EXPECT_EQ(reused.Json()["error"]["type"], "conflict");
+  EXPECT_EQ(reused.Json()["error"]["code"], "idempotency_key_reused");
+  // The same key from another principal is its own.
+  Reply theirs = post("/v1/merchants/acme/tokens", other, body, "order-A-1");
+  EXPECT_EQ(theirs.status, 201);
+  EXPECT_NE(theirs.Json()["token"], first.Json()["token"]);
+  // Batches too; the same key on the other route is another request.
+  const json batch = {{"items", {{{"value", "one"}}, {{"value", 1}}, {{"value", "two"}, {"deterministic", true}}}}};
+  Reply b1 = post("/v1/merchants/acme/tokens/batch", maker, batch, "batch-7");
+  ASSERT_EQ(b1.status, 200) << b1.body;
+  Reply b2 = post("/v1/merchants/acme/tokens/batch", maker, batch, "batch-7");
+  EXPECT_EQ(b2.status, 200);
+  EXPECT_EQ(b2.body, b1.body);
+  EXPECT_EQ(post("/v1/merchants/acme/tokens/batch", maker, batch, "order-A-1").status, 409);
+  // Malformed keys are refused before anything happens.
+  for (const std::string& bad : {std::string(256, 'k'), std::string("caf\xc3\xa9")}) {
+    Reply r = post("/v1/merchants/acme/tokens", maker, body, bad);
+    EXPECT_EQ(r.status, 400) << bad;
+    EXPECT_EQ(r.Json()["error"]["code"], "invalid_idempotency_key");
+  }
+  // An error answer is not kept: the request can be corrected and sent again with the key.
+  Reply bad_card = post("/v1/merchants/acme/tokens", maker, {{"value", "4111111111111112"}, {"type", "card"}}, "fixme");
+  EXPECT_EQ(bad_card.status, 400);
+  EXPECT_EQ(post("/v1/merchants/acme/tokens", maker, body, "fixme").status, 201);
+  // Replays are audited like any request.
+  json records = client_->Get("/v1/audit?principal=maker&action=tokens.create", admin_).Json()["records"];
+  int replays = 0;
+  for (const json& r : records) replays += r["reason"] == "idempotent replay";
+  EXPECT_EQ(replays, 1);
+
+  server_->Stop(SIGTERM);
+  // 1 + 1 (other) + 2 (batch) + 1 (fixme): replays made nothing.
+  EXPECT_EQ(TokenRows(), 5);
+  // Neither the keys nor the bodies are stored in clear.
+  const std::string db = server_->data_dir() + "/tokenvault.db";
+  for (const std::string& file : {db, db + "-wal"}) {
+    if (!FileExists(file)) continue;
+    EXPECT_TRUE(FindNeedles(file, {"order-A-1", "batch-7", "fixme"}).empty()) << file;
+  }
+}
+
 TEST_F(ApiTest, TokenMetadataIsKeptAndNeverHoldsValues) {
   Merchant("acme");
   const std::string maker = Principal("maker", {"tokenizer"}, "*");

@@ -33,7 +33,8 @@ HttpClient::HttpClient(std::string base_url, std::string ca_file)
 HttpClient::~HttpClient() { curl_easy_cleanup(curl_); }
 
 Reply HttpClient::Send(const std::string& method, const std::string& path, const std::string& api_key,
-                       const std::string& body, const std::string& content_type) {
+                       const std::string& body, const std::string& content_type,
+                       const std::vector<std::string>& extra_headers) {
   Reply reply;
   curl_easy_reset(curl_);
   const std::string url = base_url_ + path;
@@ -51,6 +52,7 @@ Reply HttpClient::Send(const std::string& method, const std::string& path, const
   if (!content_type.empty() && !body.empty()) {
     headers = curl_slist_append(headers, ("Content-Type: " + content_type).c_str());
   }
+  for (const std::string& h : extra_headers) headers = curl_slist_append(headers, h.c_str());
   curl_easy_setopt(curl_, CURLOPT_HTTPHEADER, headers);
   if (!body.empty()) {
     curl_easy_setopt(curl_, CURLOPT_POSTFIELDS, body.data());

@@ -7,6 +7,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 namespace tokenvault::testing {
 
@@ -25,8 +26,10 @@ class HttpClient {
   HttpClient& operator=(const HttpClient&) = delete;
 
   // 'api_key' empty: no Authorization header. 'content_type' empty: none sent.
+  // 'extra_headers': "Name: value" lines.
   Reply Send(const std::string& method, const std::string& path, const std::string& api_key,
-             const std::string& body = "", const std::string& content_type = "application/json");
+             const std::string& body = "", const std::string& content_type = "application/json",
+             const std::vector<std::string>& extra_headers = {});
   Reply Get(const std::string& path, const std::string& key) { return Send("GET", path, key); }
   Reply Post(const std::string& path, const std::string& key, const nlohmann::json& body) {
     return Send("POST", path, key, body.dump());
