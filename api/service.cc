@@ -404,6 +404,8 @@ HttpResponse ErrorResponse(const Status& s, std::string* reason_out) {
   *reason_out = s.reason();
   std::string message = s.message();
   if (code >= 500) message = code == 503 ? "a dependency is unavailable; retry later" : "internal error";
+  // A uniqueness conflict found by the database itself carries SQLite's text: not for clients.
+  if (s.reason() == "constraint") message = "the request conflicts with a concurrent one; retry";
   HttpResponse r = Json(code, ErrorJson(type, s.reason().empty() ? type : s.reason(), message));
   if (code == 503) r.headers.emplace_back("Retry-After", kRetryAfterSeconds);
   if (code == 401) r.headers.emplace_back("WWW-Authenticate", "Bearer");

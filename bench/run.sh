@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Benchmarks tokenvault with wrk on loopback (HTTPS, keep-alive, 32 connections): GET /healthz,
-# single tokenize, single detokenize of pre-made tokens. Prints req/s, p50 and p99 for each, and
-# each throughput as a ratio of /healthz measured in the same run (absolute numbers drift on a
-# shared machine; ratios hold). A benchmark, not a test: it asserts nothing.
-#   BENCH_DURATION (default 10s), BENCH_CONNECTIONS (32), BENCH_THREADS (2)
+# single tokenize, single detokenize of pre-made tokens, and batch tokenize (100 values per
+# request). Prints req/s, p50 and p99 for each, and each throughput as a ratio of /healthz
+# measured in the same run (absolute numbers drift on a shared machine; ratios hold); then values
+# tokenized per second, single against batch. A benchmark, not a test: it asserts nothing.
+#   BENCH_DURATION (default 10s), BENCH_CONNECTIONS (32), BENCH_THREADS (2), BENCH_BATCH_SIZE (100)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,6 +49,12 @@ done >"$TV_TOKENS_FILE"
 first=$(head -1 "$TV_TOKENS_FILE")
 post "$TV_READER_KEY" /v1/merchants/bench/detokenize "{\"tokens\":[\"$first\"],\"reveal\":\"plain\"}" |
   grep -q '"value":"premade-1"' || { echo "detokenize of a pre-made token does not reveal its value"; exit 1; }
+# Likewise a batch must make tokens, not answer per-item errors.
+export TV_BATCH_SIZE="${BENCH_BATCH_SIZE:-100}"
+checked=$(post "$TV_TOKENIZER_KEY" /v1/merchants/bench/tokens/batch '{"items":[{"value":"check-1"},{"value":"check-2"}]}' || true)
+case "$checked" in
+  *'"error"'* | '') echo "a batch does not make tokens: $checked"; exit 1 ;;
+esac
 
 # wrk prints latency percentiles with --latency; pick req/s, p50, p99.
 run() {
@@ -71,6 +78,7 @@ results=$(
   run healthz "$url/healthz"
   run tokenize -s bench/tokenize.lua "$url"
   run detokenize -s bench/detokenize.lua "$url"
+  run batch -s bench/tokenize_batch.lua "$url"
 )
 base=$(echo "$results" | awk '$1=="healthz" {print $2}')
 printf '%-11s %10s %9s %9s %9s %8s\n' endpoint req/s p50 p99 non-2xx ratio
@@ -78,3 +86,7 @@ echo "$results" | while read -r name rps p50 p99 errors; do
   ratio=$(awk -v a="$rps" -v b="$base" 'BEGIN {printf "%.2f", a / b}')
   printf '%-11s %10s %9s %9s %9s %8s\n' "$name" "$rps" "$p50" "$p99" "$errors" "$ratio"
 done
+# Values made per second: a single tokenize makes one per request, a batch TV_BATCH_SIZE.
+echo "$results" | awk -v n="$TV_BATCH_SIZE" '
+  $1=="tokenize" {single=$2} $1=="batch" {batch=$2 * n}
+  END {printf "values/s: single tokenize %.0f, batch tokenize (%d per request) %.0f (x%.1f)\n", single, n, batch, batch / single}'

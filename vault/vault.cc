@@ -329,6 +329,12 @@ void Vault::TokenizeBatchAsync(std::string_view merchant, const std::vector<Toke
     done(InvalidArgumentError(kReasonInvalidMerchant, "invalid merchant id"));
     return;
   }
+  // The merchant must exist even when no item is valid (a batch of bad items answers 200 with
+  // their errors only for a real merchant). Its fingerprint key is needed anyway, and cached.
+  if (Status known = keyring_->FingerprintKey(merchant).status(); !known.ok()) {
+    done(known);
+    return;
+  }
   auto pending = std::make_shared<PendingWrite>();
   pending->merchant = std::string(merchant);
   for (const TokenizeItem& item : items) {

@@ -494,9 +494,37 @@ TEST_F(ApiTest, IdempotencyKeysReplayTheFirstAnswerAndAreScopedToThePrincipal) {
   for (const json& r : records) replays += r["reason"] == "idempotent replay";
   EXPECT_EQ(replays, 1);
 
+  // Eight clients at once with one new key: one token; every other answer is either the same
+  // bytes (sent after the first committed) or 409 idempotency_key_in_use (sent meanwhile).
+  constexpr int kClients = 8;
+  const json racing = {{"value", "racing value"}};
+  std::vector<Reply> replies(kClients);
+  std::atomic<int> ready{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kClients; ++i) {
+    threads.emplace_back([&, i] {
+      HttpClient client(server_->base_url(), server_->ca_file());
+      ++ready;
+      while (ready.load() < kClients) std::this_thread::yield();
+      replies[i] = client.Send("POST", "/v1/merchants/acme/tokens", maker, racing.dump(),
+                               "application/json", {"Idempotency-Key: race"});
+    });
+  }
+  for (auto& t : threads) t.join();
+  std::set<std::string> bodies;
+  for (const Reply& r : replies) {
+    if (r.status == 201) {
+      bodies.insert(r.body);
+    } else {
+      EXPECT_EQ(r.status, 409) << r.body;
+      EXPECT_EQ(r.Json()["error"]["code"], "idempotency_key_in_use") << r.body;
+    }
+  }
+  EXPECT_EQ(bodies.size(), 1u);
+
   server_->Stop(SIGTERM);
-  // 1 + 1 (other) + 2 (batch) + 1 (fixme): replays made nothing.
-  EXPECT_EQ(TokenRows(), 5);
+  // 1 + 1 (other) + 2 (batch) + 1 (fixme) + 1 (race): replays made nothing.
+  EXPECT_EQ(TokenRows(), 6);
   // Neither the keys nor the bodies are stored in clear.
   const std::string db = server_->data_dir() + "/tokenvault.db";
   for (const std::string& file : {db, db + "-wal"}) {

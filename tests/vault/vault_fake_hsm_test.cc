@@ -564,6 +564,10 @@ TEST_F(VaultFakeHsmTest, ABatchForAnUnknownMerchantFailsAsAWholeAndWritesNothing
   const uint64_t before = store_->GetStats().operations;
   std::vector<TokenizeItem> items(3, TokenizeItem{AsBytes("x"), ValueType::kGeneric, {}, false, {}});
   TV_EXPECT_ERROR(Batch(*vault_, "nobody", items).status(), StatusCode::kNotFound, "merchant_not_found");
+  // Also when no item is valid (nothing would be sealed, but the audit record would be written).
+  std::vector<TokenizeItem> invalid(2, TokenizeItem{AsBytes("4111"), ValueType::kCard, {}, false, {}});
+  TV_EXPECT_ERROR(Batch(*vault_, "nobody", invalid).status(), StatusCode::kNotFound, "merchant_not_found");
+  TV_EXPECT_ERROR(Batch(*vault_, "nobody", {}).status(), StatusCode::kNotFound, "merchant_not_found");
   EXPECT_EQ(store_->GetStats().operations, before);
 }
 
