@@ -151,7 +151,10 @@ std::pair<int, std::string> HttpStatusOf(const Status& s) {
                                             : std::pair<int, std::string>{404, "not_found"};
     case StatusCode::kAlreadyExists:
     case StatusCode::kFailedPrecondition: return {409, "conflict"};
-    case StatusCode::kResourceExhausted: return {429, "rate_limited"};
+    case StatusCode::kResourceExhausted:
+      // Memory ran out (ours or the HSM host's): a server problem to retry, not the caller's rate.
+      if (s.reason() == "out_of_memory" || s.reason() == "hsm_host_memory") return {503, "unavailable"};
+      return {429, "rate_limited"};
     case StatusCode::kUnavailable: return {503, "unavailable"};
     case StatusCode::kDataLoss:
     case StatusCode::kInternal: return {500, "internal"};
@@ -171,7 +174,7 @@ std::string Rfc3339(int64_t ms) {
 }
 
 std::optional<int64_t> ParseRfc3339(const std::string& text) {
-  // YYYY-MM-DDTHH:MM:SS[.fff...](Z|+00:00|-00:00); other offsets are refused rather than guessed.
+  // YYYY-MM-DDTHH:MM:SS[.fff...](Z|+hh:mm|-hh:mm).
   auto digits = [&](size_t at, size_t n) -> std::optional<int> {
     if (at + n > text.size()) return std::nullopt;
     int v = 0;
@@ -204,8 +207,15 @@ std::optional<int64_t> ParseRfc3339(const std::string& text) {
     if (n == 0) return std::nullopt;
     for (; n < 3; ++n) ms *= 10;
   }
+  // Z, or a numeric offset +hh:mm / -hh:mm (RFC 3339 §5.6): local time = UTC + offset.
   const std::string zone = text.substr(at);
-  if (zone != "Z" && zone != "z" && zone != "+00:00" && zone != "-00:00") return std::nullopt;
+  int64_t offset_ms = 0;
+  if (zone != "Z" && zone != "z") {
+    if (zone.size() != 6 || (zone[0] != '+' && zone[0] != '-') || zone[3] != ':') return std::nullopt;
+    auto oh = digits(at + 1, 2), om = digits(at + 4, 2);
+    if (!oh || !om || *oh > 23 || *om > 59) return std::nullopt;
+    offset_ms = (int64_t{*oh} * 60 + *om) * 60 * 1000 * (zone[0] == '-' ? -1 : 1);
+  }
   std::tm tm{};
   tm.tm_year = *y - 1900;
   tm.tm_mon = *mo - 1;
@@ -214,7 +224,7 @@ std::optional<int64_t> ParseRfc3339(const std::string& text) {
   tm.tm_min = *mi;
   tm.tm_sec = *sec;
   const time_t secs = timegm(&tm);
-  return static_cast<int64_t>(secs) * 1000 + ms;
+  return static_cast<int64_t>(secs) * 1000 + ms - offset_ms;
 }
 
 const std::vector<RouteSpec>& Routes() {
@@ -273,7 +283,6 @@ void Service::HandleAsync(HttpRequest request, Responder respond) {
   try {
     if (ctx->request.route == "healthz" || ctx->request.route == "readyz") {
       response = ctx->request.route == "healthz" ? Json(200, {{"status", "ok"}}) : Ready();
-      response.headers.emplace_back("Request-Id", ctx->request.request_id);
       Respond(*ctx, std::move(response));
       return;
     }
@@ -312,12 +321,12 @@ void Service::Complete(const std::shared_ptr<Context>& ctx, HttpResponse respons
         Respond(*ctx, Finish(*ctx, std::move(*held), written.status()));
       } catch (...) {
         Cleanse(held->body);
-        Respond(*ctx, AuditUnavailable(*ctx));
+        Respond(*ctx, AuditUnavailable());
       }
     });
   } catch (...) {
     Cleanse(response.body);
-    Respond(*ctx, AuditUnavailable(*ctx));
+    Respond(*ctx, AuditUnavailable());
   }
 }
 
@@ -328,16 +337,31 @@ void Service::Respond(Context& ctx, HttpResponse response) {
   }
   // The Idempotency-Key is free again: its record (if any) is committed by now.
   if (ctx.idempotency) ctx.idempotency->hold.reset();
+  StampRequestId(ctx, response);
   ctx.respond(std::move(response));
 }
 
-HttpResponse Service::AuditUnavailable(const Context& ctx) {
+// Every answer carries Request-Id, and every error body its request_id (API.md), whichever path
+// built it.
+void Service::StampRequestId(const Context& ctx, HttpResponse& response) {
+  bool has_header = false;
+  for (const auto& [name, value] : response.headers) has_header |= name == "Request-Id";
+  if (!has_header) response.headers.emplace_back("Request-Id", ctx.request.request_id);
+  if (response.status < 400 || response.body.empty()) return;
+  json body = json::parse(response.body, nullptr, false);
+  if (body.is_object() && body.contains("error") && body["error"].is_object() &&
+      !body["error"].contains("request_id")) {
+    body["error"]["request_id"] = ctx.request.request_id;
+    response.body = body.dump();
+  }
+}
+
+HttpResponse Service::AuditUnavailable() {
   // Whatever the handler produced, without its audit record it is not sent.
   HttpResponse failed = Json(503, ErrorJson("unavailable", "audit_unavailable",
                                             "the audit trail cannot be written; nothing was revealed"));
   failed.headers.emplace_back("Retry-After", kRetryAfterSeconds);
-  failed.headers.emplace_back("Request-Id", ctx.request.request_id);
-  return failed;
+  return failed;  // Respond adds the request id
 }
 
 storage::AuditRecord Service::AuditOf(const Context& ctx, int status) {
@@ -367,15 +391,6 @@ HttpResponse Service::Finish(const Context& ctx, HttpResponse response, const St
                                    "the audit trail cannot be written; nothing was revealed"));
     response.headers.emplace_back("Retry-After", kRetryAfterSeconds);
   }
-  if (response.status >= 400 && !response.body.empty()) {
-    // Add the request id to error bodies.
-    json body = json::parse(response.body, nullptr, false);
-    if (body.is_object() && body.contains("error")) {
-      body["error"]["request_id"] = ctx.request.request_id;
-      response.body = body.dump();
-    }
-  }
-  response.headers.emplace_back("Request-Id", ctx.request.request_id);
   response.principal = ctx.principal ? ctx.principal->name : "";
   return response;
 }

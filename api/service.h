@@ -92,7 +92,8 @@ class Service {
   void Complete(const std::shared_ptr<Context>& ctx, HttpResponse response);
   // The answer once the audit record is written (or not: 'written' failed -> 503, no value).
   HttpResponse Finish(const Context& ctx, HttpResponse response, const Status& written);
-  static HttpResponse AuditUnavailable(const Context& ctx);
+  static HttpResponse AuditUnavailable();
+  static void StampRequestId(const Context& ctx, HttpResponse& response);
   static void Respond(Context& ctx, HttpResponse response);
   void TokenCreated(const std::shared_ptr<Context>& ctx, StatusOr<TokenizeOutcome> t);
   static void LogIfServerError(const Context& ctx, const Status& s);

@@ -35,6 +35,7 @@ struct Settings {
   int io_threads = 2;
   int worker_threads = 16;
   long long token_cache_entries = 65536;  // token rows kept after a read (ciphertext only)
+  long long max_body_bytes = 1 << 20;      // API.md: 1 MiB by default, configurable
   std::string policy_file;
 };
 
@@ -65,6 +66,7 @@ bool ReadConfigFile(const std::string& path, Settings* s) {
       else if (key == "io_threads") s->io_threads = value.get<int>();
       else if (key == "worker_threads") s->worker_threads = value.get<int>();
       else if (key == "token_cache_entries") s->token_cache_entries = value.get<long long>();
+      else if (key == "max_body_bytes") s->max_body_bytes = value.get<long long>();
       else if (key == "policy_file") s->policy_file = value.get<std::string>();
       else {
         spdlog::error("config file {}: unknown setting '{}'", path, key);
@@ -183,6 +185,7 @@ int Serve(const Settings& s) {
   config.tls = !s.plain_http;
   config.io_threads = s.io_threads;
   config.worker_threads = static_cast<size_t>(s.worker_threads);
+  config.max_body_bytes = static_cast<size_t>(s.max_body_bytes);
   if (config.tls) {
     Status tls = api::EnsureDevCertificate(s.data_dir + "/tls", &config.cert_file, &config.key_file);
     if (!tls.ok()) {
@@ -226,6 +229,7 @@ int main(int argc, char** argv) {
   bool plain_http = false;
   int io_threads = -1, worker_threads = -1;
   long long token_cache_entries = -1;
+  long long max_body_bytes = -1;
 
   auto add_common = [&](CLI::App* cmd) {
     cmd->add_option("--config", config_file, "JSON settings file");
@@ -242,6 +246,8 @@ int main(int argc, char** argv) {
   serve->add_option("--worker-threads", worker_threads, "vault worker threads");
   serve->add_option("--token-cache", token_cache_entries,
                     "token rows cached after a read (ciphertext only; 0 = off)");
+  serve->add_option("--max-body-bytes", max_body_bytes,
+                    "largest request body accepted, batches included (default 1 MiB)");
   serve->add_option("--policy", policy_file, "JSON policy file with custom roles");
   CLI11_PARSE(app, argc, argv);
 
@@ -254,6 +260,7 @@ int main(int argc, char** argv) {
   if (io_threads > 0) settings.io_threads = io_threads;
   if (worker_threads > 0) settings.worker_threads = worker_threads;
   if (token_cache_entries >= 0) settings.token_cache_entries = token_cache_entries;
+  if (max_body_bytes >= 0) settings.max_body_bytes = max_body_bytes;
   if (!policy_file.empty()) settings.policy_file = policy_file;
   if (settings.port < 0 || settings.port > 65535) {
     spdlog::error("the port must be a number from 0 to 65535");
@@ -266,6 +273,11 @@ int main(int argc, char** argv) {
   }
   if (settings.token_cache_entries < 0 || settings.token_cache_entries > 10'000'000) {
     spdlog::error("token_cache_entries must be from 0 to 10000000");
+    return 2;
+  }
+  // 1 KiB to 64 MiB: Pistache buffers four times this much per request before answering 413.
+  if (settings.max_body_bytes < 1024 || settings.max_body_bytes > (64LL << 20)) {
+    spdlog::error("max_body_bytes must be from 1024 to 67108864");
     return 2;
   }
   return init->parsed() ? Init(settings) : Serve(settings);

@@ -91,10 +91,10 @@ Status CheckTokenFormat(ValueType type, const TokenFormatOptions& options) {
   return Status::Ok();
 }
 
-StatusOr<std::string> NewToken(ValueType type, const SecretBytes& normalized,
-                               const TokenFormatOptions& options) {
+Status CheckTokenFormatFor(ValueType type, const SecretBytes& normalized,
+                           const TokenFormatOptions& options) {
   TV_RETURN_IF_ERROR(CheckTokenFormat(type, options));
-  if (options.format == TokenFormat::kRandom) return NewRandomToken();
+  if (options.format == TokenFormat::kRandom) return Status::Ok();
   if (type == ValueType::kCard) {
     if (normalized.size() < kMinCardDigits || normalized.size() > kMaxCardDigits) {
       return InvalidArgumentError("invalid_card", "a card has 12 to 19 digits");
@@ -104,9 +104,17 @@ StatusOr<std::string> NewToken(ValueType type, const SecretBytes& normalized,
     if (options.keep_bin && normalized.size() < kMinCardDigitsForBin) {
       return InvalidArgumentError("invalid_format", "keep_bin needs a card of 15 or more digits");
     }
-    return PreservingCardToken(normalized, options.keep_bin);
+    return Status::Ok();
   }
   if (normalized.size() != 11) return InvalidArgumentError("invalid_ssn", "not a normalised SSN");
+  return Status::Ok();
+}
+
+StatusOr<std::string> NewToken(ValueType type, const SecretBytes& normalized,
+                               const TokenFormatOptions& options) {
+  TV_RETURN_IF_ERROR(CheckTokenFormatFor(type, normalized, options));
+  if (options.format == TokenFormat::kRandom) return NewRandomToken();
+  if (type == ValueType::kCard) return PreservingCardToken(normalized, options.keep_bin);
   return PreservingSsnToken(normalized);
 }
 

@@ -39,7 +39,12 @@ struct TokenFormatOptions {
 // card and ssn; keep_bin only for preserving card tokens.
 Status CheckTokenFormat(ValueType type, const TokenFormatOptions& options);
 
-// A new token for the normalised value. REQUIRES: CheckTokenFormat(type, options) is OK.
+// CheckTokenFormat, plus what depends on the normalised value itself: keep_bin needs a card of
+// 15 or more digits. Done before sealing, so that a batch answers it as the item's error.
+Status CheckTokenFormatFor(ValueType type, const SecretBytes& normalized,
+                           const TokenFormatOptions& options);
+
+// A new token for the normalised value. Fails as CheckTokenFormatFor.
 StatusOr<std::string> NewToken(ValueType type, const SecretBytes& normalized,
                                const TokenFormatOptions& options);
 

@@ -205,7 +205,7 @@ StatusOr<std::string> Vault::Fingerprint(std::string_view merchant, const Secret
 StatusOr<Vault::PreparedItem> Vault::Prepare(std::string_view merchant, const TokenizeItem& item) {
   PreparedItem prepared;
   TV_ASSIGN_OR_RETURN(prepared.normalized, NormalizeValue(item.type, item.value));
-  TV_RETURN_IF_ERROR(CheckTokenFormat(item.type, item.format));
+  TV_RETURN_IF_ERROR(CheckTokenFormatFor(item.type, prepared.normalized, item.format));
   TV_RETURN_IF_ERROR(CheckAttributes(item.attributes));
   TV_ASSIGN_OR_RETURN(prepared.fingerprint, Fingerprint(merchant, prepared.normalized));
   prepared.type = item.type;

@@ -732,6 +732,12 @@ TEST_F(ApiTest, AuditFailureMeansNoValue) {
   EXPECT_EQ(r.Json()["error"]["code"], "audit_unavailable") << r.body;
   EXPECT_EQ(r.body.find("TOP-SECRET-91"), std::string::npos);
   EXPECT_FALSE(r.headers["retry-after"].empty());
+  EXPECT_FALSE(r.headers["request-id"].empty());
+  EXPECT_EQ(r.Json()["error"]["request_id"], r.headers["request-id"]);
+  // A batch too: its tokens and its record are one transaction.
+  Reply b = client_->Post("/v1/merchants/acme/tokens/batch", app, {{"items", {{{"value", "BATCH-SECRET-93"}}}}});
+  EXPECT_EQ(b.status, 503) << b.body;
+  EXPECT_EQ(b.Json()["error"]["request_id"], b.headers["request-id"]);
   // No change without its audit record: each is one transaction with its record.
   Reply t = client_->Post("/v1/merchants/acme/tokens", app, {{"value", "ANOTHER-SECRET-92"}});
   EXPECT_EQ(t.status, 503) << t.body;

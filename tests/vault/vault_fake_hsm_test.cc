@@ -495,11 +495,13 @@ TEST_F(VaultFakeHsmTest, ABatchOfAThousandIsOneWriteWithOneAuditRecordAndPerItem
   values.reserve(1000);
   for (int i = 0; i < 1000; ++i) values.push_back(testing::RandomCard(rng, 16));
   const std::set<int> bad = {3, 500, 998};
+  const std::string short_card = "4222222222222";  // 13 digits, Luhn-valid
   for (int i : bad) values[i].back() = values[i].back() == '9' ? '0' : values[i].back() + 1;  // Luhn fails
   for (int i = 0; i < 1000; ++i) {
     TokenizeItem item{AsBytes(values[i]), ValueType::kCard, {}, false, {}};
     if (i % 3 == 1) item.format = {TokenFormat::kPreserving, false};
     if (i == 700) item.format = {TokenFormat::kPreserving, false}, item.type = ValueType::kGeneric;  // not applicable
+    if (i == 800) item.format = {TokenFormat::kPreserving, true}, item.value = AsBytes(short_card);  // BIN needs 15+
     items.push_back(item);
   }
   storage::AuditRecord audit;
@@ -521,7 +523,7 @@ TEST_F(VaultFakeHsmTest, ABatchOfAThousandIsOneWriteWithOneAuditRecordAndPerItem
       TV_EXPECT_ERROR(o.token, StatusCode::kInvalidArgument, "invalid_card");
       continue;
     }
-    if (i == 700) {
+    if (i == 700 || i == 800) {
       TV_EXPECT_ERROR(o.token, StatusCode::kInvalidArgument, "invalid_format");
       continue;
     }
