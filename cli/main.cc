@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <chrono>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
@@ -36,6 +37,7 @@ struct Settings {
   int worker_threads = 16;
   long long token_cache_entries = 65536;  // token rows kept after a read (ciphertext only)
   long long max_body_bytes = 1 << 20;      // API.md: 1 MiB by default, configurable
+  long long expiry_sweep_seconds = 30;     // how often expired tokens and idempotency records go
   std::string policy_file;
 };
 
@@ -67,6 +69,7 @@ bool ReadConfigFile(const std::string& path, Settings* s) {
       else if (key == "worker_threads") s->worker_threads = value.get<int>();
       else if (key == "token_cache_entries") s->token_cache_entries = value.get<long long>();
       else if (key == "max_body_bytes") s->max_body_bytes = value.get<long long>();
+      else if (key == "expiry_sweep_seconds") s->expiry_sweep_seconds = value.get<long long>();
       else if (key == "policy_file") s->policy_file = value.get<std::string>();
       else {
         spdlog::error("config file {}: unknown setting '{}'", path, key);
@@ -97,6 +100,7 @@ std::unique_ptr<Vault> OpenVault(const Settings& s) {
   EmbeddedConfig config;
   config.data_dir = s.data_dir;
   config.token_cache_entries = static_cast<size_t>(s.token_cache_entries);
+  config.vault.expiry_sweep_interval = std::chrono::seconds(s.expiry_sweep_seconds);
   StatusOr<std::unique_ptr<Vault>> vault = OpenEmbeddedVault(config);
   if (!vault.ok()) {
     spdlog::error("cannot open the vault in {}: {}", s.data_dir, vault.status().ToString());
@@ -230,6 +234,7 @@ int main(int argc, char** argv) {
   int io_threads = -1, worker_threads = -1;
   long long token_cache_entries = -1;
   long long max_body_bytes = -1;
+  long long expiry_sweep_seconds = -1;
 
   auto add_common = [&](CLI::App* cmd) {
     cmd->add_option("--config", config_file, "JSON settings file");
@@ -248,6 +253,8 @@ int main(int argc, char** argv) {
                     "token rows cached after a read (ciphertext only; 0 = off)");
   serve->add_option("--max-body-bytes", max_body_bytes,
                     "largest request body accepted, batches included (default 1 MiB)");
+  serve->add_option("--expiry-sweep-seconds", expiry_sweep_seconds,
+                    "how often expired tokens lose their sealed value (default 30)");
   serve->add_option("--policy", policy_file, "JSON policy file with custom roles");
   CLI11_PARSE(app, argc, argv);
 
@@ -261,6 +268,7 @@ int main(int argc, char** argv) {
   if (worker_threads > 0) settings.worker_threads = worker_threads;
   if (token_cache_entries >= 0) settings.token_cache_entries = token_cache_entries;
   if (max_body_bytes >= 0) settings.max_body_bytes = max_body_bytes;
+  if (expiry_sweep_seconds >= 0) settings.expiry_sweep_seconds = expiry_sweep_seconds;
   if (!policy_file.empty()) settings.policy_file = policy_file;
   if (settings.port < 0 || settings.port > 65535) {
     spdlog::error("the port must be a number from 0 to 65535");
@@ -278,6 +286,10 @@ int main(int argc, char** argv) {
   // 1 KiB to 64 MiB: Pistache buffers four times this much per request before answering 413.
   if (settings.max_body_bytes < 1024 || settings.max_body_bytes > (64LL << 20)) {
     spdlog::error("max_body_bytes must be from 1024 to 67108864");
+    return 2;
+  }
+  if (settings.expiry_sweep_seconds < 1 || settings.expiry_sweep_seconds > 86400) {
+    spdlog::error("expiry_sweep_seconds must be from 1 to 86400");
     return 2;
   }
   return init->parsed() ? Init(settings) : Serve(settings);

@@ -605,6 +605,57 @@ TEST_F(ApiTest, AnExpiredTokenAnswersGone) {
   }
 }
 
+// The sealed value of an expired token leaves the database file (and WAL) once the sweeper has
+// run; settings from the command line (sweep interval, body limit) take effect.
+TEST_F(ApiTest, TheSweeperRemovesAnExpiredTokensCiphertextFromTheDatabase) {
+  Merchant("acme");
+  const std::string maker = Principal("maker", {"tokenizer"}, "*");
+  Reply made = client_->Post("/v1/merchants/acme/tokens", maker, {{"value", "sweep me"}, {"ttl_seconds", 1}});
+  ASSERT_EQ(made.status, 201) << made.body;
+  const std::string token = made.Json()["token"];
+  server_->Stop(SIGTERM);
+  const std::string db_path = server_->data_dir() + "/tokenvault.db";
+  // What the sweeper has to remove, and whether it did: read from the file itself.
+  auto sealed = [&]() -> std::optional<std::string> {
+    auto db = storage::Database::Open(db_path, {true, 5000});
+    if (!db.ok()) return std::nullopt;
+    auto row = (*db)->Prepare("SELECT ciphertext FROM tokens WHERE token = ?1");
+    if (!row.ok()) return std::nullopt;
+    row->Bind(1, std::string_view(token));
+    if (!*row->Step() || row->ColumnIsNull(0)) return std::nullopt;
+    Bytes b = row->ColumnBlob(0);
+    return std::string(b.begin(), b.end());
+  };
+  const std::optional<std::string> ciphertext = sealed();
+  ASSERT_TRUE(ciphertext.has_value());
+  ASSERT_FALSE(FindNeedles(db_path, {*ciphertext}).empty());  // positive control for the scan
+
+  server_ = std::make_unique<ServerProcess>(dir_.Sub("data"), dir_.Sub("server2.log"),
+                                            std::vector<std::string>{"--expiry-sweep-seconds", "1",
+                                                                     "--max-body-bytes", "2048"});
+  ASSERT_TRUE(server_->Start());
+  client_ = std::make_unique<HttpClient>(server_->base_url(), server_->ca_file());
+  // The sweeper runs every second; wait for it (bounded, generously: this asserts that it
+  // happens, not how fast).
+  bool swept = false;
+  for (int i = 0; i < 300 && !swept; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    swept = !sealed().has_value();
+  }
+  EXPECT_TRUE(swept) << "the sweeper never removed the expired token's sealed value";
+  EXPECT_EQ(client_->Get("/v1/merchants/acme/tokens/" + token, maker).status, 410);
+  // --max-body-bytes 2048: a 3000-byte value is too large, a 1000-byte one is not.
+  Reply big = client_->Post("/v1/merchants/acme/tokens", maker, {{"value", std::string(3000, 'x')}});
+  EXPECT_EQ(big.status, 413) << big.body;
+  EXPECT_EQ(client_->Post("/v1/merchants/acme/tokens", maker, {{"value", std::string(1000, 'y')}}).status, 201);
+  server_->Stop(SIGTERM);
+  for (const std::string& file : {db_path, db_path + "-wal"}) {
+    if (FileExists(file)) {
+      EXPECT_TRUE(FindNeedles(file, {*ciphertext}).empty()) << file;
+    }
+  }
+}
+
 TEST_F(ApiTest, BadInputGetsAJsonErrorStoresNothingAndIsAudited) {
   Merchant("acme");
   const std::string app = Principal("app", {"tokenizer", "support"}, {"acme"});
