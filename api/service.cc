@@ -261,6 +261,10 @@ struct Service::Context : std::enable_shared_from_this<Service::Context> {
   bool audited = false;  // the handler already wrote the audit record with its data
   std::optional<Idempotency> idempotency;  // the request carried an Idempotency-Key
   HttpResponse answer;  // a tokenize's answer, when rendered inside its commit
+
+  // Whatever way the request ended (refused, replayed, answered), the values in its parsed
+  // body are wiped before the memory is freed.
+  ~Context() { WipeStrings(body); }
 };
 
 Service::Service(Vault& vault, std::shared_ptr<const policy::Policy> policy,
@@ -821,7 +825,10 @@ Status Service::PrepareIdempotency(Context& ctx) {
   bool printable = !key.empty() && key.size() <= 255;
   for (char c : key) printable &= c >= 0x20 && c <= 0x7e;
   if (!printable) {
-    return BadRequest("invalid_idempotency_key", "Idempotency-Key is 1 to 255 printable ASCII characters");
+    // Refused by ReplayOrHold, after authorisation: a caller without the permission learns 403.
+    ctx.idempotency = Idempotency{};
+    ctx.idempotency->malformed = true;
+    return Status::Ok();
   }
   const HmacSha256& mac = vault_.idempotency_mac();
   // Scoped to the principal: the same key from another principal is another record.
@@ -831,49 +838,30 @@ Status Service::PrepareIdempotency(Context& ctx) {
   TV_ASSIGN_OR_RETURN(HmacSha256Tag request_hash,
                       mac.Compute(LengthPrefixed({"request", rq.route, ctx.merchant}), AsBytes(rq.body)));
   ctx.idempotency = Idempotency{Bytes(key_hash.begin(), key_hash.end()),
-                                Bytes(request_hash.begin(), request_hash.end()), nullptr};
+                                Bytes(request_hash.begin(), request_hash.end()), nullptr, false};
   return Status::Ok();
 }
 
-// With an Idempotency-Key: the stored answer when the key was used for this very request,
-// 409 when it was used for another, and otherwise holds the key until this request is answered
-// (a second request with the same key meanwhile gets 409). nullopt: go on and tokenize.
+// With an Idempotency-Key: holds the key until this request is answered (a second request with
+// the same key meanwhile gets 409 idempotency_key_in_use), then answers with the stored answer
+// when the key was used for this very request, or 409 when it was used for another.
+// nullopt: go on and tokenize, holding the key. The hold comes first, so that a request that
+// found nothing cannot race one that is committing the record under the same key.
 std::optional<HttpResponse> Service::ReplayOrHold(Context& ctx) {
   if (!ctx.idempotency) return std::nullopt;
   Idempotency& idem = *ctx.idempotency;
-  StatusOr<storage::IdempotencyRecord> stored =
-      vault_.store().FindIdempotency(idem.key_hash, Clock::Real().NowUnixMillis());
-  if (stored.ok()) {
-    if (stored->request_hash.size() != idem.request_hash.size() ||
-        CRYPTO_memcmp(stored->request_hash.data(), idem.request_hash.data(), idem.request_hash.size()) != 0) {
-      ctx.reason = "idempotency key reused with another request";
-      return ErrorResponse(AlreadyExistsError("idempotency_key_reused",
-                                         "this Idempotency-Key was used for another request"),
+  if (idem.malformed) {
+    return ErrorResponse(BadRequest("invalid_idempotency_key",
+                                    "Idempotency-Key is 1 to 255 printable ASCII characters"),
+                         &ctx.reason);
+  }
+  {
+    std::lock_guard<std::mutex> lock(idempotency_mu_);
+    if (!idempotency_in_flight_.insert(idem.key_hash).second) {
+      return ErrorResponse(AlreadyExistsError("idempotency_key_in_use",
+                                              "a request with this Idempotency-Key is still being answered"),
                            &ctx.reason);
     }
-    // The first answer, byte for byte. The audit record names the tokens it holds again.
-    ctx.reason = "idempotent replay";
-    json replayed = json::parse(stored->body, nullptr, false);
-    if (replayed.is_object() && replayed.contains("token") && replayed["token"].is_string()) {
-      ctx.resource = replayed["token"].get<std::string>();
-    } else if (replayed.is_object() && replayed.contains("items") && replayed["items"].is_array()) {
-      for (const json& item : replayed["items"]) {
-        ctx.resources.push_back(item.contains("token") && item["token"].is_string()
-                                    ? item["token"].get<std::string>()
-                                    : "error");
-      }
-    }
-    HttpResponse r;
-    r.status = stored->status;
-    r.body = std::move(stored->body);
-    return r;
-  }
-  if (stored.status().code() != StatusCode::kNotFound) return ErrorResponse(stored.status(), &ctx.reason);
-  std::lock_guard<std::mutex> lock(idempotency_mu_);
-  if (!idempotency_in_flight_.insert(idem.key_hash).second) {
-    return ErrorResponse(AlreadyExistsError("idempotency_key_in_use",
-                                       "a request with this Idempotency-Key is still being answered"),
-                         &ctx.reason);
   }
   // Released when the request is answered (Respond), whatever the answer.
   Bytes held = idem.key_hash;
@@ -881,7 +869,33 @@ std::optional<HttpResponse> Service::ReplayOrHold(Context& ctx) {
     std::lock_guard<std::mutex> unlock(idempotency_mu_);
     idempotency_in_flight_.erase(held);
   });
-  return std::nullopt;
+  StatusOr<storage::IdempotencyRecord> stored =
+      vault_.store().FindIdempotency(idem.key_hash, Clock::Real().NowUnixMillis());
+  if (stored.status().code() == StatusCode::kNotFound) return std::nullopt;
+  if (!stored.ok()) return ErrorResponse(stored.status(), &ctx.reason);
+  if (stored->request_hash.size() != idem.request_hash.size() ||
+      CRYPTO_memcmp(stored->request_hash.data(), idem.request_hash.data(), idem.request_hash.size()) != 0) {
+    ctx.reason = "idempotency key reused with another request";
+    return ErrorResponse(AlreadyExistsError("idempotency_key_reused",
+                                            "this Idempotency-Key was used for another request"),
+                         &ctx.reason);
+  }
+  // The first answer, byte for byte. The audit record names the tokens it holds again.
+  ctx.reason = "idempotent replay";
+  json replayed = json::parse(stored->body, nullptr, false);
+  if (replayed.is_object() && replayed.contains("token") && replayed["token"].is_string()) {
+    ctx.resource = replayed["token"].get<std::string>();
+  } else if (replayed.is_object() && replayed.contains("items") && replayed["items"].is_array()) {
+    for (const json& item : replayed["items"]) {
+      ctx.resources.push_back(item.contains("token") && item["token"].is_string()
+                                  ? item["token"].get<std::string>()
+                                  : "error");
+    }
+  }
+  HttpResponse r;
+  r.status = stored->status;
+  r.body = std::move(stored->body);
+  return r;
 }
 
 // Inside the commit: the answer about to be sent (ctx.answer) becomes the idempotency record.

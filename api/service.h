@@ -86,6 +86,7 @@ class Service {
     Bytes key_hash;
     Bytes request_hash;
     std::shared_ptr<void> hold;
+    bool malformed = false;  // refused with 400 once the caller is authorised
   };
   HttpResponse Dispatch(Context& ctx);
   // Appends the request's audit record unless the handler committed it already, then answers.

@@ -162,7 +162,12 @@ void Keyring::DetachLocked(std::string_view merchant, const std::shared_ptr<Merc
   keys->detached = true;
 }
 
-StatusOr<Keyring::EncryptLease> Keyring::ForEncrypt(std::string_view merchant) {
+StatusOr<Keyring::EncryptLease> Keyring::ForEncrypt(std::string_view merchant, uint64_t count) {
+  // A write larger than a whole DEK's budget could never be sealed under one version.
+  if (count == 0 || count > options_.max_encryptions_per_dek) {
+    return InvalidArgumentError("too_many_encryptions",
+                                "more values in one write than a data key may encrypt");
+  }
   std::shared_ptr<MerchantKeys> keys = KeysFor(merchant);
   for (;;) {
     bool refetch = false;
@@ -177,17 +182,19 @@ StatusOr<Keyring::EncryptLease> Keyring::ForEncrypt(std::string_view merchant) {
         bool spent = false;
         {
           std::lock_guard<std::mutex> counter(keys->counter);
-          if (keys->used >= options_.max_encryptions_per_dek) {
+          // Spent for this write when its 'count' encryptions do not all fit: it then goes to
+          // the next version whole (the rest of this one stays unused) rather than failing.
+          if (count > options_.max_encryptions_per_dek - std::min(keys->used, options_.max_encryptions_per_dek)) {
             spent = true;
           } else {
-            if (keys->used >= keys->reserved) {
+            if (keys->used + count > keys->reserved) {
               const uint64_t block = std::max<uint64_t>(1, options_.reservation_block);
-              const uint64_t target =
-                  std::min(keys->used + block, options_.max_encryptions_per_dek);
+              const uint64_t target = std::min(keys->used + std::max(count, block),
+                                               options_.max_encryptions_per_dek);
               TV_RETURN_IF_ERROR(store_.ReserveEncryptions(merchant, version, target));
               keys->reserved = target;
             }
-            ++keys->used;
+            keys->used += count;
           }
         }
         if (!spent) return EncryptLease{version, std::move(aead), keys, std::move(shared)};
@@ -207,7 +214,8 @@ StatusOr<Keyring::EncryptLease> Keyring::ForEncrypt(std::string_view merchant) {
         bool spent;
         {
           std::lock_guard<std::mutex> counter(keys->counter);
-          spent = keys->used >= options_.max_encryptions_per_dek;
+          spent = count > options_.max_encryptions_per_dek -
+                              std::min(keys->used, options_.max_encryptions_per_dek);
         }
         if (spent) TV_RETURN_IF_ERROR(RotateLocked(merchant, *keys).status());
       }
@@ -273,22 +281,20 @@ StatusOr<std::shared_ptr<const HmacSha256>> Keyring::FingerprintKey(std::string_
   return it->second;
 }
 
-Status Keyring::ChargeEncryption(std::string_view merchant, const EncryptLease& lease,
-                                 uint64_t count) {
+Status Keyring::ChargeEncryption(std::string_view merchant, const EncryptLease& lease) {
   auto keys = std::static_pointer_cast<MerchantKeys>(lease.keys);
   // The lease's shared hold keeps keys->dek_version == lease.version.
   std::lock_guard<std::mutex> counter(keys->counter);
-  if (count > options_.max_encryptions_per_dek - std::min(keys->used, options_.max_encryptions_per_dek)) {
+  if (keys->used >= options_.max_encryptions_per_dek) {
     return UnavailableError("dek_spent", "the data key's encryption budget is used up; retry");
   }
-  if (keys->used + count > keys->reserved) {
+  if (keys->used >= keys->reserved) {
     const uint64_t block = std::max<uint64_t>(1, options_.reservation_block);
-    const uint64_t target =
-        std::min(keys->used + std::max(count, block), options_.max_encryptions_per_dek);
+    const uint64_t target = std::min(keys->used + block, options_.max_encryptions_per_dek);
     TV_RETURN_IF_ERROR(store_.ReserveEncryptions(merchant, lease.version, target));
     keys->reserved = target;
   }
-  keys->used += count;
+  ++keys->used;
   return Status::Ok();
 }
 

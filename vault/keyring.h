@@ -61,14 +61,14 @@ class Keyring {
   StatusOr<storage::MerchantRecord> CreateMerchant(std::string_view merchant,
                                                    storage::AuditAttachment* audit = nullptr);
 
-  // kNotFound (merchant_not_found) if there is no such merchant.
-  StatusOr<EncryptLease> ForEncrypt(std::string_view merchant);
+  // kNotFound (merchant_not_found) if there is no such merchant. 'count' encryptions are charged
+  // at once (a batch): if they do not all fit in the current DEK's budget, the DEK rotates first.
+  // kInvalidArgument (too_many_encryptions) if 'count' exceeds a whole DEK's budget.
+  StatusOr<EncryptLease> ForEncrypt(std::string_view merchant, uint64_t count = 1);
   // One more encryption under a lease already held (a retry with a new token): counted and
   // reserved like any other, without a new shared hold. kUnavailable (dek_spent) if the DEK's
   // budget is used up - the caller retries later, under the next version.
-  // 'count' encryptions at once (the rest of a batch).
-  Status ChargeEncryption(std::string_view merchant, const EncryptLease& lease,
-                          uint64_t count = 1);
+  Status ChargeEncryption(std::string_view merchant, const EncryptLease& lease);
   StatusOr<std::shared_ptr<const AesGcm256>> ForDecrypt(std::string_view merchant,
                                                         uint32_t dek_version);
 

@@ -176,6 +176,7 @@ struct Vault::PendingWrite {
   TokenizeCommitHook hook;
   std::function<void(StatusOr<std::vector<TokenizeOutcome>>)> done;
   bool single = false;      // one tokenize, not a batch: fails as a whole
+  bool finished = false;    // 'done' was called (it is called exactly once)
   InFlight::Ticket ticket;  // the vault outlives this write
 };
 
@@ -365,27 +366,29 @@ void Vault::StartWrite(std::shared_ptr<PendingWrite> pending) {
   }
   if (!pending->written.empty()) {
     // One lease and one charge for the whole write: its tokens are sealed under one DEK version.
-    StatusOr<Keyring::EncryptLease> lease = keyring_->ForEncrypt(pending->merchant);
-    Status charged = lease.ok() && pending->written.size() > 1
-                         ? keyring_->ChargeEncryption(pending->merchant, *lease,
-                                                      pending->written.size() - 1)
-                         : lease.status();
-    if (!charged.ok()) {
-      pending->done(charged);
+    StatusOr<Keyring::EncryptLease> lease =
+        keyring_->ForEncrypt(pending->merchant, pending->written.size());
+    if (!lease.ok()) {
+      FinishWrite(*pending, lease.status());
       return;
     }
     pending->lease = std::move(lease).value();
     for (size_t i : pending->written) {
       StatusOr<SealedToken> sealed = SealItem(pending->lease, pending->merchant, *pending->items[i]);
       if (!sealed.ok()) {
-        pending->lease.no_rotation.Release();
-        pending->done(sealed.status());
+        FinishWrite(*pending, sealed.status());
         return;
       }
       pending->sealed.push_back(std::move(sealed).value());
     }
   }
   Submit(std::move(pending));
+}
+
+void Vault::FinishWrite(PendingWrite& pending, StatusOr<std::vector<TokenizeOutcome>> result) {
+  pending.lease.no_rotation.Release();
+  pending.finished = true;
+  pending.done(std::move(result));
 }
 
 void Vault::Submit(std::shared_ptr<PendingWrite> pending) {
@@ -426,7 +429,16 @@ void Vault::Submit(std::shared_ptr<PendingWrite> pending) {
   };
   store_->WriteTokensAsync(std::move(write),
                            [this, pending](storage::TokenWriteResult result) mutable {
-                             Written(std::move(pending), std::move(result));
+                             try {
+                               Written(pending, std::move(result));
+                             } catch (...) {
+                               // Out of memory while redrawing: the request must still be
+                               // answered (the completion thread swallows exceptions).
+                               if (!pending->finished) {
+                                 FinishWrite(*pending, InternalError("vault_error",
+                                                                     "the tokenize failed"));
+                               }
+                             }
                            });
 }
 
@@ -448,8 +460,7 @@ void Vault::Written(std::shared_ptr<PendingWrite> pending, storage::TokenWriteRe
         // The value's bucket of format-preserving tokens is (nearly) full.
         if (pending->single) {
           // A single tokenize fails as a whole, with nothing written (its caller audits it).
-          pending->lease.no_rotation.Release();
-          pending->done(TokenSpaceExhausted());
+          FinishWrite(*pending, TokenSpaceExhausted());
           return;
         }
         pending->outcomes[i].token = TokenSpaceExhausted();
@@ -462,8 +473,7 @@ void Vault::Written(std::shared_ptr<PendingWrite> pending, storage::TokenWriteRe
           charged.ok() ? SealItem(pending->lease, pending->merchant, *pending->items[i])
                        : StatusOr<SealedToken>(charged);
       if (!resealed.ok()) {
-        pending->lease.no_rotation.Release();
-        pending->done(resealed.status());
+        FinishWrite(*pending, resealed.status());
         return;
       }
       pending->sealed[k] = std::move(resealed).value();
@@ -480,12 +490,11 @@ void Vault::Written(std::shared_ptr<PendingWrite> pending, storage::TokenWriteRe
     Submit(std::move(pending));
     return;
   }
-  pending->lease.no_rotation.Release();
   if (!result.status.ok()) {
-    pending->done(std::move(result.status));
+    FinishWrite(*pending, std::move(result.status));
     return;
   }
-  pending->done(std::move(pending->outcomes));
+  FinishWrite(*pending, std::move(pending->outcomes));
 }
 
 StatusOr<storage::TokenRecord> Vault::FindOwnToken(std::string_view merchant,

@@ -218,6 +218,8 @@ class Vault {
   void StartWrite(std::shared_ptr<PendingWrite> pending);
   void Submit(std::shared_ptr<PendingWrite> pending);
   void Written(std::shared_ptr<PendingWrite> pending, storage::TokenWriteResult result);
+  // Releases the write's DEK lease and calls its 'done', once.
+  static void FinishWrite(PendingWrite& pending, StatusOr<std::vector<TokenizeOutcome>> result);
   static TokenInfo InfoOf(const storage::TokenRecord& record, ValueType type);
 
   // The live, well-formed token row of 'merchant' (errors as GetToken).

@@ -484,6 +484,10 @@ TEST_F(ApiTest, IdempotencyKeysReplayTheFirstAnswerAndAreScopedToThePrincipal) {
     EXPECT_EQ(r.status, 400) << bad;
     EXPECT_EQ(r.Json()["error"]["code"], "invalid_idempotency_key");
   }
+  // Authorisation comes first: a caller who may not tokenize learns 403, whatever its key.
+  const std::string reader = Principal("reader", {"detokenizer"}, "*");
+  EXPECT_EQ(post("/v1/merchants/acme/tokens", reader, body, std::string(256, 'k')).status, 403);
+  EXPECT_EQ(post("/v1/merchants/acme/tokens", reader, body, "order-A-1").status, 403);
   // An error answer is not kept: the request can be corrected and sent again with the key.
   Reply bad_card = post("/v1/merchants/acme/tokens", maker, {{"value", "4111111111111112"}, {"type", "card"}}, "fixme");
   EXPECT_EQ(bad_card.status, 400);

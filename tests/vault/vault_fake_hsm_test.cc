@@ -162,6 +162,38 @@ TEST_F(VaultFakeHsmTest, EncryptionCounterForcesNewDekVersions) {
   }
 }
 
+TEST_F(VaultFakeHsmTest, ABatchThatDoesNotFitTheDeksBudgetGoesToTheNextVersionWhole) {
+  VaultOptions options;
+  options.keys.max_encryptions_per_dek = 10;
+  options.keys.reservation_block = 4;
+  Open(options);
+  TV_ASSERT_OK(vault_->CreateMerchant("acme"));
+  auto batch = [&](int n, int first) {
+    std::vector<std::string> values;
+    for (int i = 0; i < n; ++i) values.push_back("b" + std::to_string(first + i));
+    std::vector<TokenizeItem> items;
+    for (const std::string& v : values) items.push_back(TokenizeItem{AsBytes(v), ValueType::kGeneric, {}, false, {}});
+    std::promise<StatusOr<std::vector<TokenizeOutcome>>> done;
+    vault_->TokenizeBatchAsync("acme", items, std::nullopt, nullptr,
+                               [&](StatusOr<std::vector<TokenizeOutcome>> r) { done.set_value(std::move(r)); });
+    return done.get_future().get();
+  };
+  // 6 fit in version 1; the next 6 do not fit in its remaining 4: version 2, all six, at once.
+  for (int round = 0; round < 2; ++round) {
+    StatusOr<std::vector<TokenizeOutcome>> out = batch(6, round * 6);
+    TV_ASSERT_OK(out);
+    for (size_t i = 0; i < out->size(); ++i) {
+      const TokenizeOutcome& o = (*out)[i];
+      TV_ASSERT_OK(o.token);
+      EXPECT_EQ(o.token->dek_version, static_cast<uint32_t>(round + 1));
+      EXPECT_EQ(AsChars(vault_->Detokenize("acme", o.token->token)->value.view()),
+                "b" + std::to_string(round * 6 + static_cast<int>(i)));
+    }
+  }
+  // More than a whole DEK may encrypt: refused as a whole, nothing written.
+  TV_EXPECT_ERROR(batch(11, 100).status(), StatusCode::kInvalidArgument, "too_many_encryptions");
+}
+
 TEST_F(VaultFakeHsmTest, RestartResumesAboveEveryReservedCount) {
   VaultOptions options;
   options.keys.max_encryptions_per_dek = 10;
