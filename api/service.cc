@@ -234,6 +234,8 @@ const std::vector<RouteSpec>& Routes() {
       {"POST", "/v1/principals", "principals.create"},
       {"DELETE", "/v1/principals/:name", "principals.delete"},
       {"POST", "/v1/merchants", "merchants.create"},
+      {"POST", "/v1/merchants/:m/keys/rotate", "keys.rotate"},
+      {"GET", "/v1/merchants/:m/keys", "keys.read"},
       {"POST", "/v1/merchants/:m/tokens", "tokens.create"},
       {"POST", "/v1/merchants/:m/tokens/batch", "tokens.batch"},
       {"GET", "/v1/merchants/:m/tokens/:token", "tokens.read"},
@@ -486,7 +488,12 @@ HttpResponse Service::Dispatch(Context& ctx) {
     ctx.reason = "body too large";
     return r;
   }
-  if (rq.method == "POST") {
+  // POSTs that take no body (API.md: "endpoints that take no body accept an empty one with or
+  // without" a Content-Type).
+  const bool takes_no_body = rq.route == "keys.rotate";
+  if (rq.method == "POST" && takes_no_body && rq.body.empty()) {
+    ctx.body = json::object();
+  } else if (rq.method == "POST") {
     if (!IsJsonContentType(rq.content_type)) {
       return fail(InvalidArgumentError("unsupported_media_type", "Content-Type must be application/json"));
     }
@@ -512,6 +519,8 @@ HttpResponse Service::Dispatch(Context& ctx) {
   if (rq.route == "principals.create") return CreatePrincipal(ctx);
   if (rq.route == "principals.delete") return DeletePrincipal(ctx);
   if (rq.route == "merchants.create") return CreateMerchant(ctx);
+  if (rq.route == "keys.rotate") return RotateKeys(ctx);
+  if (rq.route == "keys.read") return ReadKeys(ctx);
   if (rq.route == "tokens.create") return CreateToken(ctx);
   if (rq.route == "tokens.batch") return CreateTokenBatch(ctx);
   if (rq.route == "tokens.read") return GetToken(ctx);
@@ -667,6 +676,33 @@ HttpResponse Service::CreateMerchant(Context& ctx) {
                     {"created_at", Rfc3339(m->created_at_ms)},
                     {"kek_version", m->kek_version},
                     {"dek_version", m->dek_version}});
+}
+
+HttpResponse Service::RotateKeys(Context& ctx) {
+  TV_AUTHORIZE(Permission::kKeysRotate, ctx.merchant);
+  TV_OR_FAIL(CheckFields(ctx.body, {}));
+  // The new version and this record commit together; the keyring names the keys in it.
+  const storage::AuditRecord audit = AuditOf(ctx, 200);
+  StatusOr<uint32_t> version = vault_.RotateDataKey(ctx.merchant, &audit);
+  TV_OR_FAIL(version.status());
+  ctx.audited = true;
+  return Json(200, {{"dek_version", *version}});
+}
+
+HttpResponse Service::ReadKeys(Context& ctx) {
+  TV_AUTHORIZE(Permission::kKeysRotate, ctx.merchant);
+  StatusOr<std::vector<storage::DataKeyUsage>> keys = vault_.DataKeys(ctx.merchant);
+  TV_OR_FAIL(keys.status());
+  json versions = json::array();
+  for (const storage::DataKeyUsage& k : *keys) {
+    versions.push_back({{"version", k.version},
+                        {"state", k.state == storage::DataKeyState::kActive ? "active" : "retired"},
+                        {"kek_version", k.kek_version},
+                        {"created_at", Rfc3339(k.created_at_ms)},
+                        {"encryptions_reserved", k.encryptions_reserved},
+                        {"tokens", k.live_tokens}});
+  }
+  return Json(200, {{"merchant", ctx.merchant}, {"dek_versions", versions}});
 }
 
 // API.md: at most 16 string pairs, keys of 1-64 bytes, values of at most 256 bytes. Metadata is

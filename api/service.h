@@ -106,6 +106,8 @@ class Service {
   HttpResponse CreatePrincipal(Context& ctx);
   HttpResponse DeletePrincipal(Context& ctx);
   HttpResponse CreateMerchant(Context& ctx);
+  HttpResponse RotateKeys(Context& ctx);
+  HttpResponse ReadKeys(Context& ctx);
   HttpResponse CreateToken(Context& ctx);
   HttpResponse CreateTokenBatch(Context& ctx);
   HttpResponse GetToken(Context& ctx);

@@ -585,7 +585,7 @@ StatusOr<DataKeyRecord> SqliteStore::GetDataKey(std::string_view merchant, uint3
   return r;
 }
 
-Status SqliteStore::AddDataKeyVersion(const DataKeyRecord& dek) {
+Status SqliteStore::AddDataKeyVersion(const DataKeyRecord& dek, AuditAttachment* audit) {
   return Write([&](Database& db) -> Status {
     TV_ASSIGN_OR_RETURN(Statement bump,
                         db.Prepare("UPDATE merchants SET current_dek_version = ?2 "
@@ -603,8 +603,38 @@ Status SqliteStore::AddDataKeyVersion(const DataKeyRecord& dek) {
                                    "WHERE merchant_id = ?1 AND version = ?2"));
     TV_RETURN_IF_ERROR(
         retire.Bind(1, std::string_view(dek.merchant)).Bind(2, int64_t{dek.version} - 1).Run());
-    return InsertDataKey(db, dek);
+    TV_RETURN_IF_ERROR(InsertDataKey(db, dek));
+    return AppendAttached(db, audit);
   });
+}
+
+StatusOr<std::vector<DataKeyUsage>> SqliteStore::ListDataKeys(std::string_view merchant) {
+  TV_ASSIGN_OR_RETURN(ReadPool::Lease lease, impl_->Reader());
+  // One read transaction, so that the counts and the versions agree. Counting uses the
+  // (merchant_id, dek_version) index; only live tokens (a sealed value stored) count.
+  TV_ASSIGN_OR_RETURN(
+      Statement stmt,
+      lease.db().Prepare(
+          "SELECT k.version, k.kek_version, k.state, k.created_at, k.encryptions_reserved, "
+          "(SELECT COUNT(*) FROM tokens t WHERE t.merchant_id = k.merchant_id "
+          "AND t.dek_version = k.version AND t.nonce IS NOT NULL) "
+          "FROM data_keys k WHERE k.merchant_id = ?1 ORDER BY k.version"));
+  stmt.Bind(1, merchant);
+  std::vector<DataKeyUsage> out;
+  for (;;) {
+    TV_ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) break;
+    DataKeyUsage u;
+    TV_ASSIGN_OR_RETURN(u.version, stmt.ColumnU32(0));
+    TV_ASSIGN_OR_RETURN(u.kek_version, stmt.ColumnU32(1));
+    u.state = stmt.ColumnText(2) == "active" ? DataKeyState::kActive : DataKeyState::kRetired;
+    u.created_at_ms = stmt.ColumnInt(3);
+    u.encryptions_reserved = static_cast<uint64_t>(stmt.ColumnInt(4));
+    u.live_tokens = static_cast<uint64_t>(stmt.ColumnInt(5));
+    out.push_back(u);
+  }
+  if (out.empty()) return NotFoundError("merchant_not_found", "no such merchant");
+  return out;
 }
 
 Status SqliteStore::ReserveEncryptions(std::string_view merchant, uint32_t version,

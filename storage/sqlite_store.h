@@ -46,7 +46,8 @@ class SqliteStore final : public Store {
   Status AbandonMerchant(std::string_view id) override;
   StatusOr<MerchantRecord> GetMerchant(std::string_view id) override;
   StatusOr<DataKeyRecord> GetDataKey(std::string_view merchant, uint32_t version) override;
-  Status AddDataKeyVersion(const DataKeyRecord& dek) override;
+  Status AddDataKeyVersion(const DataKeyRecord& dek, AuditAttachment* audit = nullptr) override;
+  StatusOr<std::vector<DataKeyUsage>> ListDataKeys(std::string_view merchant) override;
   Status ReserveEncryptions(std::string_view merchant, uint32_t version,
                             uint64_t reserved) override;
   Status InsertToken(const TokenRecord& token, AuditAttachment* audit = nullptr) override;

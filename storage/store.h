@@ -51,6 +51,16 @@ struct DataKeyRecord {
   uint64_t encryptions_reserved = 0;
 };
 
+// A DEK version as an operator sees it: never the key, wrapped or not.
+struct DataKeyUsage {
+  uint32_t version = 0;
+  uint32_t kek_version = 0;
+  DataKeyState state = DataKeyState::kActive;
+  int64_t created_at_ms = 0;
+  uint64_t encryptions_reserved = 0;
+  uint64_t live_tokens = 0;  // tokens whose sealed value this version encrypts
+};
+
 // One token and its sealed value. The AAD is not stored: it is rebuilt from these fields, which is
 // what binds the ciphertext to its row.
 struct TokenRecord {
@@ -202,7 +212,10 @@ class Store {
   // Adds 'dek' (version = current + 1) as the merchant's current DEK and retires the previous
   // current version, in one transaction. kFailedPrecondition (dek_version_conflict) if the
   // merchant's current version is not dek.version - 1.
-  virtual Status AddDataKeyVersion(const DataKeyRecord& dek) = 0;
+  virtual Status AddDataKeyVersion(const DataKeyRecord& dek, AuditAttachment* audit = nullptr) = 0;
+  // Every DEK version of the merchant, oldest first, with how many live tokens (a sealed value
+  // still stored) each one encrypts. kNotFound if the merchant has no keys.
+  virtual StatusOr<std::vector<DataKeyUsage>> ListDataKeys(std::string_view merchant) = 0;
   // Raises the reserved-encryptions counter of a DEK version to 'reserved' (never lowers it).
   virtual Status ReserveEncryptions(std::string_view merchant, uint32_t version,
                                     uint64_t reserved) = 0;

@@ -11,12 +11,38 @@ namespace {
 constexpr uint32_t kFirstVersion = 1;
 }  // namespace
 
+namespace {
+
+// How key events name a DEK version in the audit trail (never the key).
+std::string DekName(std::string_view merchant, uint32_t version) {
+  return "dek:" + std::string(merchant) + "/v" + std::to_string(version);
+}
+
+// The record of a key event nobody asked for (an automatic rotation).
+storage::AuditRecord SystemAuditRecord(std::string_view action, std::string_view merchant,
+                                       std::string_view why) {
+  storage::AuditRecord r;
+  r.request_id = "system";
+  r.principal = "system";
+  r.auth = "none";
+  r.source_ip = "local";
+  r.action = std::string(action);
+  r.merchant = std::string(merchant);
+  r.outcome = "allowed";
+  r.status = 200;
+  r.reason = std::string(why);
+  return r;
+}
+
+}  // namespace
+
 Keyring::Keyring(hsm::Hsm& hsm, storage::Store& store, const Clock& clock,
-                 const KeyringOptions& options)
+                 const KeyringOptions& options, const storage::AuditMac* audit_mac)
     : hsm_(hsm),
       store_(store),
       clock_(clock),
       options_(options),
+      audit_mac_(audit_mac),
       cache_(options.dek_cache_max_entries, options.dek_cache_ttl, clock) {}
 
 std::shared_ptr<Keyring::MerchantKeys> Keyring::KeysFor(std::string_view merchant) {
@@ -117,6 +143,7 @@ Status Keyring::LoadLocked(std::string_view merchant, MerchantKeys& keys) {
                       store_.GetDataKey(merchant, record.current_dek_version));
   keys.kek_version = record.kek_version;
   keys.dek_version = record.current_dek_version;
+  keys.dek_created_at_ms = dek.created_at_ms;
   std::lock_guard<std::mutex> counter(keys.counter);
   // Whatever was reserved before a restart may have been used: count it all as used.
   keys.used = dek.encryptions_reserved;
@@ -125,12 +152,34 @@ Status Keyring::LoadLocked(std::string_view merchant, MerchantKeys& keys) {
   return Status::Ok();
 }
 
-StatusOr<uint32_t> Keyring::RotateLocked(std::string_view merchant, MerchantKeys& keys) {
+bool Keyring::SpentFor(const MerchantKeys& keys, uint64_t count) const {
+  const uint64_t max = options_.max_encryptions_per_dek;
+  if (count > max - std::min(keys.used, max)) return true;
+  return options_.max_dek_age.count() > 0 &&
+         keys.dek_created_at_ms + options_.max_dek_age.count() <= clock_.NowUnixMillis();
+}
+
+StatusOr<uint32_t> Keyring::RotateLocked(std::string_view merchant, MerchantKeys& keys,
+                                         const storage::AuditRecord* audit,
+                                         std::string_view why) {
   TV_RETURN_IF_ERROR(LoadLocked(merchant, keys));
   const uint32_t next = keys.dek_version + 1;
   TV_ASSIGN_OR_RETURN(auto dek, NewDek(merchant, next, keys.kek_version));
-  TV_RETURN_IF_ERROR(store_.AddDataKeyVersion(dek.first));
+  std::optional<storage::AuditAttachment> attached;
+  if (audit_mac_ != nullptr) {
+    storage::AuditRecord record = audit != nullptr ? *audit : SystemAuditRecord("keys.rotate", merchant, why);
+    if (record.time_ms == 0) record.time_ms = clock_.NowUnixMillis();
+    record.resource = DekName(merchant, next);
+    record.resources = {DekName(merchant, next), DekName(merchant, keys.dek_version)};
+    // Rotating retires the previous version: both events, in one record.
+    record.reason = (record.reason.empty() ? "" : record.reason + ": ") + "new DEK version " +
+                    std::to_string(next) + ", version " + std::to_string(keys.dek_version) +
+                    " retired";
+    attached = storage::AuditAttachment{std::move(record), audit_mac_};
+  }
+  TV_RETURN_IF_ERROR(store_.AddDataKeyVersion(dek.first, attached ? &*attached : nullptr));
   keys.dek_version = next;
+  keys.dek_created_at_ms = dek.first.created_at_ms;
   {
     std::lock_guard<std::mutex> counter(keys.counter);
     keys.used = 0;
@@ -140,12 +189,12 @@ StatusOr<uint32_t> Keyring::RotateLocked(std::string_view merchant, MerchantKeys
   return next;
 }
 
-StatusOr<uint32_t> Keyring::Rotate(std::string_view merchant) {
+StatusOr<uint32_t> Keyring::Rotate(std::string_view merchant, const storage::AuditRecord* audit) {
   for (;;) {
     std::shared_ptr<MerchantKeys> keys = KeysFor(merchant);  // outlives the lock below
     RotationGate::Exclusive exclusive(keys->rotation);
     if (keys->detached) continue;
-    StatusOr<uint32_t> rotated = RotateLocked(merchant, *keys);
+    StatusOr<uint32_t> rotated = RotateLocked(merchant, *keys, audit, "");
     if (rotated.status().code() == StatusCode::kNotFound && !keys->loaded) {
       DetachLocked(merchant, keys);
     }
@@ -184,7 +233,7 @@ StatusOr<Keyring::EncryptLease> Keyring::ForEncrypt(std::string_view merchant, u
           std::lock_guard<std::mutex> counter(keys->counter);
           // Spent for this write when its 'count' encryptions do not all fit: it then goes to
           // the next version whole (the rest of this one stays unused) rather than failing.
-          if (count > options_.max_encryptions_per_dek - std::min(keys->used, options_.max_encryptions_per_dek)) {
+          if (SpentFor(*keys, count)) {
             spent = true;
           } else {
             if (keys->used + count > keys->reserved) {
@@ -214,10 +263,17 @@ StatusOr<Keyring::EncryptLease> Keyring::ForEncrypt(std::string_view merchant, u
         bool spent;
         {
           std::lock_guard<std::mutex> counter(keys->counter);
-          spent = count > options_.max_encryptions_per_dek -
-                              std::min(keys->used, options_.max_encryptions_per_dek);
+          spent = SpentFor(*keys, count);
         }
-        if (spent) TV_RETURN_IF_ERROR(RotateLocked(merchant, *keys).status());
+        if (spent) {
+          const bool aged = options_.max_dek_age.count() > 0 &&
+                            keys->dek_created_at_ms + options_.max_dek_age.count() <=
+                                clock_.NowUnixMillis();
+          TV_RETURN_IF_ERROR(RotateLocked(merchant, *keys, nullptr,
+                                          aged ? "automatic: the DEK reached its maximum age"
+                                               : "automatic: the DEK's encryption budget is used up")
+                                 .status());
+        }
       }
     }
     // Locks are released above before 'keys' may be replaced (and its mutex destroyed).

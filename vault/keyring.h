@@ -9,6 +9,7 @@
 #ifndef TOKENVAULT_VAULT_KEYRING_H_
 #define TOKENVAULT_VAULT_KEYRING_H_
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -36,6 +37,9 @@ struct KeyringOptions {
   uint64_t max_encryptions_per_dek = uint64_t{1} << 30;
   // Encryptions reserved per durable counter update.
   uint64_t reservation_block = 4096;
+  // A DEK older than this is rotated at its next use (PCI DSS 3.6.1.3: a defined cryptoperiod).
+  // 0: no age limit.
+  std::chrono::milliseconds max_dek_age = std::chrono::hours(24 * 90);
 };
 
 // Thread-safe.
@@ -51,7 +55,10 @@ class Keyring {
     RotationGate::Shared no_rotation;
   };
 
-  Keyring(hsm::Hsm& hsm, storage::Store& store, const Clock& clock, const KeyringOptions& options);
+  // 'audit_mac', if given, makes every key event an audit record committed with the change (an
+  // automatic rotation is recorded as principal "system").
+  Keyring(hsm::Hsm& hsm, storage::Store& store, const Clock& clock, const KeyringOptions& options,
+          const storage::AuditMac* audit_mac = nullptr);
 
   // Creates the merchant's KEK (v1) in the HSM and its first DEK, stored wrapped.
   // kAlreadyExists if the merchant exists. An interrupted creation is resumed; a KEK it finds
@@ -78,7 +85,8 @@ class Keyring {
   StatusOr<std::shared_ptr<const HmacSha256>> FingerprintKey(std::string_view merchant);
 
   // Makes a new DEK version current and retires the previous one; returns the new version.
-  StatusOr<uint32_t> Rotate(std::string_view merchant);
+  // 'audit' (who asked) is completed with the key names and committed with the new version.
+  StatusOr<uint32_t> Rotate(std::string_view merchant, const storage::AuditRecord* audit = nullptr);
 
   const DekCache& cache() const { return cache_; }
 
@@ -90,6 +98,7 @@ class Keyring {
     bool detached = false;       // removed from the map; holders fetch a new entry. GUARDED_BY(rotation)
     uint32_t kek_version = 0;    // GUARDED_BY(rotation)
     uint32_t dek_version = 0;    // GUARDED_BY(rotation)
+    int64_t dek_created_at_ms = 0;  // GUARDED_BY(rotation)
     uint64_t used = 0;           // GUARDED_BY(counter)
     uint64_t reserved = 0;       // GUARDED_BY(counter)
   };
@@ -99,8 +108,12 @@ class Keyring {
   void DetachLocked(std::string_view merchant, const std::shared_ptr<MerchantKeys>& keys);
   // REQUIRES: 'keys.rotation' held exclusively.
   Status LoadLocked(std::string_view merchant, MerchantKeys& keys);
-  // REQUIRES: 'keys.rotation' held exclusively.
-  StatusOr<uint32_t> RotateLocked(std::string_view merchant, MerchantKeys& keys);
+  // REQUIRES: 'keys.rotation' held exclusively. 'audit' null: an automatic rotation, 'why'.
+  StatusOr<uint32_t> RotateLocked(std::string_view merchant, MerchantKeys& keys,
+                                  const storage::AuditRecord* audit, std::string_view why);
+  // True when 'count' more encryptions do not fit the current DEK (budget or age).
+  // REQUIRES: 'keys.counter' held and the rotation gate held (shared or exclusive).
+  bool SpentFor(const MerchantKeys& keys, uint64_t count) const;
   StatusOr<std::shared_ptr<const AesGcm256>> LoadDek(std::string_view merchant, uint32_t version);
   // A new random DEK wrapped for (merchant, version, kek_version), plus its AEAD.
   StatusOr<std::pair<storage::DataKeyRecord, std::shared_ptr<const AesGcm256>>> NewDek(
@@ -110,6 +123,7 @@ class Keyring {
   storage::Store& store_;
   const Clock& clock_;
   const KeyringOptions options_;
+  const storage::AuditMac* const audit_mac_;  // null: key events are not audited (unit tests)
   DekCache cache_;
   std::mutex create_mu_;  // one merchant creation at a time
   std::mutex fingerprint_mu_;

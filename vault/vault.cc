@@ -64,7 +64,7 @@ Vault::Vault(std::shared_ptr<hsm::Hsm> hsm, std::shared_ptr<storage::Store> stor
     : hsm_(std::move(hsm)),
       store_(std::move(store)),
       clock_(clock),
-      keyring_(std::make_unique<Keyring>(*hsm_, *store_, clock, options.keys)),
+      keyring_(std::make_unique<Keyring>(*hsm_, *store_, clock, options.keys, audit.get())),
       audit_(std::move(audit)),
       idempotency_mac_(std::move(idempotency_mac)) {
   if (options.expiry_sweep_interval.count() > 0) {
@@ -563,11 +563,23 @@ StatusOr<RevealedValue> Vault::Detokenize(std::string_view merchant, std::string
   return RevealedValue{*type, std::move(value)};
 }
 
-StatusOr<uint32_t> Vault::RotateDataKey(std::string_view merchant) {
+StatusOr<uint32_t> Vault::RotateDataKey(std::string_view merchant,
+                                        const storage::AuditRecord* audit) {
   if (!IsValidMerchantId(merchant)) {
     return InvalidArgumentError(kReasonInvalidMerchant, "invalid merchant id");
   }
-  return keyring_->Rotate(merchant);
+  return keyring_->Rotate(merchant, audit);
+}
+
+StatusOr<std::vector<storage::DataKeyUsage>> Vault::DataKeys(std::string_view merchant) {
+  if (!IsValidMerchantId(merchant)) {
+    return InvalidArgumentError(kReasonInvalidMerchant, "invalid merchant id");
+  }
+  TV_ASSIGN_OR_RETURN(storage::MerchantRecord m, store_->GetMerchant(merchant));
+  if (m.state != storage::MerchantState::kActive) {
+    return NotFoundError("merchant_not_found", "no such merchant");
+  }
+  return store_->ListDataKeys(merchant);
 }
 
 Status Vault::CheckHsm() { return hsm_->Ping(); }

@@ -191,8 +191,14 @@ class Vault {
   // body (which holds a value) is ever stored, even hashed in a way one could test guesses on.
   const HmacSha256& idempotency_mac() const { return *idempotency_mac_; }
 
-  // New DEK version for new writes; older tokens still decrypt. Returns the new version.
-  StatusOr<uint32_t> RotateDataKey(std::string_view merchant);
+  // New DEK version for new writes; older tokens still decrypt. Returns the new version. With
+  // 'audit', that record (completed with the key names) commits with the new version.
+  StatusOr<uint32_t> RotateDataKey(std::string_view merchant,
+                                   const storage::AuditRecord* audit = nullptr);
+
+  // The merchant's DEK versions with their state and how many live tokens each encrypts.
+  // kNotFound (merchant_not_found) for an unknown merchant.
+  StatusOr<std::vector<storage::DataKeyUsage>> DataKeys(std::string_view merchant);
 
   // OK when the HSM answers.
   Status CheckHsm();

@@ -537,6 +537,53 @@ TEST_F(ApiTest, IdempotencyKeysReplayTheFirstAnswerAndAreScopedToThePrincipal) {
   }
 }
 
+TEST_F(ApiTest, KeyAdministratorsRotateDeksAndSeeTheirUse) {
+  Merchant("acme");
+  Merchant("other");
+  const std::string maker = Principal("maker", {"tokenizer"}, "*");
+  const std::string reader = Principal("reader", {"detokenizer"}, "*");
+  const std::string keyadmin = Principal("keyadmin", {"admin"}, {"acme"});
+  const std::string before = client_->Post("/v1/merchants/acme/tokens", maker, {{"value", "before rotation"}}).Json()["token"];
+  // No body at all (no Content-Type either) is how a body-less POST is sent.
+  Reply rotated = client_->Send("POST", "/v1/merchants/acme/keys/rotate", keyadmin, "", "");
+  ASSERT_EQ(rotated.status, 200) << rotated.body;
+  EXPECT_EQ(rotated.Json()["dek_version"], 2);
+  EXPECT_EQ(client_->Post("/v1/merchants/acme/keys/rotate", keyadmin, json::object()).Json()["dek_version"], 3);
+  const std::string after = client_->Post("/v1/merchants/acme/tokens", maker, {{"value", "after rotation"}}).Json()["token"];
+  json revealed = client_->Post("/v1/merchants/acme/detokenize", reader,
+                                {{"tokens", {before, after}}, {"reveal", "plain"}}).Json()["items"];
+  EXPECT_EQ(revealed[0]["value"], "before rotation");
+  EXPECT_EQ(revealed[1]["value"], "after rotation");
+
+  Reply keys = client_->Get("/v1/merchants/acme/keys", keyadmin);
+  ASSERT_EQ(keys.status, 200) << keys.body;
+  const json versions = keys.Json()["dek_versions"];
+  ASSERT_EQ(versions.size(), 3u);
+  EXPECT_EQ(versions[0]["state"], "retired");
+  EXPECT_EQ(versions[0]["tokens"], 1);
+  EXPECT_EQ(versions[1]["tokens"], 0);
+  EXPECT_EQ(versions[2]["state"], "active");
+  EXPECT_EQ(versions[2]["tokens"], 1);
+  EXPECT_EQ(keys.body.find("wrapped"), std::string::npos);
+
+  // Key administration is its own permission, scoped to merchants.
+  EXPECT_EQ(client_->Send("POST", "/v1/merchants/acme/keys/rotate", maker, "", "").status, 403);
+  EXPECT_EQ(client_->Get("/v1/merchants/acme/keys", reader).status, 403);
+  EXPECT_EQ(client_->Send("POST", "/v1/merchants/other/keys/rotate", keyadmin, "", "").status, 403);
+  EXPECT_EQ(client_->Send("POST", "/v1/merchants/nobody/keys/rotate", admin_, "", "").status, 404);
+  EXPECT_EQ(client_->Post("/v1/merchants/acme/keys/rotate", keyadmin, {{"version", 9}}).status, 400);
+  // Each rotation is in the audit trail with who asked and which keys.
+  json records = client_->Get("/v1/audit?action=keys.rotate", admin_).Json()["records"];
+  int allowed = 0;
+  for (const json& r : records) {
+    if (r["outcome"] != "allowed") continue;
+    ++allowed;
+    EXPECT_EQ(r["principal"], "keyadmin");
+    EXPECT_EQ(r["resource"].get<std::string>().rfind("dek:acme/v", 0), 0u);
+  }
+  EXPECT_EQ(allowed, 2);
+}
+
 TEST_F(ApiTest, TokenMetadataIsKeptAndNeverHoldsValues) {
   Merchant("acme");
   const std::string maker = Principal("maker", {"tokenizer"}, "*");

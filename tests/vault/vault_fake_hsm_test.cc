@@ -194,6 +194,81 @@ TEST_F(VaultFakeHsmTest, ABatchThatDoesNotFitTheDeksBudgetGoesToTheNextVersionWh
   TV_EXPECT_ERROR(batch(11, 100).status(), StatusCode::kInvalidArgument, "too_many_encryptions");
 }
 
+TEST(VaultKeyEventsTest, RotationsAreAuditedAndDeksRotateByAgeAndBudget) {
+  TempDir dir;
+  FakeClock clock;
+  auto hsm = std::make_shared<FakeHsm>();
+  auto store = storage::SqliteStore::Open({dir.Sub("vault.db")});
+  ASSERT_TRUE(store.ok());
+  std::shared_ptr<storage::SqliteStore> shared = std::move(store).value();
+  VaultOptions options;
+  options.expiry_sweep_interval = std::chrono::milliseconds(0);
+  options.keys.max_dek_age = std::chrono::hours(1);
+  options.keys.max_encryptions_per_dek = 5;
+  options.keys.reservation_block = 2;
+  auto vault = Vault::Create(hsm, shared, options, clock);
+  ASSERT_TRUE(vault.ok());
+  Vault& v = **vault;
+  TV_ASSERT_OK(v.CreateMerchant("acme"));
+  auto tokenize = [&](const std::string& value) {
+    StatusOr<TokenInfo> t = v.Tokenize("acme", AsBytes(value), ValueType::kGeneric);
+    EXPECT_TRUE(t.ok()) << t.status().ToString();
+    return t.ok() ? t->dek_version : 0u;
+  };
+  EXPECT_EQ(tokenize("a"), 1u);
+
+  // Asked for: the record who asked for it commits with the new version and names both keys.
+  storage::AuditRecord asked;
+  asked.request_id = "req_rotate";
+  asked.principal = "keyadmin";
+  asked.action = "keys.rotate";
+  asked.outcome = "allowed";
+  asked.status = 200;
+  StatusOr<uint32_t> rotated = v.RotateDataKey("acme", &asked);
+  TV_ASSERT_OK(rotated);
+  EXPECT_EQ(*rotated, 2u);
+  auto last_record = [&] {
+    StatusOr<std::vector<storage::AuditRecord>> records = v.audit().Query({});
+    EXPECT_TRUE(records.ok() && !records->empty());
+    return records->back();
+  };
+  storage::AuditRecord r = last_record();
+  EXPECT_EQ(r.request_id, "req_rotate");
+  EXPECT_EQ(r.principal, "keyadmin");
+  EXPECT_EQ(r.resource, "dek:acme/v2");
+  EXPECT_EQ(r.resources, (std::vector<std::string>{"dek:acme/v2", "dek:acme/v1"}));
+  EXPECT_NE(r.reason.find("version 1 retired"), std::string::npos) << r.reason;
+
+  // Age: an hour later the next use rotates, as principal "system".
+  EXPECT_EQ(tokenize("b"), 2u);
+  clock.Advance(std::chrono::hours(1));
+  EXPECT_EQ(tokenize("c"), 3u);
+  r = last_record();
+  EXPECT_EQ(r.principal, "system");
+  EXPECT_EQ(r.action, "keys.rotate");
+  EXPECT_NE(r.reason.find("maximum age"), std::string::npos) << r.reason;
+
+  // Budget: five encryptions per version.
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(tokenize("d" + std::to_string(i)), 3u);
+  EXPECT_EQ(tokenize("e"), 4u);
+  r = last_record();
+  EXPECT_EQ(r.principal, "system");
+  EXPECT_NE(r.reason.find("budget"), std::string::npos) << r.reason;
+
+  // The status lists every version and the live tokens each one encrypts.
+  StatusOr<std::vector<storage::DataKeyUsage>> keys = v.DataKeys("acme");
+  TV_ASSERT_OK(keys);
+  ASSERT_EQ(keys->size(), 4u);
+  std::vector<uint64_t> tokens;
+  for (const auto& k : *keys) tokens.push_back(k.live_tokens);
+  EXPECT_EQ(tokens, (std::vector<uint64_t>{1, 1, 5, 1}));
+  EXPECT_EQ((*keys)[3].state, storage::DataKeyState::kActive);
+  EXPECT_EQ((*keys)[0].state, storage::DataKeyState::kRetired);
+  TV_EXPECT_ERROR(v.DataKeys("nobody"), StatusCode::kNotFound, "merchant_not_found");
+  TV_ASSERT_OK(v.audit().Verify());
+  EXPECT_TRUE(v.audit().Verify()->ok);
+}
+
 TEST_F(VaultFakeHsmTest, RestartResumesAboveEveryReservedCount) {
   VaultOptions options;
   options.keys.max_encryptions_per_dek = 10;
