@@ -147,8 +147,9 @@ std::pair<int, std::string> HttpStatusOf(const Status& s) {
     case StatusCode::kUnauthenticated: return {401, "authentication"};
     case StatusCode::kPermissionDenied: return {403, "permission_denied"};
     case StatusCode::kNotFound:
-      return s.reason() == kReasonTokenGone ? std::pair<int, std::string>{410, "gone"}
-                                            : std::pair<int, std::string>{404, "not_found"};
+      return s.reason() == kReasonTokenGone || s.reason() == "merchant_gone"
+                 ? std::pair<int, std::string>{410, "gone"}
+                 : std::pair<int, std::string>{404, "not_found"};
     case StatusCode::kAlreadyExists:
     case StatusCode::kFailedPrecondition: return {409, "conflict"};
     case StatusCode::kResourceExhausted:
@@ -234,6 +235,7 @@ const std::vector<RouteSpec>& Routes() {
       {"POST", "/v1/principals", "principals.create"},
       {"DELETE", "/v1/principals/:name", "principals.delete"},
       {"POST", "/v1/merchants", "merchants.create"},
+      {"DELETE", "/v1/merchants/:m", "merchants.shred"},
       {"POST", "/v1/merchants/:m/keys/rotate", "keys.rotate"},
       {"GET", "/v1/merchants/:m/keys", "keys.read"},
       {"POST", "/v1/merchants/:m/tokens", "tokens.create"},
@@ -519,6 +521,7 @@ HttpResponse Service::Dispatch(Context& ctx) {
   if (rq.route == "principals.create") return CreatePrincipal(ctx);
   if (rq.route == "principals.delete") return DeletePrincipal(ctx);
   if (rq.route == "merchants.create") return CreateMerchant(ctx);
+  if (rq.route == "merchants.shred") return ShredMerchant(ctx);
   if (rq.route == "keys.rotate") return RotateKeys(ctx);
   if (rq.route == "keys.read") return ReadKeys(ctx);
   if (rq.route == "tokens.create") return CreateToken(ctx);
@@ -676,6 +679,19 @@ HttpResponse Service::CreateMerchant(Context& ctx) {
                     {"created_at", Rfc3339(m->created_at_ms)},
                     {"kek_version", m->kek_version},
                     {"dek_version", m->dek_version}});
+}
+
+HttpResponse Service::ShredMerchant(Context& ctx) {
+  TV_AUTHORIZE(Permission::kMerchantsShred, ctx.merchant);
+  // The receipt is the audit record: the same names, time, principal and sequence number.
+  StatusOr<ShredReceipt> receipt = vault_.ShredMerchant(ctx.merchant, AuditOf(ctx, 200));
+  TV_OR_FAIL(receipt.status());
+  ctx.audited = true;
+  return Json(200, {{"merchant", receipt->merchant},
+                    {"destroyed", receipt->destroyed},
+                    {"time", Rfc3339(receipt->time_ms)},
+                    {"principal", receipt->principal},
+                    {"audit_seq", receipt->audit_seq}});
 }
 
 HttpResponse Service::RotateKeys(Context& ctx) {

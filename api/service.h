@@ -106,6 +106,7 @@ class Service {
   HttpResponse CreatePrincipal(Context& ctx);
   HttpResponse DeletePrincipal(Context& ctx);
   HttpResponse CreateMerchant(Context& ctx);
+  HttpResponse ShredMerchant(Context& ctx);
   HttpResponse RotateKeys(Context& ctx);
   HttpResponse ReadKeys(Context& ctx);
   HttpResponse CreateToken(Context& ctx);

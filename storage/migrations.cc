@@ -157,11 +157,21 @@ CREATE TABLE idempotency_keys (
 CREATE INDEX idempotency_expiring ON idempotency_keys(expires_at);
 )sql";
 
+// 005: crypto-shredding (DELETE /v1/merchants/{m}). shredded_at is set, durably, before the
+// merchant's KEKs are destroyed in the HSM: from then on the merchant and its tokens are gone,
+// whatever happens next, and an interrupted shredding can be resumed. Its wrapped keys are then
+// deleted; its tokens' rows stay (the audit trail names them) and lose their sealed values in
+// the background (the values are unreadable already: their keys are gone).
+constexpr char kMigration005[] = R"sql(
+ALTER TABLE merchants ADD COLUMN shredded_at INTEGER;
+)sql";
+
 constexpr Migration kMigrations[] = {
     {1, "merchants, data keys, tokens", kMigration001},
     {2, "principals, system keys, audit trail", kMigration002},
     {3, "keyed fingerprints, token metadata, expiry index", kMigration003},
     {4, "deterministic tokens, idempotency keys", kMigration004},
+    {5, "crypto-shredding", kMigration005},
 };
 
 StatusOr<int64_t> CurrentVersion(Database& db) {

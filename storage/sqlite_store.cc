@@ -121,7 +121,8 @@ class ReadPool {
 // The columns ReadToken reads, in its order.
 constexpr char kTokenColumns[] =
     "SELECT token, merchant_id, type, format, record_version, dek_version, nonce, ciphertext, "
-    "tag, created_at, expires_at, deleted_at, last4, fingerprint, metadata, dedup_key FROM tokens ";
+    "tag, created_at, expires_at, deleted_at, last4, fingerprint, metadata, dedup_key, "
+    "(SELECT shredded_at IS NOT NULL FROM merchants WHERE id = tokens.merchant_id) FROM tokens ";
 
 StatusOr<TokenRecord> ReadToken(Statement& stmt) {
   TokenRecord r;
@@ -141,6 +142,7 @@ StatusOr<TokenRecord> ReadToken(Statement& stmt) {
   if (!stmt.ColumnIsNull(13)) r.fingerprint = stmt.ColumnText(13);
   if (!stmt.ColumnIsNull(14)) r.metadata = stmt.ColumnText(14);
   if (!stmt.ColumnIsNull(15)) r.dedup_key = stmt.ColumnText(15);
+  r.merchant_shredded = stmt.ColumnInt(16) != 0;
   return r;
 }
 
@@ -551,7 +553,7 @@ StatusOr<MerchantRecord> SqliteStore::GetMerchant(std::string_view id) {
   TV_ASSIGN_OR_RETURN(ReadPool::Lease lease, impl_->Reader());
   TV_ASSIGN_OR_RETURN(Statement stmt,
                       lease.db().Prepare("SELECT id, created_at, kek_version, current_dek_version, "
-                                         "state, creation_id FROM merchants WHERE id = ?1"));
+                                         "state, creation_id, shredded_at FROM merchants WHERE id = ?1"));
   stmt.Bind(1, id);
   TV_ASSIGN_OR_RETURN(bool row, stmt.Step());
   if (!row) return NotFoundError("merchant_not_found", "no such merchant");
@@ -562,7 +564,64 @@ StatusOr<MerchantRecord> SqliteStore::GetMerchant(std::string_view id) {
   TV_ASSIGN_OR_RETURN(r.current_dek_version, stmt.ColumnU32(3));
   r.state = stmt.ColumnText(4) == "active" ? MerchantState::kActive : MerchantState::kCreating;
   r.creation_id = stmt.ColumnBlob(5);
+  if (!stmt.ColumnIsNull(6)) {
+    r.shredded_at_ms = stmt.ColumnInt(6);
+    r.state = MerchantState::kShredded;
+  }
   return r;
+}
+
+Status SqliteStore::MarkShredded(std::string_view merchant, int64_t at_ms) {
+  Status marked = Write([&](Database& db) -> Status {
+    TV_ASSIGN_OR_RETURN(Statement stmt,
+                        db.Prepare("UPDATE merchants SET shredded_at = COALESCE(shredded_at, ?2) "
+                                   "WHERE id = ?1 AND state = 'active'"));
+    TV_RETURN_IF_ERROR(stmt.Bind(1, merchant).Bind(2, at_ms).Run());
+    if (db.Changes() != 1) return NotFoundError("merchant_not_found", "no such merchant");
+    return Status::Ok();
+  });
+  // Every cached row of the merchant answers gone from now on: the flag is read with the row.
+  if (marked.ok()) impl_->token_rows().Clear();
+  return marked;
+}
+
+Status SqliteStore::CompleteShred(std::string_view merchant, AuditAttachment* audit) {
+  return Write([&](Database& db) -> Status {
+    {
+      TV_ASSIGN_OR_RETURN(Statement check,
+                          db.Prepare("SELECT shredded_at FROM merchants WHERE id = ?1"));
+      check.Bind(1, merchant);
+      TV_ASSIGN_OR_RETURN(bool row, check.Step());
+      if (!row || check.ColumnIsNull(0)) {
+        return FailedPreconditionError("merchant_not_shredding", "the merchant is not being shredded");
+      }
+    }
+    for (const char* sql : {"DELETE FROM data_keys WHERE merchant_id = ?1",
+                            "DELETE FROM fingerprint_keys WHERE merchant_id = ?1"}) {
+      TV_ASSIGN_OR_RETURN(Statement del, db.Prepare(sql));
+      TV_RETURN_IF_ERROR(del.Bind(1, merchant).Run());
+    }
+    return AppendAttached(db, audit);
+  });
+}
+
+StatusOr<size_t> SqliteStore::SweepShredded(size_t limit) {
+  size_t swept = 0;
+  Status written = Write([&](Database& db) -> Status {
+    TV_ASSIGN_OR_RETURN(
+        Statement clear,
+        db.Prepare("UPDATE tokens SET nonce = NULL, ciphertext = NULL, tag = NULL, dedup_key = NULL "
+                   "WHERE id IN (SELECT t.id FROM merchants m JOIN tokens t ON t.merchant_id = m.id "
+                   "WHERE m.shredded_at IS NOT NULL AND t.nonce IS NOT NULL LIMIT ?1)"));
+    TV_RETURN_IF_ERROR(clear.Bind(1, static_cast<int64_t>(limit)).Run());
+    swept = static_cast<size_t>(db.Changes());
+    return Status::Ok();
+  });
+  TV_RETURN_IF_ERROR(written);
+  // The rows answer gone by their merchant's flag whatever the cache holds, and their keys are
+  // destroyed; the cache is dropped anyway, so that none of their ciphertext lingers in memory.
+  if (swept > 0) impl_->token_rows().Clear();
+  return swept;
 }
 
 StatusOr<DataKeyRecord> SqliteStore::GetDataKey(std::string_view merchant, uint32_t version) {

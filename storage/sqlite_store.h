@@ -45,6 +45,9 @@ class SqliteStore final : public Store {
                           AuditAttachment* audit = nullptr) override;
   Status AbandonMerchant(std::string_view id) override;
   StatusOr<MerchantRecord> GetMerchant(std::string_view id) override;
+  Status MarkShredded(std::string_view merchant, int64_t at_ms) override;
+  Status CompleteShred(std::string_view merchant, AuditAttachment* audit = nullptr) override;
+  StatusOr<size_t> SweepShredded(size_t limit) override;
   StatusOr<DataKeyRecord> GetDataKey(std::string_view merchant, uint32_t version) override;
   Status AddDataKeyVersion(const DataKeyRecord& dek, AuditAttachment* audit = nullptr) override;
   StatusOr<std::vector<DataKeyUsage>> ListDataKeys(std::string_view merchant) override;

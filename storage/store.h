@@ -21,6 +21,9 @@ enum class MerchantState {
   // interrupted creation is recognisable as this database's own (Keyring::CreateMerchant).
   kCreating,
   kActive,
+  // Crypto-shredded (migration 005): its KEKs are destroyed or being destroyed; it and its
+  // tokens are gone for good.
+  kShredded,
 };
 
 struct MerchantRecord {
@@ -32,6 +35,7 @@ struct MerchantRecord {
   // Random, set when creation starts; also stored with the merchant's first KEK in the HSM, so
   // that a KEK found later can be recognised as the one this creation made.
   Bytes creation_id;
+  std::optional<int64_t> shredded_at_ms;  // set once shredding starts (state kShredded)
 };
 
 enum class DataKeyState {
@@ -82,6 +86,8 @@ struct TokenRecord {
   int64_t created_at_ms = 0;
   std::optional<int64_t> expires_at_ms;
   std::optional<int64_t> deleted_at_ms;
+  // Read with the row, not stored in it: the token's merchant was crypto-shredded.
+  bool merchant_shredded = false;
 };
 
 // The first answer to a request that carried an Idempotency-Key (API.md, Idempotency). Neither
@@ -207,6 +213,15 @@ class Store {
   // The merchant, in any state. kNotFound if there is no such merchant.
   virtual StatusOr<MerchantRecord> GetMerchant(std::string_view id) = 0;
 
+  // Crypto-shredding, step 1: marks the merchant shredded (durably, before any key is
+  // destroyed). OK if it is already marked (a shredding resumed); kNotFound if there is no such
+  // active or shredded merchant.
+  virtual Status MarkShredded(std::string_view merchant, int64_t at_ms) = 0;
+  // Step 3 (after its KEKs are destroyed in the HSM): deletes the merchant's wrapped DEKs and
+  // fingerprint key, and appends 'audit', in one transaction. kFailedPrecondition unless marked.
+  virtual Status CompleteShred(std::string_view merchant, AuditAttachment* audit = nullptr) = 0;
+  // Removes the sealed values of up to 'limit' tokens of shredded merchants; how many.
+  virtual StatusOr<size_t> SweepShredded(size_t limit) = 0;
   // kNotFound if the merchant has no such version.
   virtual StatusOr<DataKeyRecord> GetDataKey(std::string_view merchant, uint32_t version) = 0;
   // Adds 'dek' (version = current + 1) as the merchant's current DEK and retires the previous

@@ -86,7 +86,9 @@ StatusOr<storage::MerchantRecord> Keyring::CreateMerchant(std::string_view merch
   bool resuming = false;
   StatusOr<storage::MerchantRecord> existing = store_.GetMerchant(merchant);
   if (existing.ok()) {
-    if (existing->state == storage::MerchantState::kActive) {
+    if (existing->state != storage::MerchantState::kCreating) {
+      // Active, or shredded: a shredded merchant's id is never given out again (its tokens'
+      // rows and its audit records still name it).
       return AlreadyExistsError("merchant_exists", "the merchant exists");
     }
     record = *existing;
@@ -95,7 +97,8 @@ StatusOr<storage::MerchantRecord> Keyring::CreateMerchant(std::string_view merch
     return existing.status();
   } else {
     record = storage::MerchantRecord{std::string(merchant), clock_.NowUnixMillis(), kFirstVersion,
-                                     kFirstVersion, storage::MerchantState::kCreating, Bytes(16)};
+                                     kFirstVersion, storage::MerchantState::kCreating, Bytes(16),
+                                     std::nullopt};
     TV_RETURN_IF_ERROR(RandomBytes(record.creation_id.data(), record.creation_id.size()));
     TV_RETURN_IF_ERROR(store_.BeginMerchant(record));
   }
@@ -281,12 +284,78 @@ StatusOr<Keyring::EncryptLease> Keyring::ForEncrypt(std::string_view merchant, u
   }
 }
 
+StatusOr<Keyring::Shredded> Keyring::Shred(std::string_view merchant, storage::AuditRecord audit) {
+  for (;;) {
+    std::shared_ptr<MerchantKeys> keys = KeysFor(merchant);  // outlives the lock below
+    // Exclusive: every write still sealing under this merchant's DEK has committed, and no new
+    // one starts until the merchant is marked shredded (after which none can).
+    RotationGate::Exclusive exclusive(keys->rotation);
+    if (keys->detached) continue;
+    TV_ASSIGN_OR_RETURN(storage::MerchantRecord record, store_.GetMerchant(merchant));
+    if (record.state == storage::MerchantState::kCreating) {
+      return NotFoundError("merchant_not_found", "no such merchant");
+    }
+    // What is left to destroy: for a shredding resumed after a crash, what it did not reach.
+    StatusOr<std::vector<storage::DataKeyUsage>> deks = store_.ListDataKeys(merchant);
+    if (!deks.ok() && deks.status().code() != StatusCode::kNotFound) return deks.status();
+    if (record.state == storage::MerchantState::kShredded && !deks.ok()) {
+      DetachLocked(merchant, keys);
+      return NotFoundError("merchant_gone", "the merchant was shredded");
+    }
+    const StatusOr<storage::DataKeyRecord> fingerprint_key = store_.GetFingerprintKey(merchant);
+
+    // 1. Durably gone before any key is destroyed: a crash from here on never leaves a merchant
+    //    that looks alive with keys missing.
+    TV_RETURN_IF_ERROR(store_.MarkShredded(merchant, clock_.NowUnixMillis()));
+    // 2. Out of memory on every thread: unwrapped DEKs and the fingerprint key.
+    cache_.EraseMerchant(merchant);
+    {
+      std::lock_guard<std::mutex> lock(fingerprint_mu_);
+      fingerprint_keys_.erase(std::string(merchant));
+      shredded_.insert(std::string(merchant));
+    }
+    DetachLocked(merchant, keys);
+    // 3. Every KEK version it ever had, destroyed in the HSM (one already gone is fine: an
+    //    earlier attempt got that far). Each is then looked for: it must be gone.
+    Shredded out;
+    for (uint32_t v = 1; v <= record.kek_version; ++v) {
+      const hsm::KekRef kek{std::string(merchant), v};
+      Status destroyed = hsm_.DestroyKek(kek);
+      if (!destroyed.ok() && destroyed.code() != StatusCode::kNotFound) return destroyed;
+      Status found = hsm_.FindKek(kek);
+      if (found.ok()) return InternalError("kek_not_destroyed", "a KEK survived its destruction");
+      if (found.code() != StatusCode::kNotFound) return found;
+      out.destroyed.push_back("kek:" + kek.Label());
+    }
+    if (deks.ok()) {
+      for (const storage::DataKeyUsage& dek : *deks) out.destroyed.push_back(DekName(merchant, dek.version));
+    }
+    if (fingerprint_key.ok()) out.destroyed.push_back("fingerprint-key:" + std::string(merchant));
+    // 4. The wrapped keys, deleted with the record that says all of the above.
+    if (audit.time_ms == 0) audit.time_ms = clock_.NowUnixMillis();
+    audit.resource = "merchant:" + std::string(merchant);
+    audit.resources = out.destroyed;
+    audit.reason = "crypto-shredded: KEKs destroyed in the HSM, wrapped keys deleted";
+    std::optional<storage::AuditAttachment> attached;
+    if (audit_mac_ != nullptr) attached = storage::AuditAttachment{audit, audit_mac_};
+    TV_RETURN_IF_ERROR(store_.CompleteShred(merchant, attached ? &*attached : nullptr));
+    out.audit = attached ? attached->record : audit;
+    return out;
+  }
+}
+
 StatusOr<std::shared_ptr<const HmacSha256>> Keyring::FingerprintKey(std::string_view merchant) {
   const std::string key(merchant);
   {
     std::lock_guard<std::mutex> lock(fingerprint_mu_);
     auto it = fingerprint_keys_.find(key);
     if (it != fingerprint_keys_.end()) return it->second;
+  }
+  // Not cached: this is once per merchant and process, so check the merchant is alive (a
+  // shredded one keeps no fingerprint key, and must not get a new one).
+  TV_ASSIGN_OR_RETURN(storage::MerchantRecord alive, store_.GetMerchant(merchant));
+  if (alive.state != storage::MerchantState::kActive) {
+    return NotFoundError("merchant_not_found", "no such merchant");
   }
   StatusOr<storage::DataKeyRecord> stored = store_.GetFingerprintKey(merchant);
   if (stored.status().code() == StatusCode::kNotFound) {
@@ -333,6 +402,8 @@ StatusOr<std::shared_ptr<const HmacSha256>> Keyring::FingerprintKey(std::string_
   TV_ASSIGN_OR_RETURN(std::unique_ptr<HmacSha256> mac, HmacSha256::Create(*unwrapped));
   std::shared_ptr<const HmacSha256> shared = std::move(mac);
   std::lock_guard<std::mutex> lock(fingerprint_mu_);
+  // A shredding that ran meanwhile must not find its key back in memory afterwards.
+  if (shredded_.count(key)) return NotFoundError("merchant_not_found", "no such merchant");
   auto [it, added] = fingerprint_keys_.emplace(key, shared);
   return it->second;
 }

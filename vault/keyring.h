@@ -16,6 +16,8 @@
 #include <shared_mutex>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
+#include <vector>
 
 #include "hsm/hsm.h"
 #include "storage/store.h"
@@ -88,6 +90,19 @@ class Keyring {
   // 'audit' (who asked) is completed with the key names and committed with the new version.
   StatusOr<uint32_t> Rotate(std::string_view merchant, const storage::AuditRecord* audit = nullptr);
 
+  // Crypto-shredding: marks the merchant shredded (durably), drops its keys from memory, destroys
+  // every KEK version it had in the HSM, then deletes its wrapped DEKs and fingerprint key with
+  // 'audit' (completed with what was destroyed) in one transaction. Waits for writes sealing
+  // under its DEK to commit. An interrupted shredding is resumed by calling this again.
+  // Returns the names of what was destroyed ("kek:<label>", "dek:<m>/v<n>",
+  // "fingerprint-key:<m>") and the audit record as written. kNotFound (merchant_not_found) for
+  // an unknown merchant, kNotFound (merchant_gone) for one shredded already.
+  struct Shredded {
+    std::vector<std::string> destroyed;
+    storage::AuditRecord audit;
+  };
+  StatusOr<Shredded> Shred(std::string_view merchant, storage::AuditRecord audit);
+
   const DekCache& cache() const { return cache_; }
 
  private:
@@ -130,6 +145,7 @@ class Keyring {
   // Unwrapped fingerprint keys. Never evicted: one per merchant, kept like the audit key (a
   // merchant's shredding, issue 5, will have to drop its entry).
   std::unordered_map<std::string, std::shared_ptr<const HmacSha256>> fingerprint_keys_;  // GUARDED_BY(fingerprint_mu_)
+  std::unordered_set<std::string> shredded_;  // merchants shredded by this process. GUARDED_BY(fingerprint_mu_)
   std::shared_mutex map_mu_;
   std::unordered_map<std::string, std::shared_ptr<MerchantKeys>> merchants_;  // GUARDED_BY(map_mu_)
 };

@@ -100,6 +100,10 @@ void Vault::SweepLoop(std::chrono::milliseconds interval) {
     // but nothing is kept longer than its purpose needs.
     SweepInBatches("idempotency sweep", "expired idempotency records deleted", interval,
                    [this] { return SweepIdempotency(kSweepBatch); }, kSweepBatch);
+    // Tokens of crypto-shredded merchants: their values are unreadable already (their keys are
+    // destroyed); the ciphertext goes too.
+    SweepInBatches("shredded sweep", "tokens of shredded merchants lost their sealed value",
+                   interval, [this] { return store_->SweepShredded(kSweepBatch); }, kSweepBatch);
     lock.lock();
   }
 }
@@ -509,6 +513,9 @@ StatusOr<storage::TokenRecord> Vault::FindOwnToken(std::string_view merchant,
     return found.status();
   }
   if (found->merchant != merchant) return TokenNotFound();
+  if (found->merchant_shredded) {
+    return NotFoundError(kReasonTokenGone, "the token's merchant was crypto-shredded");
+  }
   if (found->expires_at_ms.has_value() && *found->expires_at_ms <= clock_.NowUnixMillis()) {
     return NotFoundError(kReasonTokenGone, "the token expired");
   }
@@ -550,6 +557,11 @@ StatusOr<RevealedValue> Vault::Detokenize(std::string_view merchant, std::string
   StatusOr<std::shared_ptr<const AesGcm256>> aead =
       keyring_->ForDecrypt(merchant, record.dek_version);
   if (!aead.ok()) {
+    // The row was read just before its merchant was shredded: its keys are gone, and so is it.
+    StatusOr<storage::MerchantRecord> m = store_->GetMerchant(merchant);
+    if (m.ok() && m->state == storage::MerchantState::kShredded) {
+      return NotFoundError(kReasonTokenGone, "the token's merchant was crypto-shredded");
+    }
     // The row names a DEK version its merchant never had: the row was altered.
     if (aead.status().code() == StatusCode::kNotFound) {
       return DataLossError(kReasonIntegrity, "the stored token refers to an unknown data key");
@@ -569,6 +581,16 @@ StatusOr<uint32_t> Vault::RotateDataKey(std::string_view merchant,
     return InvalidArgumentError(kReasonInvalidMerchant, "invalid merchant id");
   }
   return keyring_->Rotate(merchant, audit);
+}
+
+StatusOr<ShredReceipt> Vault::ShredMerchant(std::string_view merchant,
+                                            const storage::AuditRecord& audit) {
+  if (!IsValidMerchantId(merchant)) {
+    return InvalidArgumentError(kReasonInvalidMerchant, "invalid merchant id");
+  }
+  TV_ASSIGN_OR_RETURN(Keyring::Shredded shredded, keyring_->Shred(merchant, audit));
+  return ShredReceipt{std::string(merchant), std::move(shredded.destroyed), shredded.audit.time_ms,
+                      shredded.audit.principal, shredded.audit.seq};
 }
 
 StatusOr<std::vector<storage::DataKeyUsage>> Vault::DataKeys(std::string_view merchant) {

@@ -92,6 +92,16 @@ using TokenizeCommitHook = std::function<Status(const std::vector<TokenizeOutcom
                                                 storage::AuditRecord* audit,
                                                 std::optional<storage::IdempotencyRecord>* idempotency)>;
 
+// What crypto-shredding destroyed, as answered and as recorded in the audit trail (API.md:
+// DELETE /v1/merchants/{m}).
+struct ShredReceipt {
+  std::string merchant;
+  std::vector<std::string> destroyed;  // "kek:<label>", "dek:<m>/v<n>", "fingerprint-key:<m>"
+  int64_t time_ms = 0;
+  std::string principal;
+  int64_t audit_seq = 0;
+};
+
 struct RevealedValue {
   ValueType type = ValueType::kGeneric;
   SecretBytes value;  // normalised
@@ -195,6 +205,12 @@ class Vault {
   // 'audit', that record (completed with the key names) commits with the new version.
   StatusOr<uint32_t> RotateDataKey(std::string_view merchant,
                                    const storage::AuditRecord* audit = nullptr);
+
+  // Crypto-shredding (Keyring::Shred): the merchant's KEKs destroyed in the HSM, its wrapped
+  // keys deleted, 'audit' committed with the deletion and returned as the receipt. From then on
+  // its tokens answer token_gone and their ciphertext is swept. kNotFound (merchant_not_found),
+  // kNotFound (merchant_gone) when shredded already; an interrupted shredding is resumed.
+  StatusOr<ShredReceipt> ShredMerchant(std::string_view merchant, const storage::AuditRecord& audit);
 
   // The merchant's DEK versions with their state and how many live tokens each encrypts.
   // kNotFound (merchant_not_found) for an unknown merchant.

@@ -584,6 +584,43 @@ TEST_F(ApiTest, KeyAdministratorsRotateDeksAndSeeTheirUse) {
   EXPECT_EQ(allowed, 2);
 }
 
+TEST_F(ApiTest, ShreddingAMerchantAnswersAReceiptThatIsItsAuditRecord) {
+  Merchant("acme");
+  Merchant("other");
+  const std::string maker = Principal("maker", {"tokenizer"}, "*");
+  const std::string reader = Principal("reader", {"detokenizer"}, "*");
+  const std::string acme = client_->Post("/v1/merchants/acme/tokens", maker, {{"value", "acme value"}}).Json()["token"];
+  const std::string other = client_->Post("/v1/merchants/other/tokens", maker, {{"value", "other value"}}).Json()["token"];
+  // Only merchants:shred may shred.
+  EXPECT_EQ(client_->Delete("/v1/merchants/acme", maker).status, 403);
+  Reply shred = client_->Delete("/v1/merchants/acme", admin_);
+  ASSERT_EQ(shred.status, 200) << shred.body;
+  const json receipt = shred.Json();
+  EXPECT_EQ(receipt["merchant"], "acme");
+  EXPECT_EQ(receipt["principal"], "admin");
+  EXPECT_EQ(receipt["destroyed"][0], "kek:tokenvault/kek/acme/v1");
+  EXPECT_EQ(receipt["destroyed"][1], "dek:acme/v1");
+  // The same facts are in the audit trail, at the sequence number the receipt names.
+  json records = client_->Get("/v1/audit?action=merchants.shred", admin_).Json()["records"];
+  ASSERT_EQ(records.size(), 2u);  // the 403 and the shredding
+  const json& record = records[1];
+  EXPECT_EQ(record["seq"], receipt["audit_seq"]);
+  EXPECT_EQ(record["time"], receipt["time"]);
+  EXPECT_EQ(record["principal"], receipt["principal"]);
+  EXPECT_EQ(record["resources"], receipt["destroyed"]);
+  EXPECT_EQ(record["outcome"], "allowed");
+  // Its tokens are gone, the other merchant's are not.
+  EXPECT_EQ(client_->Get("/v1/merchants/acme/tokens/" + acme, maker).status, 410);
+  json items = client_->Post("/v1/merchants/acme/detokenize", reader, {{"tokens", {acme}}, {"reveal", "plain"}}).Json()["items"];
+  EXPECT_EQ(items[0]["error"]["type"], "gone");
+  EXPECT_EQ(client_->Post("/v1/merchants/other/detokenize", reader, {{"tokens", {other}}, {"reveal", "plain"}})
+                .Json()["items"][0]["value"], "other value");
+  EXPECT_EQ(client_->Post("/v1/merchants/acme/tokens", maker, {{"value", "new"}}).status, 404);
+  EXPECT_EQ(client_->Delete("/v1/merchants/acme", admin_).status, 410);
+  EXPECT_EQ(client_->Post("/v1/merchants", admin_, {{"id", "acme"}}).status, 409);
+  EXPECT_TRUE(client_->Get("/v1/audit/verify", admin_).Json()["ok"].get<bool>());
+}
+
 TEST_F(ApiTest, TokenMetadataIsKeptAndNeverHoldsValues) {
   Merchant("acme");
   const std::string maker = Principal("maker", {"tokenizer"}, "*");

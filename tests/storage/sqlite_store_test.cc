@@ -19,7 +19,7 @@ namespace {
 using testing::TempDir;
 
 MerchantRecord Merchant(const std::string& id) {
-  return MerchantRecord{id, 1000, 1, 1, MerchantState::kCreating, Bytes(16, 0x42)};
+  return MerchantRecord{id, 1000, 1, 1, MerchantState::kCreating, Bytes(16, 0x42), std::nullopt};
 }
 
 DataKeyRecord Dek(const std::string& merchant, uint32_t version) {

@@ -786,7 +786,7 @@ TEST_F(VaultFakeHsmTest, AnIntentRowDoesNotLicenseDestroyingAForeignKek) {
   // some other creation made: resuming must not destroy that KEK.
   TV_ASSERT_OK(hsm_->CreateKek(hsm::KekRef{"acme", 1}, Bytes{1, 2, 3}));
   TV_ASSERT_OK(store_->BeginMerchant(storage::MerchantRecord{
-      "acme", 1, 1, 1, storage::MerchantState::kCreating, Bytes(16, 0x77)}));
+      "acme", 1, 1, 1, storage::MerchantState::kCreating, Bytes(16, 0x77), std::nullopt}));
   TV_EXPECT_ERROR(vault_->CreateMerchant("acme"), StatusCode::kFailedPrecondition,
                   "kek_exists_without_merchant");
   TV_EXPECT_OK(hsm_->FindKek(hsm::KekRef{"acme", 1}));
