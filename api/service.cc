@@ -238,6 +238,7 @@ const std::vector<RouteSpec>& Routes() {
       {"DELETE", "/v1/merchants/:m", "merchants.shred"},
       {"POST", "/v1/merchants/:m/keys/rotate", "keys.rotate"},
       {"GET", "/v1/merchants/:m/keys", "keys.read"},
+      {"POST", "/v1/merchants/:m/kek/rotate", "kek.rotate"},
       {"POST", "/v1/merchants/:m/tokens", "tokens.create"},
       {"POST", "/v1/merchants/:m/tokens/batch", "tokens.batch"},
       {"GET", "/v1/merchants/:m/tokens/:token", "tokens.read"},
@@ -492,7 +493,7 @@ HttpResponse Service::Dispatch(Context& ctx) {
   }
   // POSTs that take no body (API.md: "endpoints that take no body accept an empty one with or
   // without" a Content-Type).
-  const bool takes_no_body = rq.route == "keys.rotate";
+  const bool takes_no_body = rq.route == "keys.rotate" || rq.route == "kek.rotate";
   if (rq.method == "POST" && takes_no_body && rq.body.empty()) {
     ctx.body = json::object();
   } else if (rq.method == "POST") {
@@ -524,6 +525,7 @@ HttpResponse Service::Dispatch(Context& ctx) {
   if (rq.route == "merchants.shred") return ShredMerchant(ctx);
   if (rq.route == "keys.rotate") return RotateKeys(ctx);
   if (rq.route == "keys.read") return ReadKeys(ctx);
+  if (rq.route == "kek.rotate") return RotateKek(ctx);
   if (rq.route == "tokens.create") return CreateToken(ctx);
   if (rq.route == "tokens.batch") return CreateTokenBatch(ctx);
   if (rq.route == "tokens.read") return GetToken(ctx);
@@ -703,6 +705,16 @@ HttpResponse Service::RotateKeys(Context& ctx) {
   TV_OR_FAIL(version.status());
   ctx.audited = true;
   return Json(200, {{"dek_version", *version}});
+}
+
+HttpResponse Service::RotateKek(Context& ctx) {
+  TV_AUTHORIZE(Permission::kKeysRotate, ctx.merchant);
+  TV_OR_FAIL(CheckFields(ctx.body, {}));
+  const storage::AuditRecord audit = AuditOf(ctx, 200);
+  StatusOr<Keyring::KekRotated> rotated = vault_.RotateKek(ctx.merchant, &audit);
+  TV_OR_FAIL(rotated.status());
+  ctx.audited = true;
+  return Json(200, {{"kek_version", rotated->kek_version}, {"rewrapped", rotated->rewrapped}});
 }
 
 HttpResponse Service::ReadKeys(Context& ctx) {

@@ -108,6 +108,7 @@ class Service {
   HttpResponse CreateMerchant(Context& ctx);
   HttpResponse ShredMerchant(Context& ctx);
   HttpResponse RotateKeys(Context& ctx);
+  HttpResponse RotateKek(Context& ctx);
   HttpResponse ReadKeys(Context& ctx);
   HttpResponse CreateToken(Context& ctx);
   HttpResponse CreateTokenBatch(Context& ctx);

@@ -166,12 +166,28 @@ constexpr char kMigration005[] = R"sql(
 ALTER TABLE merchants ADD COLUMN shredded_at INTEGER;
 )sql";
 
+// 006: KEK rotation (POST /v1/merchants/{m}/kek/rotate). The intent row is written before the
+// new KEK is made in the HSM and carries the tag stored with it (CKA_ID), so that a rotation
+// interrupted at any step is resumed with the very KEK it made, and a KEK under that label that
+// this database did not make is never adopted. The row goes in the transaction that switches the
+// merchant's wrapped keys to the new KEK.
+constexpr char kMigration006[] = R"sql(
+CREATE TABLE kek_rotations (
+  merchant_id  TEXT PRIMARY KEY REFERENCES merchants(id),
+  from_version INTEGER NOT NULL CHECK (from_version > 0),
+  to_version   INTEGER NOT NULL CHECK (to_version = from_version + 1),
+  creation_tag BLOB NOT NULL CHECK (length(creation_tag) BETWEEN 1 AND 64),
+  started_at   INTEGER NOT NULL
+) WITHOUT ROWID;
+)sql";
+
 constexpr Migration kMigrations[] = {
     {1, "merchants, data keys, tokens", kMigration001},
     {2, "principals, system keys, audit trail", kMigration002},
     {3, "keyed fingerprints, token metadata, expiry index", kMigration003},
     {4, "deterministic tokens, idempotency keys", kMigration004},
     {5, "crypto-shredding", kMigration005},
+    {6, "KEK rotation intents", kMigration006},
 };
 
 StatusOr<int64_t> CurrentVersion(Database& db) {

@@ -571,6 +571,141 @@ StatusOr<MerchantRecord> SqliteStore::GetMerchant(std::string_view id) {
   return r;
 }
 
+StatusOr<Bytes> SqliteStore::BeginKekRotation(std::string_view merchant, uint32_t from_version,
+                                              ByteView tag, int64_t at_ms) {
+  Bytes in_effect;
+  Status written = Write([&](Database& db) -> Status {
+    {
+      TV_ASSIGN_OR_RETURN(Statement current,
+                          db.Prepare("SELECT kek_version FROM merchants WHERE id = ?1 AND "
+                                     "state = 'active' AND shredded_at IS NULL"));
+      current.Bind(1, merchant);
+      TV_ASSIGN_OR_RETURN(bool row, current.Step());
+      if (!row) return NotFoundError("merchant_not_found", "no such merchant");
+      if (current.ColumnInt(0) != int64_t{from_version}) {
+        return FailedPreconditionError("kek_version_conflict", "the merchant's KEK version changed");
+      }
+    }
+    {
+      TV_ASSIGN_OR_RETURN(Statement pending,
+                          db.Prepare("SELECT from_version, creation_tag FROM kek_rotations "
+                                     "WHERE merchant_id = ?1"));
+      pending.Bind(1, merchant);
+      TV_ASSIGN_OR_RETURN(bool row, pending.Step());
+      if (row && pending.ColumnInt(0) == int64_t{from_version}) {
+        in_effect = pending.ColumnBlob(1);  // resumed: the KEK it made carries this tag
+        return Status::Ok();
+      }
+    }
+    // (An intent for an older step cannot outlive its own commit; replace anything else.)
+    TV_ASSIGN_OR_RETURN(Statement drop, db.Prepare("DELETE FROM kek_rotations WHERE merchant_id = ?1"));
+    TV_RETURN_IF_ERROR(drop.Bind(1, merchant).Run());
+    TV_ASSIGN_OR_RETURN(Statement insert,
+                        db.Prepare("INSERT INTO kek_rotations (merchant_id, from_version, to_version, "
+                                   "creation_tag, started_at) VALUES (?1, ?2, ?3, ?4, ?5)"));
+    TV_RETURN_IF_ERROR(insert.Bind(1, merchant)
+                           .Bind(2, int64_t{from_version})
+                           .Bind(3, int64_t{from_version} + 1)
+                           .Bind(4, tag)
+                           .Bind(5, at_ms)
+                           .Run());
+    in_effect.assign(tag.begin(), tag.end());
+    return Status::Ok();
+  });
+  TV_RETURN_IF_ERROR(written);
+  return in_effect;
+}
+
+Status SqliteStore::CompleteKekRotation(std::string_view merchant, uint32_t to_version,
+                                        const std::vector<DataKeyRecord>& deks,
+                                        const std::optional<DataKeyRecord>& fingerprint_key,
+                                        AuditAttachment* audit) {
+  return Write([&](Database& db) -> Status {
+    TV_ASSIGN_OR_RETURN(Statement intent,
+                        db.Prepare("DELETE FROM kek_rotations WHERE merchant_id = ?1 AND to_version = ?2"));
+    TV_RETURN_IF_ERROR(intent.Bind(1, merchant).Bind(2, int64_t{to_version}).Run());
+    if (db.Changes() != 1) {
+      return FailedPreconditionError("kek_version_conflict", "no such KEK rotation in progress");
+    }
+    TV_ASSIGN_OR_RETURN(Statement bump,
+                        db.Prepare("UPDATE merchants SET kek_version = ?2 WHERE id = ?1 AND "
+                                   "kek_version = ?3 AND shredded_at IS NULL"));
+    TV_RETURN_IF_ERROR(bump.Bind(1, merchant)
+                           .Bind(2, int64_t{to_version})
+                           .Bind(3, int64_t{to_version} - 1)
+                           .Run());
+    if (db.Changes() != 1) {
+      return FailedPreconditionError("kek_version_conflict", "the merchant's KEK version changed");
+    }
+    for (const DataKeyRecord& dek : deks) {
+      TV_ASSIGN_OR_RETURN(Statement update,
+                          db.Prepare("UPDATE data_keys SET wrapped = ?3, kek_version = ?4 "
+                                     "WHERE merchant_id = ?1 AND version = ?2"));
+      TV_RETURN_IF_ERROR(update.Bind(1, merchant)
+                             .Bind(2, int64_t{dek.version})
+                             .Bind(3, ByteView(dek.wrapped))
+                             .Bind(4, int64_t{dek.kek_version})
+                             .Run());
+      if (db.Changes() != 1) return FailedPreconditionError("dek_not_found", "a DEK version vanished");
+    }
+    // Every DEK version must have moved: one left under the old KEK would be lost with it.
+    {
+      TV_ASSIGN_OR_RETURN(Statement left,
+                          db.Prepare("SELECT COUNT(*) FROM data_keys WHERE merchant_id = ?1 AND "
+                                     "kek_version != ?2"));
+      left.Bind(1, merchant).Bind(2, int64_t{to_version});
+      TV_ASSIGN_OR_RETURN(bool row, left.Step());
+      if (!row || left.ColumnInt(0) != 0) {
+        return FailedPreconditionError("kek_version_conflict", "a DEK version was not rewrapped");
+      }
+    }
+    if (fingerprint_key) {
+      TV_ASSIGN_OR_RETURN(Statement update,
+                          db.Prepare("UPDATE fingerprint_keys SET wrapped = ?2, kek_version = ?3 "
+                                     "WHERE merchant_id = ?1"));
+      TV_RETURN_IF_ERROR(update.Bind(1, merchant)
+                             .Bind(2, ByteView(fingerprint_key->wrapped))
+                             .Bind(3, int64_t{fingerprint_key->kek_version})
+                             .Run());
+    }
+    {
+      TV_ASSIGN_OR_RETURN(Statement left,
+                          db.Prepare("SELECT COUNT(*) FROM fingerprint_keys WHERE merchant_id = ?1 AND "
+                                     "kek_version != ?2"));
+      left.Bind(1, merchant).Bind(2, int64_t{to_version});
+      TV_ASSIGN_OR_RETURN(bool row, left.Step());
+      if (!row || left.ColumnInt(0) != 0) {
+        return FailedPreconditionError("kek_version_conflict", "the fingerprint key was not rewrapped");
+      }
+    }
+    return AppendAttached(db, audit);
+  });
+}
+
+StatusOr<std::vector<DataKeyRecord>> SqliteStore::GetDataKeys(std::string_view merchant) {
+  TV_ASSIGN_OR_RETURN(ReadPool::Lease lease, impl_->Reader());
+  TV_ASSIGN_OR_RETURN(
+      Statement stmt,
+      lease.db().Prepare("SELECT merchant_id, version, kek_version, wrapped, state, created_at, "
+                         "encryptions_reserved FROM data_keys WHERE merchant_id = ?1 ORDER BY version"));
+  stmt.Bind(1, merchant);
+  std::vector<DataKeyRecord> out;
+  for (;;) {
+    TV_ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) break;
+    DataKeyRecord r;
+    r.merchant = stmt.ColumnText(0);
+    TV_ASSIGN_OR_RETURN(r.version, stmt.ColumnU32(1));
+    TV_ASSIGN_OR_RETURN(r.kek_version, stmt.ColumnU32(2));
+    r.wrapped = stmt.ColumnBlob(3);
+    r.state = stmt.ColumnText(4) == "active" ? DataKeyState::kActive : DataKeyState::kRetired;
+    r.created_at_ms = stmt.ColumnInt(5);
+    r.encryptions_reserved = static_cast<uint64_t>(stmt.ColumnInt(6));
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
 Status SqliteStore::MarkShredded(std::string_view merchant, int64_t at_ms) {
   Status marked = Write([&](Database& db) -> Status {
     TV_ASSIGN_OR_RETURN(Statement stmt,

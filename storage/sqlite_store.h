@@ -45,6 +45,13 @@ class SqliteStore final : public Store {
                           AuditAttachment* audit = nullptr) override;
   Status AbandonMerchant(std::string_view id) override;
   StatusOr<MerchantRecord> GetMerchant(std::string_view id) override;
+  StatusOr<Bytes> BeginKekRotation(std::string_view merchant, uint32_t from_version, ByteView tag,
+                                   int64_t at_ms) override;
+  Status CompleteKekRotation(std::string_view merchant, uint32_t to_version,
+                             const std::vector<DataKeyRecord>& deks,
+                             const std::optional<DataKeyRecord>& fingerprint_key,
+                             AuditAttachment* audit = nullptr) override;
+  StatusOr<std::vector<DataKeyRecord>> GetDataKeys(std::string_view merchant) override;
   Status MarkShredded(std::string_view merchant, int64_t at_ms) override;
   Status CompleteShred(std::string_view merchant, AuditAttachment* audit = nullptr) override;
   StatusOr<size_t> SweepShredded(size_t limit) override;

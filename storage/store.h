@@ -213,6 +213,23 @@ class Store {
   // The merchant, in any state. kNotFound if there is no such merchant.
   virtual StatusOr<MerchantRecord> GetMerchant(std::string_view id) = 0;
 
+  // KEK rotation, step 1: records the intent to move the merchant from KEK 'from_version' to
+  // from_version + 1, with the tag the new KEK carries in the HSM. If an intent for the same
+  // step exists (a rotation resumed), it stays and its tag is returned; 'tag' otherwise.
+  // kFailedPrecondition (kek_version_conflict) if the merchant's KEK is not 'from_version'.
+  virtual StatusOr<Bytes> BeginKekRotation(std::string_view merchant, uint32_t from_version,
+                                           ByteView tag, int64_t at_ms) = 0;
+  // Step 3 (the new KEK made, every key rewrapped under it): stores the rewrapped DEKs and
+  // fingerprint key, makes the new KEK the merchant's, drops the intent and appends 'audit', in
+  // one transaction. kFailedPrecondition (kek_version_conflict) unless the intent is there and
+  // the merchant is still at to_version - 1.
+  virtual Status CompleteKekRotation(std::string_view merchant, uint32_t to_version,
+                                     const std::vector<DataKeyRecord>& deks,
+                                     const std::optional<DataKeyRecord>& fingerprint_key,
+                                     AuditAttachment* audit = nullptr) = 0;
+  // Every wrapped DEK version of the merchant (for rewrapping).
+  virtual StatusOr<std::vector<DataKeyRecord>> GetDataKeys(std::string_view merchant) = 0;
+
   // Crypto-shredding, step 1: marks the merchant shredded (durably, before any key is
   // destroyed). OK if it is already marked (a shredding resumed); kNotFound if there is no such
   // active or shredded merchant.

@@ -1,5 +1,7 @@
 #include "vault/keyring.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 
 #include "vault/base/random.h"
@@ -344,6 +346,140 @@ StatusOr<Keyring::Shredded> Keyring::Shred(std::string_view merchant, storage::A
   }
 }
 
+Status Keyring::Step(std::string_view step) const {
+  return options_.fault_injection ? options_.fault_injection(step) : Status::Ok();
+}
+
+// Destroys KEK versions below 'current' that are still in the HSM (a rotation that committed but
+// died before destroying its old KEK), each with an audit record.
+Status Keyring::DestroyRetiredKeks(std::string_view merchant, uint32_t current,
+                                   const storage::AuditRecord* audit) {
+  for (uint32_t v = 1; v < current; ++v) {
+    const hsm::KekRef kek{std::string(merchant), v};
+    Status found = hsm_.FindKek(kek);
+    if (found.code() == StatusCode::kNotFound) continue;
+    TV_RETURN_IF_ERROR(found);
+    Status destroyed = hsm_.DestroyKek(kek);
+    if (!destroyed.ok() && destroyed.code() != StatusCode::kNotFound) return destroyed;
+    if (audit_mac_ != nullptr) {
+      storage::AuditRecord record =
+          audit != nullptr ? *audit : SystemAuditRecord("keys.kek_destroy", merchant, "");
+      record.time_ms = clock_.NowUnixMillis();
+      record.resource = "kek:" + kek.Label();
+      record.resources.clear();
+      record.reason = "KEK version " + std::to_string(v) +
+                      " destroyed in the HSM: no key is wrapped under it any more";
+      TV_RETURN_IF_ERROR(store_.AppendAudit(std::move(record), *audit_mac_).status());
+    }
+  }
+  return Status::Ok();
+}
+
+StatusOr<Keyring::KekRotated> Keyring::RotateKek(std::string_view merchant,
+                                                 const storage::AuditRecord* audit) {
+  for (;;) {
+    std::shared_ptr<MerchantKeys> keys = KeysFor(merchant);  // outlives the lock below
+    // Exclusive: no DEK rotation or shredding meanwhile (they wrap or delete keys too).
+    RotationGate::Exclusive exclusive(keys->rotation);
+    if (keys->detached) continue;
+    Status loaded = LoadLocked(merchant, *keys);
+    if (!loaded.ok()) {
+      if (loaded.code() == StatusCode::kNotFound) DetachLocked(merchant, keys);
+      return loaded;
+    }
+    const uint32_t from = keys->kek_version;
+    const uint32_t to = from + 1;
+    const hsm::KekRef new_kek{std::string(merchant), to};
+    // 0. Leftovers of an earlier rotation that died after its commit.
+    TV_RETURN_IF_ERROR(DestroyRetiredKeks(merchant, from, audit));
+
+    // 1. The intent, with the tag the new KEK will carry: durable before the KEK exists.
+    Bytes tag(16);
+    TV_RETURN_IF_ERROR(RandomBytes(tag.data(), tag.size()));
+    TV_ASSIGN_OR_RETURN(Bytes tag_in_effect,
+                        store_.BeginKekRotation(merchant, from, tag, clock_.NowUnixMillis()));
+    TV_RETURN_IF_ERROR(Step("kek_rotation.intent_recorded"));
+
+    // 2. The new KEK. One under its label already is ours only if it carries our tag.
+    Status created = hsm_.CreateKek(new_kek, tag_in_effect);
+    if (created.code() == StatusCode::kAlreadyExists) {
+      TV_ASSIGN_OR_RETURN(Bytes found_tag, hsm_.KekCreationTag(new_kek));
+      if (found_tag != tag_in_effect) {
+        return FailedPreconditionError("kek_exists_without_merchant",
+                                       "the HSM holds a KEK under the new label that this database "
+                                       "did not make; an operator must decide");
+      }
+    } else {
+      TV_RETURN_IF_ERROR(created);
+    }
+    TV_RETURN_IF_ERROR(Step("kek_rotation.kek_created"));
+
+    // 3. Every key rewrapped under it inside the HSM (unwrapped bytes only pass through here).
+    TV_ASSIGN_OR_RETURN(std::vector<storage::DataKeyRecord> deks, store_.GetDataKeys(merchant));
+    std::vector<std::string> names;
+    for (storage::DataKeyRecord& dek : deks) {
+      TV_ASSIGN_OR_RETURN(ByteView blob, envelope::DecodeWrappedDek(dek.wrapped));
+      TV_ASSIGN_OR_RETURN(
+          SecretBytes key,
+          hsm_.Unwrap(hsm::KekRef{std::string(merchant), dek.kek_version}, blob,
+                      envelope::DekAad(envelope::kWrappedKeyFormatV1, merchant, dek.version, dek.kek_version)));
+      TV_ASSIGN_OR_RETURN(
+          Bytes rewrapped,
+          hsm_.Wrap(new_kek, key, envelope::DekAad(envelope::kWrappedKeyFormatV1, merchant, dek.version, to)));
+      dek.wrapped = envelope::EncodeWrappedDek(rewrapped);
+      dek.kek_version = to;
+      names.push_back(DekName(merchant, dek.version));
+    }
+    std::optional<storage::DataKeyRecord> fingerprint_key;
+    StatusOr<storage::DataKeyRecord> stored_fp = store_.GetFingerprintKey(merchant);
+    if (stored_fp.ok()) {
+      TV_ASSIGN_OR_RETURN(ByteView blob, envelope::DecodeWrappedDek(stored_fp->wrapped));
+      TV_ASSIGN_OR_RETURN(
+          SecretBytes key,
+          hsm_.Unwrap(hsm::KekRef{std::string(merchant), stored_fp->kek_version}, blob,
+                      envelope::FingerprintKeyAad(envelope::kWrappedKeyFormatV1, merchant, stored_fp->kek_version)));
+      TV_ASSIGN_OR_RETURN(
+          Bytes rewrapped,
+          hsm_.Wrap(new_kek, key, envelope::FingerprintKeyAad(envelope::kWrappedKeyFormatV1, merchant, to)));
+      stored_fp->wrapped = envelope::EncodeWrappedDek(rewrapped);
+      stored_fp->kek_version = to;
+      fingerprint_key = std::move(stored_fp).value();
+      names.push_back("fingerprint-key:" + std::string(merchant));
+    } else if (stored_fp.status().code() != StatusCode::kNotFound) {
+      return stored_fp.status();
+    }
+    TV_RETURN_IF_ERROR(Step("kek_rotation.rewrapped"));
+
+    // 4. Switch: the rewrapped keys, the new KEK version and the audit record, in one commit.
+    std::optional<storage::AuditAttachment> attached;
+    if (audit_mac_ != nullptr) {
+      storage::AuditRecord record =
+          audit != nullptr ? *audit : SystemAuditRecord("keys.kek_rotate", merchant, "");
+      if (record.time_ms == 0) record.time_ms = clock_.NowUnixMillis();
+      record.resource = "kek:" + new_kek.Label();
+      record.resources = names;
+      record.reason = (record.reason.empty() ? "" : record.reason + ": ") + "KEK version " +
+                      std::to_string(to) + " made in the HSM; " + std::to_string(names.size()) +
+                      " keys rewrapped from version " + std::to_string(from);
+      attached = storage::AuditAttachment{std::move(record), audit_mac_};
+    }
+    TV_RETURN_IF_ERROR(store_.CompleteKekRotation(merchant, to, deks, fingerprint_key,
+                                                  attached ? &*attached : nullptr));
+    keys->kek_version = to;
+    TV_RETURN_IF_ERROR(Step("kek_rotation.committed"));
+
+    // 5. The old KEK wraps nothing now: destroyed, and recorded. The rotation is done whatever
+    //    happens here (an HSM error leaves the old KEK for the next rotation to destroy): a
+    //    caller told it failed would only rotate again.
+    Status destroyed = DestroyRetiredKeks(merchant, to, audit);
+    if (!destroyed.ok()) {
+      spdlog::warn("merchant {}: KEK version {} not destroyed yet (the next KEK rotation will): {}",
+                   merchant, from, destroyed.ToString());
+    }
+    return KekRotated{to, static_cast<uint32_t>(names.size())};
+  }
+}
+
 StatusOr<std::shared_ptr<const HmacSha256>> Keyring::FingerprintKey(std::string_view merchant) {
   const std::string key(merchant);
   {
@@ -433,12 +569,20 @@ StatusOr<std::shared_ptr<const AesGcm256>> Keyring::ForDecrypt(std::string_view 
 StatusOr<std::shared_ptr<const AesGcm256>> Keyring::LoadDek(std::string_view merchant,
                                                             uint32_t version) {
   if (auto cached = cache_.Get(merchant, version)) return cached;
-  TV_ASSIGN_OR_RETURN(storage::DataKeyRecord record, store_.GetDataKey(merchant, version));
-  TV_ASSIGN_OR_RETURN(ByteView hsm_blob, envelope::DecodeWrappedDek(record.wrapped));
-  const Bytes aad = envelope::DekAad(envelope::kWrappedKeyFormatV1, merchant, version,
-                                     record.kek_version);
-  StatusOr<SecretBytes> dek =
-      hsm_.Unwrap(hsm::KekRef{std::string(merchant), record.kek_version}, hsm_blob, aad);
+  StatusOr<SecretBytes> dek = InternalError("unset", "");
+  uint32_t kek_version = 0;
+  // Twice at most: a KEK rotation may commit (and destroy the KEK read here) between reading the
+  // row and unwrapping it; the row read again names the new KEK.
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    TV_ASSIGN_OR_RETURN(storage::DataKeyRecord record, store_.GetDataKey(merchant, version));
+    TV_ASSIGN_OR_RETURN(ByteView hsm_blob, envelope::DecodeWrappedDek(record.wrapped));
+    const Bytes aad = envelope::DekAad(envelope::kWrappedKeyFormatV1, merchant, version,
+                                       record.kek_version);
+    if (attempt == 1 && record.kek_version == kek_version) break;  // nothing moved: report it
+    kek_version = record.kek_version;
+    dek = hsm_.Unwrap(hsm::KekRef{std::string(merchant), record.kek_version}, hsm_blob, aad);
+    if (dek.ok() || dek.status().code() != StatusCode::kNotFound) break;
+  }
   if (!dek.ok()) {
     if (dek.status().code() == StatusCode::kNotFound) {
       // The row names a KEK the HSM does not have: the row was altered, or the KEK destroyed.

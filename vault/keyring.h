@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
@@ -42,6 +43,9 @@ struct KeyringOptions {
   // A DEK older than this is rotated at its next use (PCI DSS 3.6.1.3: a defined cryptoperiod).
   // 0: no age limit.
   std::chrono::milliseconds max_dek_age = std::chrono::hours(24 * 90);
+  // Tests only: called at each named step of a key operation ("kek_rotation.kek_created", ...);
+  // an error stops the operation there, as a crash would.
+  std::function<Status(std::string_view step)> fault_injection;
 };
 
 // Thread-safe.
@@ -90,6 +94,19 @@ class Keyring {
   // 'audit' (who asked) is completed with the key names and committed with the new version.
   StatusOr<uint32_t> Rotate(std::string_view merchant, const storage::AuditRecord* audit = nullptr);
 
+  // KEK rotation: a new KEK version made in the HSM, every DEK version and the fingerprint key
+  // rewrapped under it (inside the HSM; no token is re-encrypted), switched to in one commit with
+  // 'audit', then the old KEK destroyed (recorded too). Crash-safe at every step: the intent and
+  // the new KEK's tag are recorded before it is made, the switch is one transaction, and a KEK
+  // left behind by a rotation that died after its commit is destroyed by the next one. A rotation
+  // that died earlier is resumed by the next call. Returns the new version and how many keys were
+  // rewrapped.
+  struct KekRotated {
+    uint32_t kek_version = 0;
+    uint32_t rewrapped = 0;
+  };
+  StatusOr<KekRotated> RotateKek(std::string_view merchant, const storage::AuditRecord* audit = nullptr);
+
   // Crypto-shredding: marks the merchant shredded (durably), drops its keys from memory, destroys
   // every KEK version it had in the HSM, then deletes its wrapped DEKs and fingerprint key with
   // 'audit' (completed with what was destroyed) in one transaction. Waits for writes sealing
@@ -129,6 +146,9 @@ class Keyring {
   // True when 'count' more encryptions do not fit the current DEK (budget or age).
   // REQUIRES: 'keys.counter' held and the rotation gate held (shared or exclusive).
   bool SpentFor(const MerchantKeys& keys, uint64_t count) const;
+  Status Step(std::string_view step) const;
+  Status DestroyRetiredKeks(std::string_view merchant, uint32_t current,
+                            const storage::AuditRecord* audit);
   StatusOr<std::shared_ptr<const AesGcm256>> LoadDek(std::string_view merchant, uint32_t version);
   // A new random DEK wrapped for (merchant, version, kek_version), plus its AEAD.
   StatusOr<std::pair<storage::DataKeyRecord, std::shared_ptr<const AesGcm256>>> NewDek(

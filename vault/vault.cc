@@ -583,6 +583,14 @@ StatusOr<uint32_t> Vault::RotateDataKey(std::string_view merchant,
   return keyring_->Rotate(merchant, audit);
 }
 
+StatusOr<Keyring::KekRotated> Vault::RotateKek(std::string_view merchant,
+                                               const storage::AuditRecord* audit) {
+  if (!IsValidMerchantId(merchant)) {
+    return InvalidArgumentError(kReasonInvalidMerchant, "invalid merchant id");
+  }
+  return keyring_->RotateKek(merchant, audit);
+}
+
 StatusOr<ShredReceipt> Vault::ShredMerchant(std::string_view merchant,
                                             const storage::AuditRecord& audit) {
   if (!IsValidMerchantId(merchant)) {

@@ -206,6 +206,12 @@ class Vault {
   StatusOr<uint32_t> RotateDataKey(std::string_view merchant,
                                    const storage::AuditRecord* audit = nullptr);
 
+  // KEK rotation (Keyring::RotateKek): a new KEK in the HSM, every key rewrapped, the old KEK
+  // destroyed; with 'audit' committed with the switch. Returns the new KEK version and how many
+  // keys were rewrapped.
+  StatusOr<Keyring::KekRotated> RotateKek(std::string_view merchant,
+                                          const storage::AuditRecord* audit = nullptr);
+
   // Crypto-shredding (Keyring::Shred): the merchant's KEKs destroyed in the HSM, its wrapped
   // keys deleted, 'audit' committed with the deletion and returned as the receipt. From then on
   // its tokens answer token_gone and their ciphertext is swept. kNotFound (merchant_not_found),

@@ -566,6 +566,17 @@ TEST_F(ApiTest, KeyAdministratorsRotateDeksAndSeeTheirUse) {
   EXPECT_EQ(versions[2]["tokens"], 1);
   EXPECT_EQ(keys.body.find("wrapped"), std::string::npos);
 
+  // The KEK too: a new KEK in the HSM; the three DEK versions and the fingerprint key rewrapped.
+  Reply kek = client_->Send("POST", "/v1/merchants/acme/kek/rotate", keyadmin, "", "");
+  ASSERT_EQ(kek.status, 200) << kek.body;
+  EXPECT_EQ(kek.Json()["kek_version"], 2);
+  EXPECT_EQ(kek.Json()["rewrapped"], 4);
+  revealed = client_->Post("/v1/merchants/acme/detokenize", reader,
+                           {{"tokens", {before, after}}, {"reveal", "plain"}}).Json()["items"];
+  EXPECT_EQ(revealed[0]["value"], "before rotation");
+  EXPECT_EQ(revealed[1]["value"], "after rotation");
+  EXPECT_EQ(client_->Get("/v1/merchants/acme/keys", keyadmin).Json()["dek_versions"][0]["kek_version"], 2);
+  EXPECT_EQ(client_->Send("POST", "/v1/merchants/acme/kek/rotate", maker, "", "").status, 403);
   // Key administration is its own permission, scoped to merchants.
   EXPECT_EQ(client_->Send("POST", "/v1/merchants/acme/keys/rotate", maker, "", "").status, 403);
   EXPECT_EQ(client_->Get("/v1/merchants/acme/keys", reader).status, 403);
