@@ -724,7 +724,9 @@ HttpResponse Service::ReadKeys(Context& ctx) {
   json versions = json::array();
   for (const storage::DataKeyUsage& k : *keys) {
     versions.push_back({{"version", k.version},
-                        {"state", k.state == storage::DataKeyState::kActive ? "active" : "retired"},
+                        {"state", k.state == storage::DataKeyState::kActive    ? "active"
+                                  : k.state == storage::DataKeyState::kRetired ? "retired"
+                                                                               : "destroyed"},
                         {"kek_version", k.kek_version},
                         {"created_at", Rfc3339(k.created_at_ms)},
                         {"encryptions_reserved", k.encryptions_reserved},

@@ -181,6 +181,13 @@ CREATE TABLE kek_rotations (
 ) WITHOUT ROWID;
 )sql";
 
+// 007: destroyed DEK versions. Once the re-encryption job has moved every live token off a
+// retired version, its wrapped key is erased (an empty blob) and destroyed_at set: the key is
+// gone, its row stays as the record of the version (GET /v1/merchants/{m}/keys lists it).
+constexpr char kMigration007[] = R"sql(
+ALTER TABLE data_keys ADD COLUMN destroyed_at INTEGER;
+)sql";
+
 constexpr Migration kMigrations[] = {
     {1, "merchants, data keys, tokens", kMigration001},
     {2, "principals, system keys, audit trail", kMigration002},
@@ -188,6 +195,7 @@ constexpr Migration kMigrations[] = {
     {4, "deterministic tokens, idempotency keys", kMigration004},
     {5, "crypto-shredding", kMigration005},
     {6, "KEK rotation intents", kMigration006},
+    {7, "destroyed DEK versions", kMigration007},
 };
 
 StatusOr<int64_t> CurrentVersion(Database& db) {

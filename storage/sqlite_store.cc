@@ -118,6 +118,11 @@ class ReadPool {
   size_t open_ = 0;                              // GUARDED_BY(mu_)
 };
 
+DataKeyState DataKeyStateOf(const std::string& state, bool not_destroyed) {
+  if (!not_destroyed) return DataKeyState::kDestroyed;
+  return state == "active" ? DataKeyState::kActive : DataKeyState::kRetired;
+}
+
 // The columns ReadToken reads, in its order.
 constexpr char kTokenColumns[] =
     "SELECT token, merchant_id, type, format, record_version, dek_version, nonce, ciphertext, "
@@ -652,7 +657,7 @@ Status SqliteStore::CompleteKekRotation(std::string_view merchant, uint32_t to_v
     {
       TV_ASSIGN_OR_RETURN(Statement left,
                           db.Prepare("SELECT COUNT(*) FROM data_keys WHERE merchant_id = ?1 AND "
-                                     "kek_version != ?2"));
+                                     "kek_version != ?2 AND destroyed_at IS NULL"));
       left.Bind(1, merchant).Bind(2, int64_t{to_version});
       TV_ASSIGN_OR_RETURN(bool row, left.Step());
       if (!row || left.ColumnInt(0) != 0) {
@@ -687,7 +692,8 @@ StatusOr<std::vector<DataKeyRecord>> SqliteStore::GetDataKeys(std::string_view m
   TV_ASSIGN_OR_RETURN(
       Statement stmt,
       lease.db().Prepare("SELECT merchant_id, version, kek_version, wrapped, state, created_at, "
-                         "encryptions_reserved FROM data_keys WHERE merchant_id = ?1 ORDER BY version"));
+                         "encryptions_reserved, destroyed_at FROM data_keys WHERE merchant_id = ?1 "
+                         "AND destroyed_at IS NULL ORDER BY version"));
   stmt.Bind(1, merchant);
   std::vector<DataKeyRecord> out;
   for (;;) {
@@ -698,12 +704,112 @@ StatusOr<std::vector<DataKeyRecord>> SqliteStore::GetDataKeys(std::string_view m
     TV_ASSIGN_OR_RETURN(r.version, stmt.ColumnU32(1));
     TV_ASSIGN_OR_RETURN(r.kek_version, stmt.ColumnU32(2));
     r.wrapped = stmt.ColumnBlob(3);
-    r.state = stmt.ColumnText(4) == "active" ? DataKeyState::kActive : DataKeyState::kRetired;
+    r.state = DataKeyStateOf(stmt.ColumnText(4), stmt.ColumnIsNull(7));
     r.created_at_ms = stmt.ColumnInt(5);
     r.encryptions_reserved = static_cast<uint64_t>(stmt.ColumnInt(6));
     out.push_back(std::move(r));
   }
   return out;
+}
+
+StatusOr<std::vector<TokenRecord>> SqliteStore::FindTokensToReencrypt(std::string_view merchant,
+                                                                     uint32_t current_version,
+                                                                     size_t limit) {
+  TV_ASSIGN_OR_RETURN(ReadPool::Lease lease, impl_->Reader());
+  // By the (merchant_id, dek_version) index: the oldest versions first.
+  TV_ASSIGN_OR_RETURN(Statement stmt,
+                      lease.db().Prepare(std::string(kTokenColumns) +
+                                         "WHERE merchant_id = ?1 AND dek_version < ?2 AND "
+                                         "nonce IS NOT NULL ORDER BY dek_version LIMIT ?3"));
+  stmt.Bind(1, merchant).Bind(2, int64_t{current_version}).Bind(3, static_cast<int64_t>(limit));
+  std::vector<TokenRecord> out;
+  for (;;) {
+    TV_ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) break;
+    TV_ASSIGN_OR_RETURN(TokenRecord t, ReadToken(stmt));
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
+StatusOr<size_t> SqliteStore::ReplaceSealedValues(const std::vector<TokenRecord>& tokens,
+                                                  const std::vector<uint32_t>& from_versions) {
+  if (tokens.size() != from_versions.size()) {
+    return InvalidArgumentError("bad_request", "one source version per token");
+  }
+  // From now until after the commit (or the failure) these rows are never served from the cache.
+  std::vector<std::string> keys;
+  for (const TokenRecord& t : tokens) keys.push_back(TokenRowCache::Key(t.merchant, t.token));
+  for (const std::string& key : keys) impl_->token_rows().BeginChange(key);
+  ScopeGuard changed([&] {
+    for (const std::string& key : keys) impl_->token_rows().EndChange(key);
+  });
+  size_t moved = 0;
+  Status written = Write([&](Database& db) -> Status {
+    moved = 0;  // (a retried operation starts over)
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      const TokenRecord& t = tokens[i];
+      TV_ASSIGN_OR_RETURN(
+          Statement stmt,
+          db.Prepare("UPDATE tokens SET dek_version = ?3, nonce = ?4, ciphertext = ?5, tag = ?6 "
+                     "WHERE merchant_id = ?1 AND token = ?2 AND dek_version = ?7 AND "
+                     "nonce IS NOT NULL AND deleted_at IS NULL"));
+      TV_RETURN_IF_ERROR(stmt.Bind(1, std::string_view(t.merchant))
+                             .Bind(2, std::string_view(t.token))
+                             .Bind(3, int64_t{t.dek_version})
+                             .Bind(4, ByteView(t.nonce))
+                             .Bind(5, ByteView(t.ciphertext))
+                             .Bind(6, ByteView(t.tag))
+                             .Bind(7, int64_t{from_versions[i]})
+                             .Run());
+      moved += static_cast<size_t>(db.Changes());
+    }
+    return Status::Ok();
+  });
+  TV_RETURN_IF_ERROR(written);
+  return moved;
+}
+
+StatusOr<std::vector<std::string>> SqliteStore::MerchantsToReencrypt() {
+  TV_ASSIGN_OR_RETURN(ReadPool::Lease lease, impl_->Reader());
+  TV_ASSIGN_OR_RETURN(
+      Statement stmt,
+      lease.db().Prepare("SELECT m.id FROM merchants m WHERE m.state = 'active' AND "
+                         "m.shredded_at IS NULL AND EXISTS (SELECT 1 FROM data_keys k WHERE "
+                         "k.merchant_id = m.id AND k.state = 'retired' AND k.destroyed_at IS NULL) "
+                         "ORDER BY m.id"));
+  std::vector<std::string> out;
+  for (;;) {
+    TV_ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) break;
+    out.push_back(stmt.ColumnText(0));
+  }
+  return out;
+}
+
+Status SqliteStore::DestroyDataKey(std::string_view merchant, uint32_t version, int64_t at_ms,
+                                   AuditAttachment* audit) {
+  return Write([&](Database& db) -> Status {
+    {
+      TV_ASSIGN_OR_RETURN(Statement used,
+                          db.Prepare("SELECT COUNT(*) FROM tokens WHERE merchant_id = ?1 AND "
+                                     "dek_version = ?2 AND nonce IS NOT NULL"));
+      used.Bind(1, merchant).Bind(2, int64_t{version});
+      TV_ASSIGN_OR_RETURN(bool row, used.Step());
+      if (!row || used.ColumnInt(0) != 0) {
+        return FailedPreconditionError("dek_in_use", "live tokens still use this DEK version");
+      }
+    }
+    TV_ASSIGN_OR_RETURN(Statement erase,
+                        db.Prepare("UPDATE data_keys SET wrapped = X'', destroyed_at = ?3 "
+                                   "WHERE merchant_id = ?1 AND version = ?2 AND state = 'retired' "
+                                   "AND destroyed_at IS NULL"));
+    TV_RETURN_IF_ERROR(erase.Bind(1, merchant).Bind(2, int64_t{version}).Bind(3, at_ms).Run());
+    if (db.Changes() != 1) {
+      return FailedPreconditionError("dek_in_use", "the DEK version is not retired (or is destroyed)");
+    }
+    return AppendAttached(db, audit);
+  });
 }
 
 Status SqliteStore::MarkShredded(std::string_view merchant, int64_t at_ms) {
@@ -764,7 +870,8 @@ StatusOr<DataKeyRecord> SqliteStore::GetDataKey(std::string_view merchant, uint3
   TV_ASSIGN_OR_RETURN(
       Statement stmt,
       lease.db().Prepare("SELECT merchant_id, version, kek_version, wrapped, state, created_at, "
-                         "encryptions_reserved FROM data_keys WHERE merchant_id = ?1 AND version = ?2"));
+                         "encryptions_reserved, destroyed_at FROM data_keys "
+                         "WHERE merchant_id = ?1 AND version = ?2"));
   stmt.Bind(1, merchant).Bind(2, int64_t{version});
   TV_ASSIGN_OR_RETURN(bool row, stmt.Step());
   if (!row) return NotFoundError("dek_not_found", "no such data key version");
@@ -773,7 +880,7 @@ StatusOr<DataKeyRecord> SqliteStore::GetDataKey(std::string_view merchant, uint3
   TV_ASSIGN_OR_RETURN(r.version, stmt.ColumnU32(1));
   TV_ASSIGN_OR_RETURN(r.kek_version, stmt.ColumnU32(2));
   r.wrapped = stmt.ColumnBlob(3);
-  r.state = stmt.ColumnText(4) == "active" ? DataKeyState::kActive : DataKeyState::kRetired;
+  r.state = DataKeyStateOf(stmt.ColumnText(4), stmt.ColumnIsNull(7));
   r.created_at_ms = stmt.ColumnInt(5);
   r.encryptions_reserved = static_cast<uint64_t>(stmt.ColumnInt(6));
   return r;
@@ -811,7 +918,7 @@ StatusOr<std::vector<DataKeyUsage>> SqliteStore::ListDataKeys(std::string_view m
       lease.db().Prepare(
           "SELECT k.version, k.kek_version, k.state, k.created_at, k.encryptions_reserved, "
           "(SELECT COUNT(*) FROM tokens t WHERE t.merchant_id = k.merchant_id "
-          "AND t.dek_version = k.version AND t.nonce IS NOT NULL) "
+          "AND t.dek_version = k.version AND t.nonce IS NOT NULL), k.destroyed_at "
           "FROM data_keys k WHERE k.merchant_id = ?1 ORDER BY k.version"));
   stmt.Bind(1, merchant);
   std::vector<DataKeyUsage> out;
@@ -821,7 +928,7 @@ StatusOr<std::vector<DataKeyUsage>> SqliteStore::ListDataKeys(std::string_view m
     DataKeyUsage u;
     TV_ASSIGN_OR_RETURN(u.version, stmt.ColumnU32(0));
     TV_ASSIGN_OR_RETURN(u.kek_version, stmt.ColumnU32(1));
-    u.state = stmt.ColumnText(2) == "active" ? DataKeyState::kActive : DataKeyState::kRetired;
+    u.state = DataKeyStateOf(stmt.ColumnText(2), stmt.ColumnIsNull(6));
     u.created_at_ms = stmt.ColumnInt(3);
     u.encryptions_reserved = static_cast<uint64_t>(stmt.ColumnInt(4));
     u.live_tokens = static_cast<uint64_t>(stmt.ColumnInt(5));

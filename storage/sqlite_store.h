@@ -52,6 +52,14 @@ class SqliteStore final : public Store {
                              const std::optional<DataKeyRecord>& fingerprint_key,
                              AuditAttachment* audit = nullptr) override;
   StatusOr<std::vector<DataKeyRecord>> GetDataKeys(std::string_view merchant) override;
+  StatusOr<std::vector<TokenRecord>> FindTokensToReencrypt(std::string_view merchant,
+                                                          uint32_t current_version,
+                                                          size_t limit) override;
+  StatusOr<size_t> ReplaceSealedValues(const std::vector<TokenRecord>& tokens,
+                                       const std::vector<uint32_t>& from_versions) override;
+  StatusOr<std::vector<std::string>> MerchantsToReencrypt() override;
+  Status DestroyDataKey(std::string_view merchant, uint32_t version, int64_t at_ms,
+                        AuditAttachment* audit = nullptr) override;
   Status MarkShredded(std::string_view merchant, int64_t at_ms) override;
   Status CompleteShred(std::string_view merchant, AuditAttachment* audit = nullptr) override;
   StatusOr<size_t> SweepShredded(size_t limit) override;

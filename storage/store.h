@@ -39,8 +39,9 @@ struct MerchantRecord {
 };
 
 enum class DataKeyState {
-  kActive,   // the version new values are encrypted under (one per merchant)
-  kRetired,  // decrypt only: never used to encrypt again
+  kActive,     // the version new values are encrypted under (one per merchant)
+  kRetired,    // decrypt only: never used to encrypt again
+  kDestroyed,  // no live token left under it; its wrapped key erased (migration 007)
 };
 
 // One DEK version of a merchant, wrapped by the merchant's KEK (docs/formats.md).
@@ -227,6 +228,24 @@ class Store {
                                      const std::vector<DataKeyRecord>& deks,
                                      const std::optional<DataKeyRecord>& fingerprint_key,
                                      AuditAttachment* audit = nullptr) = 0;
+  // Re-encryption: up to 'limit' live tokens (a sealed value stored) of 'merchant' sealed under
+  // a DEK version below 'current_version', oldest version first.
+  virtual StatusOr<std::vector<TokenRecord>> FindTokensToReencrypt(std::string_view merchant,
+                                                                  uint32_t current_version,
+                                                                  size_t limit) = 0;
+  // Replaces the sealed values of 'tokens' (each: merchant, token, dek_version, nonce,
+  // ciphertext, tag as newly sealed) in one transaction. A token whose row changed meanwhile
+  // (deleted, swept, or no longer under 'from_versions[i]') is skipped. Returns how many moved.
+  virtual StatusOr<size_t> ReplaceSealedValues(const std::vector<TokenRecord>& tokens,
+                                               const std::vector<uint32_t>& from_versions) = 0;
+  // Active merchants with a retired DEK version not destroyed yet: tokens to move off it, or
+  // the version itself to destroy.
+  virtual StatusOr<std::vector<std::string>> MerchantsToReencrypt() = 0;
+  // Destroys a retired DEK version that no live token uses: erases its wrapped key and sets
+  // destroyed_at, with 'audit', in one transaction. kFailedPrecondition (dek_in_use) if a live
+  // token still uses it, or it is not retired.
+  virtual Status DestroyDataKey(std::string_view merchant, uint32_t version, int64_t at_ms,
+                                AuditAttachment* audit = nullptr) = 0;
   // Every wrapped DEK version of the merchant (for rewrapping).
   virtual StatusOr<std::vector<DataKeyRecord>> GetDataKeys(std::string_view merchant) = 0;
 

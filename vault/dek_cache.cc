@@ -78,6 +78,15 @@ void DekCache::EraseMerchant(std::string_view merchant) {
   }
 }
 
+void DekCache::Erase(std::string_view merchant, uint32_t version) {
+  std::list<Entry> evicted;  // freed after the lock is released
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = index_.find(KeyOf(merchant, version));
+  if (it == index_.end()) return;
+  evicted.splice(evicted.end(), lru_, it->second);
+  index_.erase(it);
+}
+
 void DekCache::Clear() {
   std::list<Entry> evicted;
   std::lock_guard<std::mutex> lock(mu_);

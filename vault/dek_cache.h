@@ -33,8 +33,11 @@ class DekCache {
   std::shared_ptr<const AesGcm256> Get(std::string_view merchant, uint32_t version);
   // Inserts or replaces; evicts the least recently used entry when full. No-op when disabled.
   void Put(std::string_view merchant, uint32_t version, std::shared_ptr<const AesGcm256> key);
-  // Drops every version of one merchant (rotation, shredding).
+  // Drops every version of one merchant (shredding).
   void EraseMerchant(std::string_view merchant);
+  // Drops one version (destroyed). The entry is freed - and its key wiped - once no request
+  // still holds it.
+  void Erase(std::string_view merchant, uint32_t version);
   void Clear();
   size_t size() const;
 

@@ -346,6 +346,10 @@ StatusOr<Keyring::Shredded> Keyring::Shred(std::string_view merchant, storage::A
   }
 }
 
+void Keyring::ForgetDataKey(std::string_view merchant, uint32_t version) {
+  cache_.Erase(merchant, version);
+}
+
 Status Keyring::Step(std::string_view step) const {
   return options_.fault_injection ? options_.fault_injection(step) : Status::Ok();
 }

@@ -120,6 +120,11 @@ class Keyring {
   };
   StatusOr<Shredded> Shred(std::string_view merchant, storage::AuditRecord audit);
 
+  // Drops an unwrapped DEK version from memory (it was destroyed).
+  void ForgetDataKey(std::string_view merchant, uint32_t version);
+  // Tests' fault injection (KeyringOptions::fault_injection) for a named step.
+  Status Step(std::string_view step) const;
+
   const DekCache& cache() const { return cache_; }
 
  private:
@@ -146,7 +151,6 @@ class Keyring {
   // True when 'count' more encryptions do not fit the current DEK (budget or age).
   // REQUIRES: 'keys.counter' held and the rotation gate held (shared or exclusive).
   bool SpentFor(const MerchantKeys& keys, uint64_t count) const;
-  Status Step(std::string_view step) const;
   Status DestroyRetiredKeks(std::string_view merchant, uint32_t current,
                             const storage::AuditRecord* audit);
   StatusOr<std::shared_ptr<const AesGcm256>> LoadDek(std::string_view merchant, uint32_t version);

@@ -66,21 +66,24 @@ Vault::Vault(std::shared_ptr<hsm::Hsm> hsm, std::shared_ptr<storage::Store> stor
       clock_(clock),
       keyring_(std::make_unique<Keyring>(*hsm_, *store_, clock, options.keys, audit.get())),
       audit_(std::move(audit)),
-      idempotency_mac_(std::move(idempotency_mac)) {
+      idempotency_mac_(std::move(idempotency_mac)),
+      options_(options) {
   if (options.expiry_sweep_interval.count() > 0) {
     sweeper_ = std::thread([this, interval = options.expiry_sweep_interval] { SweepLoop(interval); });
+  }
+  if (options.reencrypt_interval.count() > 0) {
+    reencrypter_ = std::thread([this, interval = options.reencrypt_interval] { ReencryptLoop(interval); });
   }
 }
 
 Vault::~Vault() {
-  if (sweeper_.joinable()) {
-    {
-      std::lock_guard<std::mutex> lock(sweep_mu_);
-      stopping_ = true;
-    }
-    sweep_cv_.notify_all();
-    sweeper_.join();
+  {
+    std::lock_guard<std::mutex> lock(sweep_mu_);
+    stopping_ = true;
   }
+  sweep_cv_.notify_all();
+  if (sweeper_.joinable()) sweeper_.join();
+  if (reencrypter_.joinable()) reencrypter_.join();
   // Asynchronous tokenizes still refer to the keyring and the audit log.
   pending_.WaitIdle();
 }
@@ -125,6 +128,103 @@ void Vault::SweepInBatches(const char* what, const char* done_what,
     std::lock_guard<std::mutex> check(sweep_mu_);
     if (stopping_) return;
   }
+}
+
+bool Vault::PauseOrStop(std::chrono::milliseconds pause) {
+  std::unique_lock<std::mutex> lock(sweep_mu_);
+  return sweep_cv_.wait_for(lock, pause, [&] { return stopping_; });
+}
+
+void Vault::ReencryptLoop(std::chrono::milliseconds interval) {
+  pthread_setname_np(pthread_self(), "tv-reencrypt");
+  while (!PauseOrStop(interval)) {
+    StatusOr<size_t> moved = RunReencryption();
+    if (!moved.ok()) {
+      // Nothing is lost: what is left is found again next round.
+      spdlog::warn("re-encryption stopped, resumed in {} ms: {}", interval.count(),
+                   moved.status().ToString());
+    } else if (*moved > 0) {
+      spdlog::info("re-encryption: {} tokens moved to their merchant's current data key", *moved);
+    }
+  }
+}
+
+StatusOr<size_t> Vault::RunReencryption() {
+  TV_ASSIGN_OR_RETURN(std::vector<std::string> merchants, store_->MerchantsToReencrypt());
+  size_t total = 0;
+  for (const std::string& merchant : merchants) {
+    for (;;) {
+      TV_ASSIGN_OR_RETURN(size_t moved, ReencryptBatch(merchant, options_.reencrypt_batch));
+      total += moved;
+      if (moved == 0) break;
+      // Throttle: the writer is shared with live traffic.
+      if (PauseOrStop(options_.reencrypt_pause)) return total;
+    }
+    TV_RETURN_IF_ERROR(DestroyUnusedDataKeys(merchant).status());
+  }
+  return total;
+}
+
+StatusOr<size_t> Vault::ReencryptBatch(std::string_view merchant, size_t limit) {
+  TV_ASSIGN_OR_RETURN(storage::MerchantRecord m, store_->GetMerchant(merchant));
+  if (m.state != storage::MerchantState::kActive) return NotFoundError("merchant_not_found", "no such merchant");
+  TV_ASSIGN_OR_RETURN(std::vector<storage::TokenRecord> rows,
+                      store_->FindTokensToReencrypt(merchant, m.current_dek_version, limit));
+  if (rows.empty()) return size_t{0};
+  // One lease for the batch: no rotation until it has committed (a newer version appearing
+  // meanwhile only means these move again later).
+  TV_ASSIGN_OR_RETURN(Keyring::EncryptLease lease, keyring_->ForEncrypt(merchant, rows.size()));
+  std::vector<uint32_t> from_versions;
+  std::vector<storage::TokenRecord> resealed;
+  for (storage::TokenRecord& row : rows) {
+    if (row.dek_version >= lease.version) continue;
+    TV_ASSIGN_OR_RETURN(std::shared_ptr<const AesGcm256> old_key,
+                        keyring_->ForDecrypt(merchant, row.dek_version));
+    const Bytes old_aad = envelope::ValueAad(row.record_version, merchant, row.token, row.type,
+                                             row.dek_version);
+    TV_ASSIGN_OR_RETURN(SecretBytes value, old_key->Decrypt(row.nonce, row.ciphertext, row.tag, old_aad));
+    const Bytes new_aad = envelope::ValueAad(envelope::kValueFormatV1, merchant, row.token, row.type,
+                                             lease.version);
+    TV_ASSIGN_OR_RETURN(SealedBox box, lease.aead->Encrypt(value.view(), new_aad));
+    from_versions.push_back(row.dek_version);
+    row.dek_version = lease.version;
+    row.record_version = envelope::kValueFormatV1;
+    row.nonce.assign(box.nonce.begin(), box.nonce.end());
+    row.ciphertext = std::move(box.ciphertext);
+    row.tag.assign(box.tag.begin(), box.tag.end());
+    resealed.push_back(std::move(row));
+  }
+  TV_ASSIGN_OR_RETURN(size_t moved, store_->ReplaceSealedValues(resealed, from_versions));
+  TV_RETURN_IF_ERROR(keyring_->Step("reencrypt.batch_committed"));
+  return moved;
+}
+
+StatusOr<size_t> Vault::DestroyUnusedDataKeys(std::string_view merchant) {
+  TV_ASSIGN_OR_RETURN(std::vector<storage::DataKeyUsage> keys, store_->ListDataKeys(merchant));
+  size_t destroyed = 0;
+  for (const storage::DataKeyUsage& k : keys) {
+    if (k.state != storage::DataKeyState::kRetired || k.live_tokens != 0) continue;
+    storage::AuditRecord record;
+    record.time_ms = clock_.NowUnixMillis();
+    record.request_id = "system";
+    record.principal = "system";
+    record.auth = "none";
+    record.source_ip = "local";
+    record.action = "keys.dek_destroy";
+    record.merchant = std::string(merchant);
+    record.resource = "dek:" + std::string(merchant) + "/v" + std::to_string(k.version);
+    record.outcome = "allowed";
+    record.status = 200;
+    record.reason = "version " + std::to_string(k.version) +
+                    " retired and destroyed: no live token uses it any more";
+    storage::AuditAttachment attached{std::move(record), audit_.get()};
+    Status done = store_->DestroyDataKey(merchant, k.version, clock_.NowUnixMillis(), &attached);
+    if (done.code() == StatusCode::kFailedPrecondition) continue;  // used again meanwhile: later
+    TV_RETURN_IF_ERROR(done);
+    keyring_->ForgetDataKey(merchant, k.version);
+    ++destroyed;
+  }
+  return destroyed;
 }
 
 StatusOr<size_t> Vault::SweepIdempotency(size_t limit) {
@@ -550,12 +650,21 @@ Status Vault::DeleteToken(std::string_view merchant, std::string_view token,
 
 StatusOr<RevealedValue> Vault::Detokenize(std::string_view merchant, std::string_view token) {
   TV_ASSIGN_OR_RETURN(storage::TokenRecord record, FindOwnToken(merchant, token));
+  StatusOr<std::shared_ptr<const AesGcm256>> aead =
+      keyring_->ForDecrypt(merchant, record.dek_version);
+  if (!aead.ok()) {
+    // The re-encryption job may have moved this row to the current DEK, and destroyed the
+    // version it was read under, between the read and now: the row read again says so.
+    StatusOr<storage::TokenRecord> again = FindOwnToken(merchant, token);
+    if (again.ok() && again->dek_version != record.dek_version) {
+      record = std::move(again).value();
+      aead = keyring_->ForDecrypt(merchant, record.dek_version);
+    }
+  }
   const std::optional<ValueType> type = ParseValueType(record.type);
   if (!type || record.record_version != envelope::kValueFormatV1) {
     return DataLossError(kReasonIntegrity, "the stored token has an unknown type or format");
   }
-  StatusOr<std::shared_ptr<const AesGcm256>> aead =
-      keyring_->ForDecrypt(merchant, record.dek_version);
   if (!aead.ok()) {
     // The row was read just before its merchant was shredded: its keys are gone, and so is it.
     StatusOr<storage::MerchantRecord> m = store_->GetMerchant(merchant);

@@ -35,6 +35,12 @@ struct VaultOptions {
   KeyringOptions keys;
   // How often expired tokens lose their sealed value (SweepExpired). 0: never in the background.
   std::chrono::milliseconds expiry_sweep_interval = std::chrono::seconds(30);
+  // The re-encryption job (RunReencryption): how often it looks for retired DEK versions, how
+  // many tokens it moves per transaction, and how long it pauses between two transactions so
+  // that live traffic keeps the writer. interval 0: never in the background.
+  std::chrono::milliseconds reencrypt_interval = std::chrono::seconds(10);
+  size_t reencrypt_batch = 100;
+  std::chrono::milliseconds reencrypt_pause = std::chrono::milliseconds(20);
 };
 
 // What a tokenize may carry besides the value (API.md, Tokens).
@@ -206,6 +212,19 @@ class Vault {
   StatusOr<uint32_t> RotateDataKey(std::string_view merchant,
                                    const storage::AuditRecord* audit = nullptr);
 
+  // Re-encryption: moves up to 'limit' live tokens of 'merchant' from retired DEK versions to
+  // the current one, in one transaction (decrypted and sealed again in memory, wiped after).
+  // Returns how many moved: 0 when none is left. Resumable by construction: it looks for what is
+  // left each time.
+  StatusOr<size_t> ReencryptBatch(std::string_view merchant, size_t limit);
+  // Destroys every retired DEK version of 'merchant' that no live token uses any more (its
+  // wrapped key erased, an audit record "version N destroyed", principal system). Returns how many.
+  StatusOr<size_t> DestroyUnusedDataKeys(std::string_view merchant);
+  // One pass of the job: every merchant with retired versions, re-encrypted batch by batch
+  // (pausing reencrypt_pause between batches), then its unused versions destroyed. Runs by itself
+  // every reencrypt_interval. Returns how many tokens moved.
+  StatusOr<size_t> RunReencryption();
+
   // KEK rotation (Keyring::RotateKek): a new KEK in the HSM, every key rewrapped, the old KEK
   // destroyed; with 'audit' committed with the switch. Returns the new KEK version and how many
   // keys were rewrapped.
@@ -266,6 +285,10 @@ class Vault {
   InFlight pending_;  // asynchronous tokenizes not yet completed
 
   void SweepLoop(std::chrono::milliseconds interval);
+  void ReencryptLoop(std::chrono::milliseconds interval);
+  // Waits 'pause' or until the vault stops; true if it is stopping.
+  bool PauseOrStop(std::chrono::milliseconds pause);
+  const VaultOptions options_;
   // Runs 'sweep' (batches of 'batch') until a batch comes back short, an error (logged), or
   // the vault stops.
   void SweepInBatches(const char* what, const char* done_what,
@@ -274,7 +297,8 @@ class Vault {
   std::mutex sweep_mu_;
   std::condition_variable sweep_cv_;
   bool stopping_ = false;  // GUARDED_BY(sweep_mu_)
-  std::thread sweeper_;    // last: started once everything above exists
+  std::thread sweeper_;    // started once everything above exists
+  std::thread reencrypter_;
 };
 
 }  // namespace tokenvault
