@@ -38,6 +38,8 @@ struct Settings {
   long long token_cache_entries = 65536;  // token rows kept after a read (ciphertext only)
   long long max_body_bytes = 1 << 20;      // API.md: 1 MiB by default, configurable
   long long expiry_sweep_seconds = 30;     // how often expired tokens and idempotency records go
+  std::string pkcs11_module;               // the dev token's module (default SoftHSM2)
+  std::string hsm_outage = "fail_closed";  // or "serve_cached" (docs/keys.md)
   std::string policy_file;
 };
 
@@ -70,6 +72,8 @@ bool ReadConfigFile(const std::string& path, Settings* s) {
       else if (key == "token_cache_entries") s->token_cache_entries = value.get<long long>();
       else if (key == "max_body_bytes") s->max_body_bytes = value.get<long long>();
       else if (key == "expiry_sweep_seconds") s->expiry_sweep_seconds = value.get<long long>();
+      else if (key == "pkcs11_module") s->pkcs11_module = value.get<std::string>();
+      else if (key == "hsm_outage") s->hsm_outage = value.get<std::string>();
       else if (key == "policy_file") s->policy_file = value.get<std::string>();
       else {
         spdlog::error("config file {}: unknown setting '{}'", path, key);
@@ -92,6 +96,7 @@ void ReadEnvironment(Settings* s) {
     s->port = (*v != '\0' && *end == '\0') ? static_cast<int>(port) : -1;  // -1: refused below
   }
   if (const char* v = std::getenv("TOKENVAULT_POLICY_FILE")) s->policy_file = v;
+  if (const char* v = std::getenv("TOKENVAULT_PKCS11_MODULE")) s->pkcs11_module = v;
 }
 
 // Opens the vault (making the data dir, dev token and database on first use) and the bootstrap
@@ -101,6 +106,8 @@ std::unique_ptr<Vault> OpenVault(const Settings& s) {
   config.data_dir = s.data_dir;
   config.token_cache_entries = static_cast<size_t>(s.token_cache_entries);
   config.vault.expiry_sweep_interval = std::chrono::seconds(s.expiry_sweep_seconds);
+  config.dev_module_path = s.pkcs11_module;
+  config.vault.keys.serve_cached_keys_when_hsm_down = s.hsm_outage == "serve_cached";
   StatusOr<std::unique_ptr<Vault>> vault = OpenEmbeddedVault(config);
   if (!vault.ok()) {
     spdlog::error("cannot open the vault in {}: {}", s.data_dir, vault.status().ToString());
@@ -235,6 +242,7 @@ int main(int argc, char** argv) {
   long long token_cache_entries = -1;
   long long max_body_bytes = -1;
   long long expiry_sweep_seconds = -1;
+  std::string hsm_outage;
 
   auto add_common = [&](CLI::App* cmd) {
     cmd->add_option("--config", config_file, "JSON settings file");
@@ -255,6 +263,8 @@ int main(int argc, char** argv) {
                     "largest request body accepted, batches included (default 1 MiB)");
   serve->add_option("--expiry-sweep-seconds", expiry_sweep_seconds,
                     "how often expired tokens lose their sealed value (default 30)");
+  serve->add_option("--hsm-outage", hsm_outage,
+                    "while the HSM is down: fail_closed (default) or serve_cached");
   serve->add_option("--policy", policy_file, "JSON policy file with custom roles");
   CLI11_PARSE(app, argc, argv);
 
@@ -269,6 +279,7 @@ int main(int argc, char** argv) {
   if (token_cache_entries >= 0) settings.token_cache_entries = token_cache_entries;
   if (max_body_bytes >= 0) settings.max_body_bytes = max_body_bytes;
   if (expiry_sweep_seconds >= 0) settings.expiry_sweep_seconds = expiry_sweep_seconds;
+  if (!hsm_outage.empty()) settings.hsm_outage = hsm_outage;
   if (!policy_file.empty()) settings.policy_file = policy_file;
   if (settings.port < 0 || settings.port > 65535) {
     spdlog::error("the port must be a number from 0 to 65535");
@@ -286,6 +297,10 @@ int main(int argc, char** argv) {
   // 1 KiB to 64 MiB: Pistache buffers four times this much per request before answering 413.
   if (settings.max_body_bytes < 1024 || settings.max_body_bytes > (64LL << 20)) {
     spdlog::error("max_body_bytes must be from 1024 to 67108864");
+    return 2;
+  }
+  if (settings.hsm_outage != "fail_closed" && settings.hsm_outage != "serve_cached") {
+    spdlog::error("hsm_outage is fail_closed or serve_cached");
     return 2;
   }
   if (settings.expiry_sweep_seconds < 1 || settings.expiry_sweep_seconds > 86400) {

@@ -64,6 +64,12 @@ class Hsm {
 
   // OK while the HSM answers (readiness).
   virtual Status Ping() = 0;
+
+  // Cheap: OK unless the connection to the HSM is known to be down (an operation failed with a
+  // device error and reconnecting has not succeeded yet). Tries to reconnect, at a bounded rate.
+  // Lets callers refuse to serve keys they hold in memory while the HSM is down, if their policy
+  // says so (docs/keys.md, "HSM outage").
+  virtual Status Health() { return Status::Ok(); }
 };
 
 // Sizes of Wrap's output around the wrapped key.

@@ -73,184 +73,277 @@ Status CheckKekAttributes(ck_function_list* fn, ck_session_handle_t session,
 
 }  // namespace
 
+// At most one reconnection attempt per this interval: a dead HSM is not hammered, and one that
+// comes back is in use again well within the 5 s the service promises.
+constexpr std::chrono::milliseconds kReconnectInterval(250);
+
+struct Pkcs11Hsm::Connection {
+  std::unique_ptr<internal::Pkcs11Module> module;  // declared first: finalised last
+  std::unique_ptr<internal::SessionPool> pool;     // closes its sessions before C_Finalize
+  unsigned long slot = 0;
+  std::mutex create_mu;  // serialises CreateKek so two callers cannot make the same label twice
+  std::mutex handles_mu;
+  std::unordered_map<std::string, unsigned long> kek_handles;  // GUARDED_BY(handles_mu)
+  uint64_t destroy_epoch = 0;  // bumped whenever a handle is forgotten; GUARDED_BY(handles_mu)
+
+  ck_function_list* fn() const { return module->fn(); }
+
+  // Every token object labelled like 'kek' (at most 'max'), whatever its attributes.
+  StatusOr<std::vector<unsigned long>> FindKekObjects(unsigned long session, const KekRef& kek,
+                                                      size_t max) {
+    const std::string label = kek.Label();
+    ck_object_class_t cls = CKO_SECRET_KEY;
+    unsigned char token = 1;
+    ck_attribute templ[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                            {CKA_TOKEN, &token, sizeof(token)},
+                            {CKA_LABEL, const_cast<char*>(label.data()), label.size()}};
+    return internal::FindObjects(fn(), session, templ, 3, max);
+  }
+
+  // The object handle of a KEK, after checking that its attributes are those CreateKek sets.
+  // Handles are cached: token objects keep their handle for the life of the login.
+  StatusOr<unsigned long> KekHandle(unsigned long session, const KekRef& kek) {
+    const std::string label = kek.Label();
+    uint64_t epoch;
+    {
+      std::lock_guard<std::mutex> lock(handles_mu);
+      auto it = kek_handles.find(label);
+      if (it != kek_handles.end()) return it->second;
+      epoch = destroy_epoch;
+    }
+    TV_ASSIGN_OR_RETURN(std::vector<unsigned long> found, FindKekObjects(session, kek, 2));
+    if (found.empty()) return NotFoundError(kReasonKeyNotFound, "no KEK labelled " + label);
+    if (found.size() > 1) {
+      return FailedPreconditionError(kReasonKeyPolicy, "more than one KEK labelled " + label);
+    }
+    TV_RETURN_IF_ERROR(CheckKekAttributes(fn(), session, found[0], label));
+    std::lock_guard<std::mutex> lock(handles_mu);
+    // A KEK destroyed while we looked it up must not come back into the cache.
+    if (destroy_epoch == epoch) kek_handles[label] = found[0];
+    return found[0];
+  }
+
+  void ForgetKekHandle(const KekRef& kek) {
+    std::lock_guard<std::mutex> lock(handles_mu);
+    kek_handles.erase(kek.Label());
+    ++destroy_epoch;
+  }
+
+  // Runs op(session, kek_handle) on a leased session ('fresh_session': a newly opened one). A
+  // stale cached handle (the object was destroyed and recreated by another process) is looked up
+  // again once.
+  template <typename Op>
+  auto WithKek(const KekRef& kek, Op op, bool fresh_session) -> decltype(op(0ul, 0ul)) {
+    TV_ASSIGN_OR_RETURN(internal::SessionPool::Lease lease,
+                        fresh_session ? pool->AcquireNew() : pool->Acquire());
+    for (int attempt = 0;; ++attempt) {
+      auto handle = KekHandle(lease.handle(), kek);
+      if (!handle.ok()) {
+        if (handle.status().IsRetryable()) lease.MarkBroken();
+        return handle.status();
+      }
+      auto result = op(lease.handle(), *handle);
+      if (!result.ok() && result.status().code() == StatusCode::kNotFound && attempt == 0) {
+        ForgetKekHandle(kek);
+        continue;
+      }
+      if (!result.ok() && result.status().code() != StatusCode::kDataLoss) lease.MarkBroken();
+      return result;
+    }
+  }
+};
+
+namespace {
+
+const Status& StatusOf(const Status& s) { return s; }
+template <typename T>
+Status StatusOf(const StatusOr<T>& s) {
+  return s.status();
+}
+
+Status ConnectionDown(std::string_view why) {
+  return UnavailableError(kReasonDeviceError, "the HSM connection is down: " + std::string(why));
+}
+
+}  // namespace
+
+StatusOr<std::unique_ptr<Pkcs11Hsm::Connection>> Pkcs11Hsm::Connect(const Pkcs11Config& config,
+                                                                    const SecretBytes& pin) {
+  const std::string path = config.module_path.empty() ? DefaultModulePath() : config.module_path;
+  auto c = std::make_unique<Connection>();
+  TV_ASSIGN_OR_RETURN(c->module, internal::Pkcs11Module::Load(path));
+  TV_ASSIGN_OR_RETURN(c->slot, c->module->FindSlotByTokenLabel(config.token_label));
+  TV_ASSIGN_OR_RETURN(c->pool,
+                      internal::SessionPool::Create(c->module->fn(), c->slot, pin, config.max_sessions));
+  return c;
+}
+
 StatusOr<std::unique_ptr<Pkcs11Hsm>> Pkcs11Hsm::Open(const Pkcs11Config& config,
-                                                     const SecretBytes& pin) {
+                                                     const SecretBytes& pin,
+                                                     PinReloader reload_pin) {
   if (!config.softhsm2_conf.empty()) {
     // Read by SoftHSM in C_Initialize. Set before any thread of ours uses the module.
     setenv("SOFTHSM2_CONF", config.softhsm2_conf.c_str(), 1);
   }
-  const std::string path = config.module_path.empty() ? DefaultModulePath() : config.module_path;
-  TV_ASSIGN_OR_RETURN(std::unique_ptr<internal::Pkcs11Module> module,
-                      internal::Pkcs11Module::Load(path));
-  TV_ASSIGN_OR_RETURN(ck_slot_id_t slot, module->FindSlotByTokenLabel(config.token_label));
-  TV_ASSIGN_OR_RETURN(std::unique_ptr<internal::SessionPool> pool,
-                      internal::SessionPool::Create(module->fn(), slot, pin, config.max_sessions));
-  return std::unique_ptr<Pkcs11Hsm>(new Pkcs11Hsm(std::move(module), std::move(pool), slot));
+  TV_ASSIGN_OR_RETURN(std::unique_ptr<Connection> connection, Connect(config, pin));
+  return std::unique_ptr<Pkcs11Hsm>(
+      new Pkcs11Hsm(config, std::move(connection), std::move(reload_pin)));
 }
 
-Pkcs11Hsm::Pkcs11Hsm(std::unique_ptr<internal::Pkcs11Module> module,
-                     std::unique_ptr<internal::SessionPool> pool, unsigned long slot)
-    : module_(std::move(module)), pool_(std::move(pool)), slot_(slot) {}
+Pkcs11Hsm::Pkcs11Hsm(Pkcs11Config config, std::unique_ptr<Connection> connection,
+                     PinReloader reload_pin)
+    : config_(std::move(config)), reload_pin_(std::move(reload_pin)),
+      connection_(std::move(connection)) {}
 
-Pkcs11Hsm::~Pkcs11Hsm() {
-  pool_.reset();  // close sessions before C_Finalize
+Pkcs11Hsm::~Pkcs11Hsm() = default;
+
+template <typename F>
+auto Pkcs11Hsm::Run(F f) -> decltype(f(std::declval<Connection&>())) {
+  if (down_.load()) TV_RETURN_IF_ERROR(Reconnect());
+  std::shared_lock<std::shared_mutex> lock(connection_mu_);
+  if (!connection_) return ConnectionDown("not reconnected yet");
+  auto result = f(*connection_);
+  const Status status = StatusOf(result);
+  if (!status.ok() && status.reason() == kReasonDeviceError) down_.store(true);
+  return result;
 }
 
-StatusOr<unsigned long> Pkcs11Hsm::KekHandle(unsigned long session, const KekRef& kek) {
-  const std::string label = kek.Label();
-  uint64_t epoch;
-  {
-    std::lock_guard<std::mutex> lock(handles_mu_);
-    auto it = kek_handles_.find(label);
-    if (it != kek_handles_.end()) return it->second;
-    epoch = destroy_epoch_;
-  }
-  TV_ASSIGN_OR_RETURN(std::vector<unsigned long> found, FindKekObjects(session, kek, 2));
-  if (found.empty()) return NotFoundError(kReasonKeyNotFound, "no KEK labelled " + label);
-  if (found.size() > 1) {
-    return FailedPreconditionError(kReasonKeyPolicy, "more than one KEK labelled " + label);
-  }
-  TV_RETURN_IF_ERROR(CheckKekAttributes(module_->fn(), session, found[0], label));
-  std::lock_guard<std::mutex> lock(handles_mu_);
-  // A KEK destroyed while we looked it up must not come back into the cache.
-  if (destroy_epoch_ == epoch) kek_handles_[label] = found[0];
-  return found[0];
+Status Pkcs11Hsm::Reconnect() {
+  // Exclusive: waits for the operations still running on the old connection (they are failing
+  // fast), so that finalising it pulls nothing from under them.
+  std::unique_lock<std::shared_mutex> lock(connection_mu_);
+  if (!down_.load()) return Status::Ok();  // another thread did it
+  const auto now = std::chrono::steady_clock::now();
+  if (now - last_attempt_ < kReconnectInterval) return ConnectionDown("reconnecting");
+  last_attempt_ = now;
+  connection_.reset();  // closes its sessions, C_Finalize, dlclose
+  if (!reload_pin_) return ConnectionDown("no PIN file to log in again; restart the service");
+  StatusOr<SecretBytes> pin = reload_pin_();
+  if (!pin.ok()) return ConnectionDown("the PIN cannot be read again");
+  StatusOr<std::unique_ptr<Connection>> connected = Connect(config_, *pin);
+  // Whatever the reason (the module, the token, even the login), for a caller it is the HSM
+  // being unavailable: 503, retried.
+  if (!connected.ok()) return ConnectionDown(connected.status().message());
+  connection_ = std::move(connected).value();
+  down_.store(false);
+  reconnections_.fetch_add(1);
+  return Status::Ok();
 }
 
-StatusOr<std::vector<unsigned long>> Pkcs11Hsm::FindKekObjects(unsigned long session,
-                                                               const KekRef& kek, size_t max) {
-  const std::string label = kek.Label();
-  ck_object_class_t cls = CKO_SECRET_KEY;
-  unsigned char token = 1;
-  ck_attribute templ[] = {{CKA_CLASS, &cls, sizeof(cls)},
-                          {CKA_TOKEN, &token, sizeof(token)},
-                          {CKA_LABEL, const_cast<char*>(label.data()), label.size()}};
-  return internal::FindObjects(module_->fn(), session, templ, 3, max);
-}
-
-void Pkcs11Hsm::ForgetKekHandle(const KekRef& kek) {
-  std::lock_guard<std::mutex> lock(handles_mu_);
-  kek_handles_.erase(kek.Label());
-  ++destroy_epoch_;
-}
-
-// Runs op(session, kek_handle). A stale cached handle (the object was destroyed and recreated by
-// another process) is looked up again once.
-template <typename Op>
-auto Pkcs11Hsm::WithKek(const KekRef& kek, Op op, bool fresh_session) -> decltype(op(0ul, 0ul)) {
-  TV_ASSIGN_OR_RETURN(internal::SessionPool::Lease lease,
-                      fresh_session ? pool_->AcquireNew() : pool_->Acquire());
-  for (int attempt = 0;; ++attempt) {
-    auto handle = KekHandle(lease.handle(), kek);
-    if (!handle.ok()) {
-      if (handle.status().IsRetryable()) lease.MarkBroken();
-      return handle.status();
-    }
-    auto result = op(lease.handle(), *handle);
-    if (!result.ok() && result.status().code() == StatusCode::kNotFound && attempt == 0) {
-      ForgetKekHandle(kek);
-      continue;
-    }
-    if (!result.ok() && result.status().code() != StatusCode::kDataLoss) lease.MarkBroken();
-    return result;
-  }
+Status Pkcs11Hsm::Health() {
+  if (!down_.load()) return Status::Ok();
+  return Reconnect();
 }
 
 Status Pkcs11Hsm::CreateKek(const KekRef& kek, ByteView creation_tag) {
   if (creation_tag.empty() || creation_tag.size() > 64) {
     return InvalidArgumentError("bad_creation_tag", "a KEK creation tag has 1 to 64 bytes");
   }
-  std::lock_guard<std::mutex> create_lock(create_mu_);
-  Status exists = FindKek(kek);
-  if (exists.ok()) return AlreadyExistsError(kReasonKeyExists, kek.Label() + " exists");
-  if (exists.code() != StatusCode::kNotFound) return exists;
-
-  TV_ASSIGN_OR_RETURN(internal::SessionPool::Lease lease, pool_->Acquire());
-  const std::string label = kek.Label();
-  ck_object_class_t cls = CKO_SECRET_KEY;
-  ck_key_type_t key_type = CKK_AES;
-  unsigned long value_len = kKekBytes;
-  unsigned char yes = 1, no = 0;
-  ck_attribute templ[] = {
-      {CKA_CLASS, &cls, sizeof(cls)},
-      {CKA_KEY_TYPE, &key_type, sizeof(key_type)},
-      {CKA_VALUE_LEN, &value_len, sizeof(value_len)},
-      {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
-      {CKA_ID, const_cast<uint8_t*>(creation_tag.data()), creation_tag.size()},
-      {CKA_TOKEN, &yes, 1},
-      {CKA_PRIVATE, &yes, 1},
-      {CKA_SENSITIVE, &yes, 1},
-      {CKA_EXTRACTABLE, &no, 1},
-      {CKA_ENCRYPT, &yes, 1},
-      {CKA_DECRYPT, &yes, 1},
-      {CKA_WRAP, &no, 1},
-      {CKA_UNWRAP, &no, 1},
-      {CKA_SIGN, &no, 1},
-      {CKA_VERIFY, &no, 1},
-      {CKA_DERIVE, &no, 1},
-      {CKA_MODIFIABLE, &no, 1},
-  };
-  ck_mechanism mech{CKM_AES_KEY_GEN, nullptr, 0};
-  ck_object_handle_t handle = CK_INVALID_HANDLE;
-  ck_function_list* fn = module_->fn();
-  ck_rv_t rv = fn->C_GenerateKey(lease.handle(), &mech, templ, sizeof(templ) / sizeof(templ[0]),
-                                 &handle);
-  if (rv != CKR_OK) {
-    if (internal::IsDeviceFailure(rv)) lease.MarkBroken();
-    return StatusFromCkr(rv, "C_GenerateKey(KEK)");
-  }
-  // Until it is verified, the new key is destroyed on every way out (Botan's ObjectCreationGuard).
-  ScopeGuard destroy_unverified([&] { fn->C_DestroyObject(lease.handle(), handle); });
-  // Verify what the HSM made, not what we asked for.
-  TV_RETURN_IF_ERROR(CheckKekAttributes(fn, lease.handle(), handle, label));
-  destroy_unverified.Dismiss();
-  std::lock_guard<std::mutex> lock(handles_mu_);
-  kek_handles_[label] = handle;
-  return Status::Ok();
+  return Run([&](Connection& c) -> Status {
+    std::lock_guard<std::mutex> create_lock(c.create_mu);
+    {
+      TV_ASSIGN_OR_RETURN(internal::SessionPool::Lease lease, c.pool->Acquire());
+      StatusOr<unsigned long> exists = c.KekHandle(lease.handle(), kek);
+      if (exists.ok()) return AlreadyExistsError(kReasonKeyExists, kek.Label() + " exists");
+      if (exists.status().code() != StatusCode::kNotFound) {
+        if (exists.status().IsRetryable()) lease.MarkBroken();
+        return exists.status();
+      }
+    }
+    TV_ASSIGN_OR_RETURN(internal::SessionPool::Lease lease, c.pool->Acquire());
+    const std::string label = kek.Label();
+    ck_object_class_t cls = CKO_SECRET_KEY;
+    ck_key_type_t key_type = CKK_AES;
+    unsigned long value_len = kKekBytes;
+    unsigned char yes = 1, no = 0;
+    ck_attribute templ[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_KEY_TYPE, &key_type, sizeof(key_type)},
+        {CKA_VALUE_LEN, &value_len, sizeof(value_len)},
+        {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
+        {CKA_ID, const_cast<uint8_t*>(creation_tag.data()), creation_tag.size()},
+        {CKA_TOKEN, &yes, 1},
+        {CKA_PRIVATE, &yes, 1},
+        {CKA_SENSITIVE, &yes, 1},
+        {CKA_EXTRACTABLE, &no, 1},
+        {CKA_ENCRYPT, &yes, 1},
+        {CKA_DECRYPT, &yes, 1},
+        {CKA_WRAP, &no, 1},
+        {CKA_UNWRAP, &no, 1},
+        {CKA_SIGN, &no, 1},
+        {CKA_VERIFY, &no, 1},
+        {CKA_DERIVE, &no, 1},
+        {CKA_MODIFIABLE, &no, 1},
+    };
+    ck_mechanism mech{CKM_AES_KEY_GEN, nullptr, 0};
+    ck_object_handle_t handle = CK_INVALID_HANDLE;
+    ck_function_list* fn = c.fn();
+    ck_rv_t rv = fn->C_GenerateKey(lease.handle(), &mech, templ, sizeof(templ) / sizeof(templ[0]),
+                                   &handle);
+    if (rv != CKR_OK) {
+      if (internal::IsDeviceFailure(rv)) lease.MarkBroken();
+      return StatusFromCkr(rv, "C_GenerateKey(KEK)");
+    }
+    // Until it is verified, the new key is destroyed on every way out (Botan's
+    // ObjectCreationGuard).
+    ScopeGuard destroy_unverified([&] { fn->C_DestroyObject(lease.handle(), handle); });
+    // Verify what the HSM made, not what we asked for.
+    TV_RETURN_IF_ERROR(CheckKekAttributes(fn, lease.handle(), handle, label));
+    destroy_unverified.Dismiss();
+    std::lock_guard<std::mutex> lock(c.handles_mu);
+    c.kek_handles[label] = handle;
+    return Status::Ok();
+  });
 }
 
 Status Pkcs11Hsm::DestroyKek(const KekRef& kek) {
-  TV_ASSIGN_OR_RETURN(internal::SessionPool::Lease lease, pool_->Acquire());
-  // Destroy every object with the label, checked or not: destruction must not be blocked by a
-  // key whose attributes we would refuse to use.
-  TV_ASSIGN_OR_RETURN(std::vector<unsigned long> found, FindKekObjects(lease.handle(), kek, 16));
-  ForgetKekHandle(kek);
-  if (found.empty()) return NotFoundError(kReasonKeyNotFound, "no KEK labelled " + kek.Label());
-  for (ck_object_handle_t h : found) {
-    const ck_rv_t rv = module_->fn()->C_DestroyObject(lease.handle(), h);
-    if (rv != CKR_OK) {
-      if (internal::IsDeviceFailure(rv)) lease.MarkBroken();
-      ForgetKekHandle(kek);
-      return StatusFromCkr(rv, "C_DestroyObject(KEK)");
+  return Run([&](Connection& c) -> Status {
+    TV_ASSIGN_OR_RETURN(internal::SessionPool::Lease lease, c.pool->Acquire());
+    // Destroy every object with the label, checked or not: destruction must not be blocked by a
+    // key whose attributes we would refuse to use.
+    TV_ASSIGN_OR_RETURN(std::vector<unsigned long> found, c.FindKekObjects(lease.handle(), kek, 16));
+    c.ForgetKekHandle(kek);
+    if (found.empty()) return NotFoundError(kReasonKeyNotFound, "no KEK labelled " + kek.Label());
+    for (ck_object_handle_t h : found) {
+      const ck_rv_t rv = c.fn()->C_DestroyObject(lease.handle(), h);
+      if (rv != CKR_OK) {
+        if (internal::IsDeviceFailure(rv)) lease.MarkBroken();
+        c.ForgetKekHandle(kek);
+        return StatusFromCkr(rv, "C_DestroyObject(KEK)");
+      }
     }
-  }
-  ForgetKekHandle(kek);  // again: a lookup that raced with the destruction
-  return Status::Ok();
+    c.ForgetKekHandle(kek);  // again: a lookup that raced with the destruction
+    return Status::Ok();
+  });
 }
 
 StatusOr<Bytes> Pkcs11Hsm::KekCreationTag(const KekRef& kek) {
-  TV_ASSIGN_OR_RETURN(internal::SessionPool::Lease lease, pool_->Acquire());
-  TV_ASSIGN_OR_RETURN(std::vector<unsigned long> found, FindKekObjects(lease.handle(), kek, 2));
-  if (found.empty()) return NotFoundError(kReasonKeyNotFound, "no KEK labelled " + kek.Label());
-  if (found.size() > 1) {
-    return FailedPreconditionError(kReasonKeyPolicy, "more than one KEK labelled " + kek.Label());
-  }
-  ck_attribute attr{CKA_ID, nullptr, 0};
-  ck_rv_t rv = module_->fn()->C_GetAttributeValue(lease.handle(), found[0], &attr, 1);
-  if (rv != CKR_OK) return StatusFromCkr(rv, "C_GetAttributeValue(CKA_ID)");
-  Bytes tag(attr.value_len);
-  attr.value = tag.data();
-  rv = module_->fn()->C_GetAttributeValue(lease.handle(), found[0], &attr, 1);
-  if (rv != CKR_OK) return StatusFromCkr(rv, "C_GetAttributeValue(CKA_ID)");
-  tag.resize(attr.value_len);
-  return tag;
+  return Run([&](Connection& c) -> StatusOr<Bytes> {
+    TV_ASSIGN_OR_RETURN(internal::SessionPool::Lease lease, c.pool->Acquire());
+    TV_ASSIGN_OR_RETURN(std::vector<unsigned long> found, c.FindKekObjects(lease.handle(), kek, 2));
+    if (found.empty()) return NotFoundError(kReasonKeyNotFound, "no KEK labelled " + kek.Label());
+    if (found.size() > 1) {
+      return FailedPreconditionError(kReasonKeyPolicy, "more than one KEK labelled " + kek.Label());
+    }
+    ck_attribute attr{CKA_ID, nullptr, 0};
+    ck_rv_t rv = c.fn()->C_GetAttributeValue(lease.handle(), found[0], &attr, 1);
+    if (rv != CKR_OK) return StatusFromCkr(rv, "C_GetAttributeValue(CKA_ID)");
+    Bytes tag(attr.value_len);
+    attr.value = tag.data();
+    rv = c.fn()->C_GetAttributeValue(lease.handle(), found[0], &attr, 1);
+    if (rv != CKR_OK) return StatusFromCkr(rv, "C_GetAttributeValue(CKA_ID)");
+    tag.resize(attr.value_len);
+    return tag;
+  });
 }
 
 Status Pkcs11Hsm::FindKek(const KekRef& kek) {
-  TV_ASSIGN_OR_RETURN(internal::SessionPool::Lease lease, pool_->Acquire());
-  StatusOr<unsigned long> handle = KekHandle(lease.handle(), kek);
-  if (!handle.ok() && handle.status().IsRetryable()) lease.MarkBroken();
-  return handle.status();
+  return Run([&](Connection& c) -> Status {
+    TV_ASSIGN_OR_RETURN(internal::SessionPool::Lease lease, c.pool->Acquire());
+    StatusOr<unsigned long> handle = c.KekHandle(lease.handle(), kek);
+    if (!handle.ok() && handle.status().IsRetryable()) lease.MarkBroken();
+    return handle.status();
+  });
 }
 
 StatusOr<Bytes> Pkcs11Hsm::Wrap(const KekRef& kek, const SecretBytes& key, ByteView aad) {
@@ -258,56 +351,64 @@ StatusOr<Bytes> Pkcs11Hsm::Wrap(const KekRef& kek, const SecretBytes& key, ByteV
     return InvalidArgumentError("bad_key_size", "key to wrap has an unsupported size");
   }
   TV_ASSIGN_OR_RETURN(GcmNonce iv, RandomNonce());
-  return WithKek(
-      kek,
-      [&](unsigned long session, unsigned long handle) -> StatusOr<Bytes> {
-        TV_ASSIGN_OR_RETURN(Bytes sealed, internal::HsmGcmEncrypt(module_->fn(), session, handle,
-                                                                  iv, aad, key.view()));
-        Bytes out(iv.begin(), iv.end());
-        AppendBytes(out, sealed);
-        return out;
-      },
-      /*fresh_session=*/false);
+  return Run([&](Connection& c) -> StatusOr<Bytes> {
+    return c.WithKek(
+        kek,
+        [&](unsigned long session, unsigned long handle) -> StatusOr<Bytes> {
+          TV_ASSIGN_OR_RETURN(Bytes sealed, internal::HsmGcmEncrypt(c.fn(), session, handle, iv,
+                                                                    aad, key.view()));
+          Bytes out(iv.begin(), iv.end());
+          AppendBytes(out, sealed);
+          return out;
+        },
+        /*fresh_session=*/false);
+  });
 }
 
 StatusOr<SecretBytes> Pkcs11Hsm::Unwrap(const KekRef& kek, ByteView wrapped, ByteView aad) {
   if (wrapped.size() <= kWrapIvSize + kWrapTagSize || wrapped.size() > kMaxWrappedSize) {
     return DataLossError(kReasonIntegrity, "wrapped key has an impossible length");
   }
-  auto unwrap = [&](unsigned long session, unsigned long handle) -> StatusOr<SecretBytes> {
-    return internal::HsmGcmDecrypt(module_->fn(), session, handle, wrapped.subspan(0, kWrapIvSize),
-                                   aad, wrapped.subspan(kWrapIvSize));
-  };
-  StatusOr<SecretBytes> key = WithKek(kek, unwrap, /*fresh_session=*/false);
-  if (key.ok() || key.status().code() != StatusCode::kDataLoss) return key;
-  // An authentication failure is final, but SoftHSM2 reports it as CKR_GENERAL_ERROR, which a
-  // transient fault could also produce: confirm it once on a new session before calling it
-  // tampering.
-  return WithKek(kek, unwrap, /*fresh_session=*/true);
+  return Run([&](Connection& c) -> StatusOr<SecretBytes> {
+    auto unwrap = [&](unsigned long session, unsigned long handle) -> StatusOr<SecretBytes> {
+      return internal::HsmGcmDecrypt(c.fn(), session, handle, wrapped.subspan(0, kWrapIvSize), aad,
+                                     wrapped.subspan(kWrapIvSize));
+    };
+    StatusOr<SecretBytes> key = c.WithKek(kek, unwrap, /*fresh_session=*/false);
+    if (key.ok() || key.status().code() != StatusCode::kDataLoss) return key;
+    // An authentication failure is final, but SoftHSM2 reports it as CKR_GENERAL_ERROR, which a
+    // transient fault could also produce: confirm it once on a new session before calling it
+    // tampering.
+    return c.WithKek(kek, unwrap, /*fresh_session=*/true);
+  });
 }
 
 Status Pkcs11Hsm::GenerateRandom(uint8_t* out, size_t size) {
-  TV_ASSIGN_OR_RETURN(internal::SessionPool::Lease lease, pool_->Acquire());
-  const ck_rv_t rv = module_->fn()->C_GenerateRandom(lease.handle(), out, size);
-  if (rv != CKR_OK) {
-    lease.MarkBroken();
-    return StatusFromCkr(rv, "C_GenerateRandom");
-  }
-  return Status::Ok();
+  return Run([&](Connection& c) -> Status {
+    TV_ASSIGN_OR_RETURN(internal::SessionPool::Lease lease, c.pool->Acquire());
+    const ck_rv_t rv = c.fn()->C_GenerateRandom(lease.handle(), out, size);
+    if (rv != CKR_OK) {
+      lease.MarkBroken();
+      return StatusFromCkr(rv, "C_GenerateRandom");
+    }
+    return Status::Ok();
+  });
 }
 
 Status Pkcs11Hsm::Ping() {
-  ck_token_info info{};
-  ck_rv_t rv = module_->fn()->C_GetTokenInfo(slot_, &info);
-  if (rv != CKR_OK) return StatusFromCkr(rv, "C_GetTokenInfo");
-  TV_ASSIGN_OR_RETURN(internal::SessionPool::Lease lease, pool_->Acquire());
-  ck_session_info session_info{};
-  rv = module_->fn()->C_GetSessionInfo(lease.handle(), &session_info);
-  if (rv != CKR_OK) {
-    lease.MarkBroken();
-    return StatusFromCkr(rv, "C_GetSessionInfo");
-  }
-  return Status::Ok();
+  return Run([&](Connection& c) -> Status {
+    ck_token_info info{};
+    ck_rv_t rv = c.fn()->C_GetTokenInfo(c.slot, &info);
+    if (rv != CKR_OK) return StatusFromCkr(rv, "C_GetTokenInfo");
+    TV_ASSIGN_OR_RETURN(internal::SessionPool::Lease lease, c.pool->Acquire());
+    ck_session_info session_info{};
+    rv = c.fn()->C_GetSessionInfo(lease.handle(), &session_info);
+    if (rv != CKR_OK) {
+      lease.MarkBroken();
+      return StatusFromCkr(rv, "C_GetSessionInfo");
+    }
+    return Status::Ok();
+  });
 }
 
 }  // namespace tokenvault::hsm

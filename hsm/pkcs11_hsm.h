@@ -4,6 +4,10 @@
 #define TOKENVAULT_HSM_PKCS11_HSM_H_
 
 #include <memory>
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <shared_mutex>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -37,13 +41,19 @@ const char* DefaultModulePath();
 
 class Pkcs11Hsm final : public Hsm {
  public:
+  // Reads the PIN again, to log in again after the HSM was lost (from the PIN file; a PIN that
+  // came from an environment variable is forgotten after the first login and cannot be).
+  using PinReloader = std::function<StatusOr<SecretBytes>()>;
+
   // Loads the module, finds the token, logs in once as the user. Errors, each its own reason:
   //   kUnavailable hsm_module_unavailable - the module cannot be loaded or initialised;
   //   kUnavailable hsm_token_not_found    - no token with that label;
   //   kUnauthenticated hsm_login_refused  - the PIN was refused.
-  // The PIN is used for C_Login only and is never logged or kept.
+  // The PIN is used for C_Login only and is never logged or kept. Without 'reload_pin', a lost
+  // connection stays lost until the process restarts.
   static StatusOr<std::unique_ptr<Pkcs11Hsm>> Open(const Pkcs11Config& config,
-                                                   const SecretBytes& pin);
+                                                   const SecretBytes& pin,
+                                                   PinReloader reload_pin = nullptr);
   ~Pkcs11Hsm() override;
 
   Status CreateKek(const KekRef& kek, ByteView creation_tag) override;
@@ -54,30 +64,36 @@ class Pkcs11Hsm final : public Hsm {
   StatusOr<SecretBytes> Unwrap(const KekRef& kek, ByteView wrapped, ByteView aad) override;
   Status GenerateRandom(uint8_t* out, size_t size) override;
   Status Ping() override;
+  Status Health() override;
+
+  // Successful reconnections so far (tests, metrics).
+  uint64_t reconnections() const { return reconnections_.load(); }
 
  private:
-  Pkcs11Hsm(std::unique_ptr<internal::Pkcs11Module> module,
-            std::unique_ptr<internal::SessionPool> pool, unsigned long slot);
+  // One loaded module, its logged-in sessions and the KEK handles valid for that login. Replaced
+  // whole when the HSM is lost and found again.
+  struct Connection;
+  static StatusOr<std::unique_ptr<Connection>> Connect(const Pkcs11Config& config,
+                                                       const SecretBytes& pin);
+  Pkcs11Hsm(Pkcs11Config config, std::unique_ptr<Connection> connection, PinReloader reload_pin);
 
-  // The object handle of a KEK, after checking that its attributes are those CreateKek sets.
-  // Handles are cached: token objects keep their handle for the life of the login.
-  StatusOr<unsigned long> KekHandle(unsigned long session, const KekRef& kek);
-  void ForgetKekHandle(const KekRef& kek);
-  // Every token object labelled like 'kek' (at most 'max'), whatever its attributes.
-  StatusOr<std::vector<unsigned long>> FindKekObjects(unsigned long session, const KekRef& kek,
-                                                      size_t max);
+  // Runs f(connection): after reconnecting if the connection is known to be down, and marking it
+  // down when f fails with a device error (CKR_DEVICE_ERROR, CKR_DEVICE_REMOVED,
+  // CKR_TOKEN_NOT_PRESENT, CKR_SESSION_HANDLE_INVALID, ...: internal::IsDeviceFailure).
+  template <typename F>
+  auto Run(F f) -> decltype(f(std::declval<Connection&>()));
+  // Replaces a connection known to be down: the old one finalised (every session closed), the
+  // module loaded and initialised again, the token found, the user logged in again. At most one
+  // attempt per kReconnectInterval; kUnavailable (hsm_unavailable) until one succeeds.
+  Status Reconnect();
 
-  // Runs op(session, kek_handle) on a leased session ('fresh_session': a newly opened one).
-  template <typename Op>
-  auto WithKek(const KekRef& kek, Op op, bool fresh_session) -> decltype(op(0ul, 0ul));
-
-  std::unique_ptr<internal::Pkcs11Module> module_;  // destroyed last
-  std::unique_ptr<internal::SessionPool> pool_;
-  const unsigned long slot_;
-  std::mutex create_mu_;  // serialises CreateKek so two callers cannot make the same label twice
-  std::mutex handles_mu_;
-  std::unordered_map<std::string, unsigned long> kek_handles_;  // GUARDED_BY(handles_mu_)
-  uint64_t destroy_epoch_ = 0;  // bumped whenever a handle is forgotten; GUARDED_BY(handles_mu_)
+  const Pkcs11Config config_;
+  const PinReloader reload_pin_;
+  std::shared_mutex connection_mu_;  // shared: an operation runs; exclusive: reconnecting
+  std::unique_ptr<Connection> connection_;  // null after a failed reconnection. GUARDED_BY(connection_mu_)
+  std::atomic<bool> down_{false};
+  std::chrono::steady_clock::time_point last_attempt_;  // GUARDED_BY(connection_mu_)
+  std::atomic<uint64_t> reconnections_{0};
 };
 
 }  // namespace tokenvault::hsm

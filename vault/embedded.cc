@@ -22,14 +22,18 @@ StatusOr<std::unique_ptr<Vault>> OpenEmbeddedVault(const EmbeddedConfig& config)
     hsm_config = *config.hsm;
   } else {
     // Creates <data_dir> and <data_dir>/hsm only once it knows the module loads.
-    TV_ASSIGN_OR_RETURN(hsm::DevToken dev, hsm::EnsureDevToken(config.data_dir + "/hsm"));
+    TV_ASSIGN_OR_RETURN(hsm::DevToken dev,
+                        hsm::EnsureDevToken(config.data_dir + "/hsm", config.dev_module_path));
     hsm_config = dev.config;
     pin_source = dev.pin;
   }
   std::shared_ptr<hsm::Hsm> hsm;
   {
     TV_ASSIGN_OR_RETURN(SecretBytes pin, hsm::LoadPin(pin_source));
-    TV_ASSIGN_OR_RETURN(std::unique_ptr<hsm::Pkcs11Hsm> opened, hsm::Pkcs11Hsm::Open(hsm_config, pin));
+    // After losing the HSM, the login is done again with the PIN read again (from its file).
+    TV_ASSIGN_OR_RETURN(std::unique_ptr<hsm::Pkcs11Hsm> opened,
+                        hsm::Pkcs11Hsm::Open(hsm_config, pin,
+                                             [pin_source] { return hsm::LoadPin(pin_source); }));
     hsm = std::move(opened);
     hsm::ForgetEnvPin(pin_source);
   }  // the PIN is wiped here

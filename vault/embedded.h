@@ -24,6 +24,9 @@ struct EmbeddedConfig {
   // When unset, a SoftHSM2 dev token is created in <data_dir>/hsm on first use.
   std::optional<hsm::Pkcs11Config> hsm;
   hsm::PinSource pin;  // used with 'hsm'
+  // The PKCS#11 module of the dev token (default: Debian's SoftHSM2). Tests point it at a
+  // fault-injecting shim.
+  std::string dev_module_path;
   VaultOptions vault;
   size_t read_connections = 16;
   size_t token_cache_entries = 65536;  // storage/token_row_cache.h; 0 = off

@@ -486,6 +486,7 @@ StatusOr<Keyring::KekRotated> Keyring::RotateKek(std::string_view merchant,
 
 StatusOr<std::shared_ptr<const HmacSha256>> Keyring::FingerprintKey(std::string_view merchant) {
   const std::string key(merchant);
+  if (!options_.serve_cached_keys_when_hsm_down) TV_RETURN_IF_ERROR(hsm_.Health());
   {
     std::lock_guard<std::mutex> lock(fingerprint_mu_);
     auto it = fingerprint_keys_.find(key);
@@ -572,6 +573,7 @@ StatusOr<std::shared_ptr<const AesGcm256>> Keyring::ForDecrypt(std::string_view 
 
 StatusOr<std::shared_ptr<const AesGcm256>> Keyring::LoadDek(std::string_view merchant,
                                                             uint32_t version) {
+  if (!options_.serve_cached_keys_when_hsm_down) TV_RETURN_IF_ERROR(hsm_.Health());
   if (auto cached = cache_.Get(merchant, version)) return cached;
   StatusOr<SecretBytes> dek = InternalError("unset", "");
   uint32_t kek_version = 0;

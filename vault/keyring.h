@@ -43,6 +43,10 @@ struct KeyringOptions {
   // A DEK older than this is rotated at its next use (PCI DSS 3.6.1.3: a defined cryptoperiod).
   // 0: no age limit.
   std::chrono::milliseconds max_dek_age = std::chrono::hours(24 * 90);
+  // While the HSM is down (Hsm::Health), keys already unwrapped in memory may still serve
+  // requests (availability), or not (fail closed: the default, so that an HSM outage - maybe a
+  // tampering response - stops every use of its keys at once). docs/keys.md, "HSM outage".
+  bool serve_cached_keys_when_hsm_down = false;
   // Tests only: called at each named step of a key operation ("kek_rotation.kek_created", ...);
   // an error stops the operation there, as a crash would.
   std::function<Status(std::string_view step)> fault_injection;

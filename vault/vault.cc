@@ -74,6 +74,9 @@ Vault::Vault(std::shared_ptr<hsm::Hsm> hsm, std::shared_ptr<storage::Store> stor
   if (options.reencrypt_interval.count() > 0) {
     reencrypter_ = std::thread([this, interval = options.reencrypt_interval] { ReencryptLoop(interval); });
   }
+  if (options.hsm_probe_interval.count() > 0) {
+    prober_ = std::thread([this, interval = options.hsm_probe_interval] { ProbeLoop(interval); });
+  }
 }
 
 Vault::~Vault() {
@@ -84,6 +87,7 @@ Vault::~Vault() {
   sweep_cv_.notify_all();
   if (sweeper_.joinable()) sweeper_.join();
   if (reencrypter_.joinable()) reencrypter_.join();
+  if (prober_.joinable()) prober_.join();
   // Asynchronous tokenizes still refer to the keyring and the audit log.
   pending_.WaitIdle();
 }
@@ -146,6 +150,18 @@ void Vault::ReencryptLoop(std::chrono::milliseconds interval) {
     } else if (*moved > 0) {
       spdlog::info("re-encryption: {} tokens moved to their merchant's current data key", *moved);
     }
+  }
+}
+
+void Vault::ProbeLoop(std::chrono::milliseconds interval) {
+  pthread_setname_np(pthread_self(), "tv-hsm-probe");
+  bool was_up = true;
+  while (!PauseOrStop(interval)) {
+    // Ping marks a lost connection down (and, once down, tries to reconnect).
+    const Status up = hsm_->Ping();
+    if (was_up && !up.ok()) spdlog::error("the HSM does not answer: {}", up.ToString());
+    if (!was_up && up.ok()) spdlog::info("the HSM answers again");
+    was_up = up.ok();
   }
 }
 

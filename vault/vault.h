@@ -41,6 +41,9 @@ struct VaultOptions {
   std::chrono::milliseconds reencrypt_interval = std::chrono::seconds(10);
   size_t reencrypt_batch = 100;
   std::chrono::milliseconds reencrypt_pause = std::chrono::milliseconds(20);
+  // How often the HSM is pinged in the background: a lost HSM is noticed (and reconnected) even
+  // when every key in use is cached, so that the fail-closed policy applies at once. 0: never.
+  std::chrono::milliseconds hsm_probe_interval = std::chrono::seconds(1);
 };
 
 // What a tokenize may carry besides the value (API.md, Tokens).
@@ -286,6 +289,7 @@ class Vault {
 
   void SweepLoop(std::chrono::milliseconds interval);
   void ReencryptLoop(std::chrono::milliseconds interval);
+  void ProbeLoop(std::chrono::milliseconds interval);
   // Waits 'pause' or until the vault stops; true if it is stopping.
   bool PauseOrStop(std::chrono::milliseconds pause);
   const VaultOptions options_;
@@ -299,6 +303,7 @@ class Vault {
   bool stopping_ = false;  // GUARDED_BY(sweep_mu_)
   std::thread sweeper_;    // started once everything above exists
   std::thread reencrypter_;
+  std::thread prober_;
 };
 
 }  // namespace tokenvault
