@@ -5,6 +5,7 @@
 // The HSM PIN is never a flag (argv is visible to every local user): a file or the environment.
 #include <signal.h>
 #include <spdlog/cfg/env.h>
+#include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -18,6 +19,8 @@
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
+
+#include "vault/token_id.h"
 
 #include "api/http_server.h"
 #include "api/service.h"
@@ -225,6 +228,91 @@ int Serve(const Settings& s) {
   return 0;
 }
 
+// The audit record of an operator command run on this machine: who (the Unix user), from where
+// ("local"), which command. The vault completes it like a request's.
+storage::AuditRecord OperatorAudit(const std::string& action, const std::string& merchant) {
+  storage::AuditRecord r;
+  const char* user = std::getenv("USER");
+  r.request_id = "cli";
+  r.principal = std::string("operator:") + (user != nullptr ? user : std::to_string(getuid()));
+  r.auth = "local";
+  r.source_ip = "local";
+  r.action = action;
+  r.merchant = merchant;
+  r.outcome = "allowed";
+  r.status = 200;
+  return r;
+}
+
+// `tokenvault keys status|rotate|rotate-kek|reencrypt --merchant M` and `tokenvault merchant
+// shred --merchant M`: the vault's own code paths, each key event audited as above. They open the
+// data dir themselves, so the server must be stopped (one process owns the database; while it
+// runs, use the HTTP API, which does the same). Prints JSON.
+int KeysCommand(const Settings& s, const std::string& command, const std::string& merchant) {
+  // stdout is for the JSON answer: logs go to stderr.
+  spdlog::set_default_logger(spdlog::stderr_logger_mt("tokenvault-cli"));
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%eZ %l %v", spdlog::pattern_time_type::utc);
+  if (!IsValidMerchantId(merchant)) {
+    spdlog::error("--merchant must be a merchant id");
+    return 2;
+  }
+  std::unique_ptr<Vault> vault = OpenVault(s);
+  if (!vault) return 1;
+  auto fail = [](const Status& status) {
+    spdlog::error("{}", status.ToString());
+    return 1;
+  };
+  nlohmann::json out;
+  if (command == "status") {
+    StatusOr<std::vector<storage::DataKeyUsage>> keys = vault->DataKeys(merchant);
+    if (!keys.ok()) return fail(keys.status());
+    out = {{"merchant", merchant}, {"dek_versions", nlohmann::json::array()}};
+    for (const auto& k : *keys) {
+      out["dek_versions"].push_back(
+          {{"version", k.version},
+           {"state", k.state == storage::DataKeyState::kActive    ? "active"
+                     : k.state == storage::DataKeyState::kRetired ? "retired"
+                                                                  : "destroyed"},
+           {"kek_version", k.kek_version},
+           {"tokens", k.live_tokens}});
+    }
+  } else if (command == "rotate") {
+    const storage::AuditRecord audit = OperatorAudit("keys.rotate", merchant);
+    StatusOr<uint32_t> v = vault->RotateDataKey(merchant, &audit);
+    if (!v.ok()) return fail(v.status());
+    out = {{"dek_version", *v}};
+  } else if (command == "rotate-kek") {
+    const storage::AuditRecord audit = OperatorAudit("kek.rotate", merchant);
+    StatusOr<Keyring::KekRotated> r = vault->RotateKek(merchant, &audit);
+    if (!r.ok()) return fail(r.status());
+    out = {{"kek_version", r->kek_version}, {"rewrapped", r->rewrapped}};
+  } else if (command == "reencrypt") {
+    size_t moved = 0;
+    for (;;) {
+      StatusOr<size_t> batch = vault->ReencryptBatch(merchant, 1000);
+      if (!batch.ok()) return fail(batch.status());
+      if (*batch == 0) break;
+      moved += *batch;
+    }
+    StatusOr<size_t> destroyed = vault->DestroyUnusedDataKeys(merchant);
+    if (!destroyed.ok()) return fail(destroyed.status());
+    out = {{"moved", moved}, {"destroyed_versions", *destroyed}};
+  } else if (command == "shred") {
+    StatusOr<ShredReceipt> receipt = vault->ShredMerchant(merchant, OperatorAudit("merchants.shred", merchant));
+    if (!receipt.ok()) return fail(receipt.status());
+    out = {{"merchant", receipt->merchant},
+           {"destroyed", receipt->destroyed},
+           {"time", api::Rfc3339(receipt->time_ms)},
+           {"principal", receipt->principal},
+           {"audit_seq", receipt->audit_seq}};
+  } else {
+    spdlog::error("unknown command {}", command);
+    return 2;
+  }
+  std::cout << out.dump(2) << std::endl;
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -259,6 +347,20 @@ int main(int argc, char** argv) {
   serve->add_option("--worker-threads", worker_threads, "vault worker threads");
   serve->add_option("--token-cache", token_cache_entries,
                     "token rows cached after a read (ciphertext only; 0 = off)");
+  // Operator commands on a stopped server's data dir (KeysCommand).
+  std::string merchant_arg;
+  std::string keys_command;
+  CLI::App* keys = app.add_subcommand("keys", "key status and rotation for one merchant (server stopped)");
+  add_common(keys);
+  keys->add_option("command", keys_command, "status | rotate | rotate-kek | reencrypt")
+      ->required()
+      ->check(CLI::IsMember({"status", "rotate", "rotate-kek", "reencrypt"}));
+  keys->add_option("--merchant", merchant_arg, "merchant id")->required();
+  CLI::App* merchant_cmd = app.add_subcommand("merchant", "merchant administration (server stopped)");
+  add_common(merchant_cmd);
+  std::string merchant_command;
+  merchant_cmd->add_option("command", merchant_command, "shred")->required()->check(CLI::IsMember({"shred"}));
+  merchant_cmd->add_option("--merchant", merchant_arg, "merchant id")->required();
   serve->add_option("--max-body-bytes", max_body_bytes,
                     "largest request body accepted, batches included (default 1 MiB)");
   serve->add_option("--expiry-sweep-seconds", expiry_sweep_seconds,
@@ -307,5 +409,7 @@ int main(int argc, char** argv) {
     spdlog::error("expiry_sweep_seconds must be from 1 to 86400");
     return 2;
   }
+  if (keys->parsed()) return KeysCommand(settings, keys_command, merchant_arg);
+  if (merchant_cmd->parsed()) return KeysCommand(settings, merchant_command, merchant_arg);
   return init->parsed() ? Init(settings) : Serve(settings);
 }

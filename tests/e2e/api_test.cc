@@ -632,6 +632,51 @@ TEST_F(ApiTest, ShreddingAMerchantAnswersAReceiptThatIsItsAuditRecord) {
   EXPECT_TRUE(client_->Get("/v1/audit/verify", admin_).Json()["ok"].get<bool>());
 }
 
+// Runs `tokenvault <args>` on the (stopped) server's data dir; returns its stdout, or "" when it
+// failed.
+std::string RunCli(const std::string& data_dir, const std::string& args) {
+  const std::string command = std::string(TOKENVAULT_BINARY) + " " + args + " --data-dir " + data_dir + " 2>/dev/null";
+  std::FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) return "";
+  std::string out;
+  char buf[4096];
+  for (size_t n; (n = std::fread(buf, 1, sizeof(buf), pipe)) > 0;) out.append(buf, n);
+  return pclose(pipe) == 0 ? out : "";
+}
+
+TEST_F(ApiTest, OperatorKeyCommandsUseTheSamePathsAndAreAudited) {
+  Merchant("acme");
+  const std::string maker = Principal("maker", {"tokenizer"}, "*");
+  const std::string reader = Principal("reader", {"detokenizer"}, "*");
+  const std::string token = client_->Post("/v1/merchants/acme/tokens", maker, {{"value", "kept"}}).Json()["token"];
+  server_->Stop(SIGTERM);
+  const std::string data = server_->data_dir();
+  EXPECT_EQ(json::parse(RunCli(data, "keys rotate --merchant acme"))["dek_version"], 2);
+  const json kek = json::parse(RunCli(data, "keys rotate-kek --merchant acme"));
+  EXPECT_EQ(kek["kek_version"], 2);
+  const json moved = json::parse(RunCli(data, "keys reencrypt --merchant acme"));
+  EXPECT_EQ(moved["moved"], 1);
+  EXPECT_EQ(moved["destroyed_versions"], 1);
+  const json status = json::parse(RunCli(data, "keys status --merchant acme"));
+  EXPECT_EQ(status["dek_versions"][0]["state"], "destroyed");
+  EXPECT_EQ(status["dek_versions"][1]["tokens"], 1);
+  EXPECT_EQ(RunCli(data, "keys rotate --merchant nobody"), "");  // fails, non-zero exit
+  Restart();
+  EXPECT_EQ(client_->Post("/v1/merchants/acme/detokenize", reader, {{"tokens", {token}}, {"reveal", "plain"}})
+                .Json()["items"][0]["value"], "kept");
+  json records = client_->Get("/v1/audit?merchant=acme&limit=1000", admin_).Json()["records"];
+  int by_operator = 0;
+  for (const json& r : records) by_operator += r["principal"].get<std::string>().rfind("operator:", 0) == 0;
+  EXPECT_GE(by_operator, 3);  // rotate, rotate-kek (and the old KEK's destruction)
+  server_->Stop(SIGTERM);
+  const json receipt = json::parse(RunCli(data, "merchant shred --merchant acme"));
+  EXPECT_EQ(receipt["merchant"], "acme");
+  EXPECT_EQ(receipt["principal"].get<std::string>().rfind("operator:", 0), 0u);
+  Restart();
+  EXPECT_EQ(client_->Get("/v1/merchants/acme/tokens/" + token, maker).status, 410);
+  EXPECT_TRUE(client_->Get("/v1/audit/verify", admin_).Json()["ok"].get<bool>());
+}
+
 TEST_F(ApiTest, TokenMetadataIsKeptAndNeverHoldsValues) {
   Merchant("acme");
   const std::string maker = Principal("maker", {"tokenizer"}, "*");
