@@ -7,6 +7,7 @@
 #include <spdlog/cfg/env.h>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -14,6 +15,8 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <cerrno>
+#include <cstring>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
@@ -46,11 +49,47 @@ struct Settings {
   std::string policy_file;
 };
 
-void HardenProcess() {
+// True if the process may lock memory without limit: CAP_IPC_LOCK in its effective set (bit 14
+// of CapEff in /proc/self/status), or an unlimited RLIMIT_MEMLOCK.
+bool MayLockAllMemory() {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_MEMLOCK, &limit) == 0 && limit.rlim_cur == RLIM_INFINITY) return true;
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("CapEff:", 0) != 0) continue;
+    const unsigned long long caps = std::strtoull(line.c_str() + 7, nullptr, 16);
+    return (caps >> 14) & 1;  // CAP_IPC_LOCK
+  }
+  return false;
+}
+
+// Returns what to log once logging is set up (empty: nothing to say).
+std::string HardenProcess() {
   // No core dumps: a core of a running vault would hold unwrapped keys and values.
   rlimit none{0, 0};
   setrlimit(RLIMIT_CORE, &none);
   prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+  // Unwrapped keys and values must never reach swap. Every page is locked as it is first
+  // touched (MCL_ONFAULT: thread stacks and maps are not populated up front), when the process
+  // may lock without limit; under a limit, locking everything would make allocations fail once
+  // it is reached, so the vault runs unlocked and says so. AddressSanitizer's shadow memory is
+  // not meant to be locked.
+#if defined(__SANITIZE_ADDRESS__)
+  return "";
+#else
+  if (const char* off = std::getenv("TOKENVAULT_MLOCK"); off != nullptr && std::string(off) == "0") {
+    return "memory locking disabled (TOKENVAULT_MLOCK=0): keys and values may reach swap";
+  }
+  if (!MayLockAllMemory()) {
+    return "memory not locked: keys and values may reach swap; grant CAP_IPC_LOCK or an "
+           "unlimited RLIMIT_MEMLOCK (systemd: LimitMEMLOCK=infinity), or disable swap";
+  }
+  if (mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) != 0) {
+    return std::string("mlockall failed (") + std::strerror(errno) +
+           "): keys and values may reach swap";
+  }
+  return "";
+#endif
 }
 
 bool ReadConfigFile(const std::string& path, Settings* s) {
@@ -316,9 +355,10 @@ int KeysCommand(const Settings& s, const std::string& command, const std::string
 }  // namespace
 
 int main(int argc, char** argv) {
-  HardenProcess();
+  const std::string hardening_warning = HardenProcess();
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%eZ %l %v", spdlog::pattern_time_type::utc);
   spdlog::cfg::load_env_levels();  // SPDLOG_LEVEL=warn silences the per-request lines
+  if (!hardening_warning.empty()) spdlog::warn("{}", hardening_warning);
   CLI::App app{"tokenvault: a self-hosted tokenization vault"};
   app.require_subcommand(1);
   Settings settings;

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <fstream>
 #include <set>
 #include <thread>
 #include <unordered_set>
@@ -675,6 +676,31 @@ TEST_F(ApiTest, OperatorKeyCommandsUseTheSamePathsAndAreAudited) {
   Restart();
   EXPECT_EQ(client_->Get("/v1/merchants/acme/tokens/" + token, maker).status, 410);
   EXPECT_TRUE(client_->Get("/v1/audit/verify", admin_).Json()["ok"].get<bool>());
+}
+
+// What /proc says of the running server: no core file can be written, and (when the process may
+// lock memory without limit, as root can) its memory is locked, so keys never reach swap.
+TEST_F(ApiTest, TheServerCannotDumpCoreAndLocksItsMemory) {
+  auto proc_line = [&](const std::string& file, const std::string& prefix) {
+    std::ifstream in("/proc/" + std::to_string(server_->pid()) + "/" + file);
+    for (std::string line; std::getline(in, line);) {
+      if (line.rfind(prefix, 0) == 0) return line;
+    }
+    return std::string();
+  };
+  const std::string core = proc_line("limits", "Max core file size");
+  ASSERT_FALSE(core.empty());
+  EXPECT_NE(core.find(" 0 "), std::string::npos) << core;
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "memory is not locked under AddressSanitizer";
+#else
+  const std::string caps = proc_line("status", "CapEff:");
+  const bool may_lock = !caps.empty() && ((std::strtoull(caps.c_str() + 7, nullptr, 16) >> 14) & 1);
+  if (!may_lock) GTEST_SKIP() << "no CAP_IPC_LOCK here: the server warns instead";
+  const std::string locked = proc_line("status", "VmLck:");
+  ASSERT_FALSE(locked.empty());
+  EXPECT_GT(std::strtoull(locked.c_str() + 6, nullptr, 10), 0u) << locked;
+#endif
 }
 
 TEST_F(ApiTest, TokenMetadataIsKeptAndNeverHoldsValues) {

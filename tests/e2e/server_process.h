@@ -23,6 +23,7 @@ class ServerProcess {
   bool running() const { return pid_ > 0; }
 
   int port() const { return port_; }
+  int pid() const { return pid_; }
   std::string base_url() const { return "https://127.0.0.1:" + std::to_string(port_); }
   std::string ca_file() const { return data_dir_ + "/tls/cert.pem"; }
   std::string admin_key() const;
