@@ -150,6 +150,16 @@ std::unique_ptr<Vault> OpenVault(const Settings& s) {
   config.vault.expiry_sweep_interval = std::chrono::seconds(s.expiry_sweep_seconds);
   config.dev_module_path = s.pkcs11_module;
   config.vault.keys.serve_cached_keys_when_hsm_down = s.hsm_outage == "serve_cached";
+  // Crash tests only (tests/e2e/crash_test.cc): the process kills itself with SIGKILL when a key
+  // operation reaches the named step ("kek_rotation.kek_created", "reencrypt.batch_committed",
+  // ...), so that the tests restart it exactly there. Whoever can set this variable can kill the
+  // process anyway.
+  if (const char* step = std::getenv("TOKENVAULT_CRASH_AT"); step != nullptr && *step != '\0') {
+    config.vault.keys.fault_injection = [at = std::string(step)](std::string_view reached) {
+      if (reached == at) raise(SIGKILL);
+      return Status::Ok();
+    };
+  }
   StatusOr<std::unique_ptr<Vault>> vault = OpenEmbeddedVault(config);
   if (!vault.ok()) {
     spdlog::error("cannot open the vault in {}: {}", s.data_dir, vault.status().ToString());
