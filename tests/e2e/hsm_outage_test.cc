@@ -81,8 +81,9 @@ class HsmOutageTest : public ::testing::Test {
 
 TEST_F(HsmOutageTest, EachDeviceFailureIs503UntilItClearsThenTheServiceReconnectsByItself) {
   StartServer();
-  // CKR_DEVICE_ERROR, CKR_DEVICE_REMOVED, CKR_TOKEN_NOT_PRESENT, CKR_SESSION_HANDLE_INVALID.
-  for (const char* fault : {"30", "32", "e0", "b3"}) {
+  // CKR_DEVICE_ERROR, CKR_DEVICE_REMOVED, CKR_TOKEN_NOT_PRESENT, CKR_SESSION_HANDLE_INVALID, and
+  // the module gone (it cannot even be initialised again until it is back).
+  for (const char* fault : {"30", "32", "e0", "b3", "gone"}) {
     SCOPED_TRACE(fault);
     const int64_t rows_before = TokenRows();
     SetFault(fault);

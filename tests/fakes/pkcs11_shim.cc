@@ -2,13 +2,15 @@
 // default, TOKENVAULT_SHIM_TARGET to choose) and, while the file named by
 // TOKENVAULT_SHIM_FAULT_FILE holds a CK_RV in hex (e.g. "30" for CKR_DEVICE_ERROR, "32"
 // CKR_DEVICE_REMOVED, "e0" CKR_TOKEN_NOT_PRESENT, "b3" CKR_SESSION_HANDLE_INVALID), answers that
-// instead of calling through - for every function a tokenvault operation uses. Module life
-// (C_Initialize, C_Finalize, C_GetInfo, C_GetFunctionList) and C_CloseSession always pass, as a
-// real HSM client library's own housekeeping would. Never linked into the product.
+// instead of calling through - for every function a tokenvault operation uses; "gone" makes the
+// module itself unusable (C_Initialize fails too). C_Finalize, C_GetInfo, C_GetFunctionList and
+// C_CloseSession always pass, as a real HSM client library's own housekeeping would. Never
+// linked into the product.
 #include <dlfcn.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 
 #define CRYPTOKI_GNU 1
@@ -19,17 +21,37 @@ namespace {
 ck_function_list* g_real = nullptr;
 ck_function_list g_shim;
 
-// The fault to answer, or CKR_OK. Read on every call: tests switch faults on and off by writing
+// What the fault file says: nothing (CKR_OK), a CK_RV in hex, or "gone": the module itself is
+// gone (every call answers CKR_DEVICE_REMOVED and C_Initialize fails, so that reconnecting fails
+// too until the file is removed). Read on every call: tests switch faults on and off by writing
 // the file while the server runs.
-ck_rv_t Fault() {
+struct FaultState {
+  ck_rv_t rv = CKR_OK;
+  bool gone = false;
+};
+FaultState ReadFault() {
+  FaultState state;
   const char* path = std::getenv("TOKENVAULT_SHIM_FAULT_FILE");
-  if (path == nullptr) return CKR_OK;
+  if (path == nullptr) return state;
   std::FILE* f = std::fopen(path, "r");
-  if (f == nullptr) return CKR_OK;
-  unsigned long rv = 0;
-  const int read = std::fscanf(f, "%lx", &rv);
+  if (f == nullptr) return state;
+  char text[32] = {};
+  const size_t n = std::fread(text, 1, sizeof(text) - 1, f);
   std::fclose(f);
-  return read == 1 ? rv : CKR_OK;
+  text[n] = '\0';
+  if (std::strncmp(text, "gone", 4) == 0) {
+    state.gone = true;
+    state.rv = CKR_DEVICE_REMOVED;
+  } else {
+    state.rv = std::strtoul(text, nullptr, 16);
+  }
+  return state;
+}
+ck_rv_t Fault() { return ReadFault().rv; }
+
+ck_rv_t ShimInitialize(void* args) {
+  if (ReadFault().gone) return CKR_GENERAL_ERROR;
+  return g_real->C_Initialize(args);
 }
 
 // A forwarding function for one member of the function list: the fault, else the real call.
@@ -54,6 +76,7 @@ bool Load() {
   auto get = reinterpret_cast<ck_rv_t (*)(ck_function_list**)>(dlsym(handle, "C_GetFunctionList"));
   if (get == nullptr || get(&g_real) != CKR_OK) return false;
   g_shim = *g_real;  // everything passes through unless overridden below
+  g_shim.C_Initialize = &ShimInitialize;
   TV_SHIM_FORWARD(C_GetSlotList);
   TV_SHIM_FORWARD(C_GetSlotInfo);
   TV_SHIM_FORWARD(C_GetTokenInfo);
