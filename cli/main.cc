@@ -49,6 +49,7 @@ struct Settings {
   std::string policy_file;
 };
 
+#if !defined(__SANITIZE_ADDRESS__)
 // True if the process may lock memory without limit: CAP_IPC_LOCK in its effective set (bit 14
 // of CapEff in /proc/self/status), or an unlimited RLIMIT_MEMLOCK.
 bool MayLockAllMemory() {
@@ -62,6 +63,7 @@ bool MayLockAllMemory() {
   }
   return false;
 }
+#endif
 
 // Returns what to log once logging is set up (empty: nothing to say).
 std::string HardenProcess() {

@@ -1332,16 +1332,17 @@ StatusOr<DataKeyRecord> SqliteStore::GetFingerprintKey(std::string_view merchant
   return r;
 }
 
-Status SqliteStore::InsertFingerprintKey(const DataKeyRecord& key) {
+Status SqliteStore::InsertFingerprintKey(const DataKeyRecord& key, AuditAttachment* audit) {
   return Write([&](Database& db) -> Status {
     TV_ASSIGN_OR_RETURN(Statement stmt,
                         db.Prepare("INSERT INTO fingerprint_keys (merchant_id, kek_version, "
                                    "wrapped, created_at) VALUES (?1, ?2, ?3, ?4)"));
-    return stmt.Bind(1, std::string_view(key.merchant))
-        .Bind(2, int64_t{key.kek_version})
-        .Bind(3, ByteView(key.wrapped))
-        .Bind(4, key.created_at_ms)
-        .Run();
+    TV_RETURN_IF_ERROR(stmt.Bind(1, std::string_view(key.merchant))
+                           .Bind(2, int64_t{key.kek_version})
+                           .Bind(3, ByteView(key.wrapped))
+                           .Bind(4, key.created_at_ms)
+                           .Run());
+    return AppendAttached(db, audit);
   });
 }
 

@@ -85,7 +85,7 @@ class SqliteStore final : public Store {
   StatusOr<PrincipalRecord> FindPrincipalByKeyId(std::string_view key_id) override;
   StatusOr<PrincipalRecord> FindPrincipal(std::string_view name) override;
   StatusOr<DataKeyRecord> GetFingerprintKey(std::string_view merchant) override;
-  Status InsertFingerprintKey(const DataKeyRecord& key) override;
+  Status InsertFingerprintKey(const DataKeyRecord& key, AuditAttachment* audit = nullptr) override;
   StatusOr<DataKeyRecord> GetSystemKey(std::string_view name) override;
   Status InsertSystemKey(std::string_view name, const DataKeyRecord& key) override;
   StatusOr<AuditRecord> AppendAudit(AuditRecord record, const AuditMac& mac) override;

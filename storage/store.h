@@ -313,7 +313,7 @@ class Store {
   // The merchant's wrapped fingerprint key (version 1), or kNotFound.
   virtual StatusOr<DataKeyRecord> GetFingerprintKey(std::string_view merchant) = 0;
   // kAlreadyExists if the merchant has one.
-  virtual Status InsertFingerprintKey(const DataKeyRecord& key) = 0;
+  virtual Status InsertFingerprintKey(const DataKeyRecord& key, AuditAttachment* audit = nullptr) = 0;
 
   // The wrapped form of a vault-wide key ("audit"), or kNotFound.
   virtual StatusOr<DataKeyRecord> GetSystemKey(std::string_view name) = 0;

@@ -517,7 +517,18 @@ StatusOr<std::shared_ptr<const HmacSha256>> Keyring::FingerprintKey(std::string_
     record.kek_version = m.kek_version;
     record.wrapped = envelope::EncodeWrappedDek(wrapped);
     record.created_at_ms = clock_.NowUnixMillis();
-    Status inserted = store_.InsertFingerprintKey(record);
+    // A key event like any other: recorded with the key, as the system's (it is made on first
+    // use, whoever's request that was).
+    std::optional<storage::AuditAttachment> attached;
+    if (audit_mac_ != nullptr) {
+      storage::AuditRecord event = SystemAuditRecord(
+          "keys.fingerprint_key_create", merchant,
+          "fingerprint key made on first use, wrapped by KEK version " + std::to_string(m.kek_version));
+      event.time_ms = record.created_at_ms;
+      event.resource = "fingerprint-key:" + key;
+      attached = storage::AuditAttachment{std::move(event), audit_mac_};
+    }
+    Status inserted = store_.InsertFingerprintKey(record, attached ? &*attached : nullptr);
     if (!inserted.ok() && inserted.code() != StatusCode::kAlreadyExists) return inserted;
     stored = store_.GetFingerprintKey(merchant);
   }

@@ -258,7 +258,15 @@ StatusOr<MerchantInfo> Vault::CreateMerchant(std::string_view merchant,
     return InvalidArgumentError(kReasonInvalidMerchant, "merchant ids match ^[a-z0-9][a-z0-9_-]{0,63}$");
   }
   std::optional<storage::AuditAttachment> attached;
-  if (audit != nullptr) attached = storage::AuditAttachment{*audit, audit_.get()};
+  if (audit != nullptr) {
+    // Key events name their keys: the merchant's first KEK (in the HSM) and first DEK.
+    attached = storage::AuditAttachment{*audit, audit_.get()};
+    storage::AuditRecord& record = attached->record;
+    if (record.time_ms == 0) record.time_ms = clock_.NowUnixMillis();
+    const std::string kek = "kek:" + hsm::KekRef{std::string(merchant), 1}.Label();
+    if (record.resource.empty()) record.resource = kek;
+    record.resources = {kek, "dek:" + std::string(merchant) + "/v1"};
+  }
   TV_ASSIGN_OR_RETURN(storage::MerchantRecord record,
                       keyring_->CreateMerchant(merchant, attached ? &*attached : nullptr));
   return MerchantInfo{record.id, record.created_at_ms, record.kek_version,

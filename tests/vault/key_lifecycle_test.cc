@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <map>
 #include <thread>
 
 #include "storage/sqlite_store.h"
@@ -273,6 +274,62 @@ TEST_F(KeyLifecycleTest, RotationsUnderLoadLoseNothingAndLeaveOnlyTheCurrentVers
     }
   }
   EXPECT_GE(checked, static_cast<size_t>(kThreads * 50));
+  EXPECT_TRUE(vault_->audit().Verify()->ok);
+}
+
+// PCI DSS 3.6/10.2: every key event, with who and when. One merchant's life: created (its KEK and
+// first DEK), its fingerprint key made on first use, its DEK rotated (the old version retired),
+// its KEK rotated (every key rewrapped, the old KEK destroyed), the retired version destroyed
+// after re-encryption, and the merchant shredded.
+std::string KekName(uint32_t version) { return "kek:" + hsm::KekRef{"acme", version}.Label(); }
+
+TEST_F(KeyLifecycleTest, EveryKeyEventIsInTheAuditTrailWithWhoAndWhen) {
+  auto asked = [](const std::string& action) {
+    storage::AuditRecord r;
+    r.request_id = "req_" + action;
+    r.principal = "officer";
+    r.auth = "api_key";
+    r.action = action;
+    r.merchant = "acme";
+    r.outcome = "allowed";
+    r.status = 200;
+    return r;
+  };
+  const storage::AuditRecord create = asked("merchants.create");
+  TV_ASSERT_OK(vault_->CreateMerchant("acme", &create));
+  TV_ASSERT_OK(vault_->Tokenize("acme", AsBytes("a value"), ValueType::kGeneric));
+  const storage::AuditRecord rotate = asked("keys.rotate");
+  TV_ASSERT_OK(vault_->RotateDataKey("acme", &rotate));
+  const storage::AuditRecord rotate_kek = asked("kek.rotate");
+  TV_ASSERT_OK(vault_->RotateKek("acme", &rotate_kek));
+  TV_ASSERT_OK(vault_->RunReencryption());
+  TV_ASSERT_OK(vault_->ShredMerchant("acme", asked("merchants.shred")));
+
+  StatusOr<std::vector<storage::AuditRecord>> records = vault_->audit().Query({});
+  TV_ASSERT_OK(records);
+  std::map<std::string, std::string> events;  // event -> the record's resource
+  for (const storage::AuditRecord& r : *records) {
+    EXPECT_FALSE(r.principal.empty()) << r.action;
+    EXPECT_GT(r.time_ms, 0) << r.action;
+    if (r.action == "merchants.create") events["create KEK and DEK"] = r.resource;
+    if (r.action == "keys.fingerprint_key_create") events["create fingerprint key"] = r.resource;
+    if (r.action == "keys.rotate" && r.reason.find("version 1 retired") != std::string::npos) {
+      events["rotate and retire"] = r.resource;
+    }
+    if (r.action == "kek.rotate" && r.reason.find("rewrapped") != std::string::npos) events["rewrap"] = r.resource;
+    if (r.action == "kek.rotate" && r.reason.find("destroyed in the HSM") != std::string::npos) {
+      events["destroy KEK"] = r.resource;
+    }
+    if (r.action == "keys.dek_destroy") events["destroy DEK"] = r.resource;
+    if (r.action == "merchants.shred") events["shred"] = r.resource;
+  }
+  EXPECT_EQ(events["create KEK and DEK"], KekName(1));
+  EXPECT_EQ(events["create fingerprint key"], "fingerprint-key:acme");
+  EXPECT_EQ(events["rotate and retire"], "dek:acme/v2");
+  EXPECT_EQ(events["rewrap"], KekName(2));
+  EXPECT_EQ(events["destroy KEK"], KekName(1));
+  EXPECT_EQ(events["destroy DEK"], "dek:acme/v1");
+  EXPECT_EQ(events["shred"], "merchant:acme");
   EXPECT_TRUE(vault_->audit().Verify()->ok);
 }
 
