@@ -274,7 +274,7 @@ struct Service::Context : std::enable_shared_from_this<Service::Context> {
 
 Service::Service(Vault& vault, std::shared_ptr<const policy::Policy> policy,
                  ServiceOptions options)
-    : vault_(vault), policy_(std::move(policy)), options_(options) {}
+    : vault_(vault), policy_(std::move(policy)), options_(options), lockout_(options.lockout) {}
 
 HttpResponse Service::Handle(HttpRequest request) {
   // Shared: the answer may come from another thread after this frame has given up on it.
@@ -451,6 +451,15 @@ HttpResponse Service::Dispatch(Context& ctx) {
   const std::string url_merchant = rq.params.count("m") ? rq.params.at("m") : "";
   if (IsValidMerchantId(url_merchant)) ctx.merchant = url_merchant;
 
+  // 0. A source locked out after repeated bad keys is refused whatever it sends (PCI DSS 8.3.4).
+  if (const int64_t wait_ms = lockout_.LockedFor(rq.source_ip); wait_ms > 0) {
+    ctx.reason = "source locked out after repeated authentication failures";
+    HttpResponse r = Json(429, ErrorJson("rate_limited", "locked_out",
+                                         "too many failed authentications from this address"));
+    r.headers.emplace_back("Retry-After", std::to_string((wait_ms + 999) / 1000));
+    return r;
+  }
+
   // 1. Authentication.
   // The scheme is case-insensitive (RFC 9110 §11.1).
   constexpr size_t kBearer = 7;  // "Bearer "
@@ -460,8 +469,18 @@ HttpResponse Service::Dispatch(Context& ctx) {
   if (rq.authorization.size() <= kBearer || scheme != "bearer ") {
     return fail(UnauthenticatedError("missing_api_key", "an API key is required (Authorization: Bearer)"));
   }
+  // A key was presented: a malformed or wrong one counts towards the source's lockout.
+  auto bad_key = [&](const Status& status) {
+    if (lockout_.Failed(rq.source_ip)) {
+      spdlog::warn("source {} locked out after repeated authentication failures", rq.source_ip);
+      HttpResponse r = fail(status);
+      ctx.reason += "; this source is now locked out";
+      return r;
+    }
+    return fail(status);
+  };
   StatusOr<policy::ApiKey> key = policy::ParseApiKey(std::string_view(rq.authorization).substr(kBearer));
-  if (!key.ok()) return fail(key.status());
+  if (!key.ok()) return bad_key(key.status());
   StatusOr<storage::PrincipalRecord> stored = PrincipalByKeyId(key->key_id);
   if (!stored.ok() && stored.status().code() != StatusCode::kNotFound) return fail(stored.status());
   // Compare even when the key id is unknown, so both failures take the same time.
@@ -469,7 +488,7 @@ HttpResponse Service::Dispatch(Context& ctx) {
   const bool matches =
       policy::ApiKeySecretMatches(key->secret, stored.ok() ? ByteView(stored->key_hash) : kNoHash);
   if (!stored.ok() || !matches) {
-    return fail(UnauthenticatedError("bad_api_key", "the API key is not valid"));
+    return bad_key(UnauthenticatedError("bad_api_key", "the API key is not valid"));
   }
   ctx.principal = policy::Principal{
       stored->name, stored->roles,

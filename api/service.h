@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "api/auth_lockout.h"
 #include "policy/policy.h"
 #include "vault/vault.h"
 
@@ -53,6 +54,7 @@ const std::vector<RouteSpec>& Routes();
 struct ServiceOptions {
   size_t max_detokenize_tokens = 1000;
   size_t max_batch_items = 1000;
+  LockoutOptions lockout;
 };
 
 // Thread-safe.
@@ -131,6 +133,7 @@ class Service {
   std::unordered_map<std::string, storage::PrincipalRecord> principals_;  // GUARDED_BY(principals_mu_)
   // Bumped by every deletion: a lookup that started before it must not refill the cache.
   uint64_t principals_generation_ = 0;  // GUARDED_BY(principals_mu_)
+  AuthLockout lockout_;
   std::mutex idempotency_mu_;
   std::set<Bytes> idempotency_in_flight_;  // key hashes of requests being answered. GUARDED_BY(idempotency_mu_)
 };

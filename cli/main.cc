@@ -46,6 +46,8 @@ struct Settings {
   long long expiry_sweep_seconds = 30;     // how often expired tokens and idempotency records go
   std::string pkcs11_module;               // the dev token's module (default SoftHSM2)
   std::string hsm_outage = "fail_closed";  // or "serve_cached" (docs/keys.md)
+  long long auth_lockout_failures = 10;    // bad API keys from one address before it is locked out
+  long long auth_lockout_minutes = 30;     // how long (PCI DSS 8.3.4: at least 30)
   std::string policy_file;
 };
 
@@ -118,6 +120,8 @@ bool ReadConfigFile(const std::string& path, Settings* s) {
       else if (key == "expiry_sweep_seconds") s->expiry_sweep_seconds = value.get<long long>();
       else if (key == "pkcs11_module") s->pkcs11_module = value.get<std::string>();
       else if (key == "hsm_outage") s->hsm_outage = value.get<std::string>();
+      else if (key == "auth_lockout_failures") s->auth_lockout_failures = value.get<long long>();
+      else if (key == "auth_lockout_minutes") s->auth_lockout_minutes = value.get<long long>();
       else if (key == "policy_file") s->policy_file = value.get<std::string>();
       else {
         spdlog::error("config file {}: unknown setting '{}'", path, key);
@@ -241,7 +245,10 @@ int Serve(const Settings& s) {
   }
   std::unique_ptr<Vault> vault = OpenVault(s);
   if (!vault) return 1;
-  api::Service service(*vault, policy);
+  api::ServiceOptions service_options;
+  service_options.lockout.max_failures = static_cast<size_t>(s.auth_lockout_failures);
+  service_options.lockout.lockout = std::chrono::minutes(s.auth_lockout_minutes);
+  api::Service service(*vault, policy, service_options);
   if (!Bootstrap(service, s)) return 1;
 
   api::ServerConfig config;
@@ -451,6 +458,11 @@ int main(int argc, char** argv) {
   // 1 KiB to 64 MiB: Pistache buffers four times this much per request before answering 413.
   if (settings.max_body_bytes < 1024 || settings.max_body_bytes > (64LL << 20)) {
     spdlog::error("max_body_bytes must be from 1024 to 67108864");
+    return 2;
+  }
+  if (settings.auth_lockout_failures < 0 || settings.auth_lockout_failures > 1000 ||
+      settings.auth_lockout_minutes < 1 || settings.auth_lockout_minutes > 24 * 60) {
+    spdlog::error("auth_lockout_failures is 0 (off) to 1000, auth_lockout_minutes 1 to 1440");
     return 2;
   }
   if (settings.hsm_outage != "fail_closed" && settings.hsm_outage != "serve_cached") {

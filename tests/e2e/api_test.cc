@@ -705,6 +705,37 @@ TEST_F(ApiTest, TheServerCannotDumpCoreAndLocksItsMemory) {
 #endif
 }
 
+TEST_F(ApiTest, TenBadKeysLockTheirAddressOutEvenForAGoodKey) {
+  const std::string wrong = "tvk_0123456789abcdef0123_" + std::string(64, 'a');
+  for (int i = 0; i < 10; ++i) {
+    Reply r = client_->Get("/v1/audit", wrong);
+    EXPECT_EQ(r.status, 401) << i;
+  }
+  // 127.0.0.1 is locked out now: the administrator's good key from there is refused too.
+  Reply refused = client_->Get("/v1/audit", admin_);
+  EXPECT_EQ(refused.status, 429) << refused.body;
+  EXPECT_EQ(refused.Json()["error"]["code"], "locked_out");
+  const int retry_after = std::stoi(refused.headers["retry-after"]);
+  EXPECT_GT(retry_after, 29 * 60);
+  EXPECT_LE(retry_after, 30 * 60);
+  // Another address is not affected, and sees the lockout in the audit trail.
+  HttpClient other(server_->base_url(), server_->ca_file());
+  other.set_source_address("127.0.0.2");
+  Reply audit = other.Get("/v1/audit?outcome=denied&limit=1000", admin_);
+  ASSERT_EQ(audit.status, 200) << audit.body;
+  const json records = audit.Json()["records"];
+  int failures = 0, lockouts = 0, refusals = 0;
+  for (const json& r : records) {
+    EXPECT_EQ(r["source_ip"], "127.0.0.1");
+    if (r["status"] == 401) ++failures;
+    if (r["reason"].get<std::string>().find("now locked out") != std::string::npos) ++lockouts;
+    if (r["status"] == 429) ++refusals;
+  }
+  EXPECT_EQ(failures, 10);
+  EXPECT_EQ(lockouts, 1);
+  EXPECT_EQ(refusals, 1);
+}
+
 TEST_F(ApiTest, TokenMetadataIsKeptAndNeverHoldsValues) {
   Merchant("acme");
   const std::string maker = Principal("maker", {"tokenizer"}, "*");

@@ -42,6 +42,7 @@ Reply HttpClient::Send(const std::string& method, const std::string& path, const
   curl_easy_setopt(curl_, CURLOPT_CAINFO, ca_file_.c_str());
   curl_easy_setopt(curl_, CURLOPT_CUSTOMREQUEST, method.c_str());
   curl_easy_setopt(curl_, CURLOPT_TIMEOUT, 30L);
+  if (!source_address_.empty()) curl_easy_setopt(curl_, CURLOPT_INTERFACE, source_address_.c_str());
   curl_easy_setopt(curl_, CURLOPT_WRITEFUNCTION, &OnBody);
   curl_easy_setopt(curl_, CURLOPT_WRITEDATA, &reply.body);
   curl_easy_setopt(curl_, CURLOPT_HEADERFUNCTION, &OnHeader);

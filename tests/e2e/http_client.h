@@ -35,9 +35,12 @@ class HttpClient {
     return Send("POST", path, key, body.dump());
   }
   Reply Delete(const std::string& path, const std::string& key) { return Send("DELETE", path, key); }
+  // Connects from this local address (e.g. "127.0.0.2": another client, as the server sees it).
+  void set_source_address(std::string address) { source_address_ = std::move(address); }
 
  private:
   std::string base_url_, ca_file_;
+  std::string source_address_;
   CURL* curl_;
 };
 
