@@ -272,6 +272,33 @@ struct Service::Context : std::enable_shared_from_this<Service::Context> {
   ~Context() { WipeStrings(body); }
 };
 
+std::shared_ptr<const policy::Policy> Service::CurrentPolicy() const {
+  std::lock_guard<std::mutex> lock(policy_mu_);
+  return policy_;
+}
+
+Status Service::ReplacePolicy(std::shared_ptr<const policy::Policy> policy,
+                              const std::string& source) {
+  if (!policy) return InvalidArgumentError("bad_policy", "no policy");
+  // The change is an administrative action: recorded before it takes effect (no record, no
+  // change).
+  storage::AuditRecord record;
+  record.time_ms = Clock::Real().NowUnixMillis();
+  record.request_id = "system";
+  record.principal = "system";
+  record.auth = "none";
+  record.source_ip = "local";
+  record.action = "policy.reload";
+  record.resource = "policy:" + source;
+  record.outcome = "allowed";
+  record.status = 200;
+  record.reason = "policy file re-read: " + std::to_string(policy->roles().size()) + " roles";
+  TV_RETURN_IF_ERROR(vault_.audit().Append(std::move(record)).status());
+  std::lock_guard<std::mutex> lock(policy_mu_);
+  policy_ = std::move(policy);
+  return Status::Ok();
+}
+
 Service::Service(Vault& vault, std::shared_ptr<const policy::Policy> policy,
                  ServiceOptions options)
     : vault_(vault), policy_(std::move(policy)), options_(options), lockout_(options.lockout) {}
@@ -571,7 +598,7 @@ std::optional<HttpResponse> Authorize(const policy::Policy& policy, const policy
 }  // namespace
 
 #define TV_AUTHORIZE(perm, merchant)                                                         \
-  if (auto denied = Authorize(*policy_, *ctx.principal, perm, merchant, &ctx.reason)) {      \
+  if (auto denied = Authorize(*CurrentPolicy(), *ctx.principal, perm, merchant, &ctx.reason)) { \
     return *denied;                                                                          \
   }
 
@@ -613,7 +640,7 @@ HttpResponse Service::CreatePrincipal(Context& ctx) {
   } else {
     TV_OR_FAIL(BadRequest("invalid_principal", "'merchants' is a list of ids or \"*\""));
   }
-  TV_OR_FAIL(policy_->ValidatePrincipal(p));
+  TV_OR_FAIL(CurrentPolicy()->ValidatePrincipal(p));
   // Nobody hands out more than they hold: the new principal's merchants must lie inside the
   // creator's scope.
   if (!ctx.principal->scope.all()) {

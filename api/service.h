@@ -79,6 +79,11 @@ class Service {
   // stored. Returns true if the admin was created now.
   StatusOr<bool> EnsureBootstrapAdmin(const std::function<Status(const SecretBytes&)>& persist_key);
 
+  // Swaps in a new policy (SIGHUP re-read the policy file): requests that started keep the one
+  // they began with. The change is audited first ('source': the file); if the record cannot be
+  // written, the old policy stays.
+  Status ReplacePolicy(std::shared_ptr<const policy::Policy> policy, const std::string& source);
+
  private:
   struct Context;
   struct BatchState;
@@ -127,7 +132,9 @@ class Service {
   StatusOr<storage::PrincipalRecord> PrincipalByKeyId(const std::string& key_id);
 
   Vault& vault_;
-  std::shared_ptr<const policy::Policy> policy_;
+  std::shared_ptr<const policy::Policy> CurrentPolicy() const;
+  mutable std::mutex policy_mu_;
+  std::shared_ptr<const policy::Policy> policy_;  // GUARDED_BY(policy_mu_)
   const ServiceOptions options_;
   std::mutex principals_mu_;
   std::unordered_map<std::string, storage::PrincipalRecord> principals_;  // GUARDED_BY(principals_mu_)

@@ -224,12 +224,56 @@ int Init(const Settings& s) {
   return 0;
 }
 
+// SIGHUP: the policy file read again and swapped in whole, or - if it is unreadable or invalid -
+// refused with the reason logged, the running policy unchanged.
+void ReloadPolicy(api::Service& service, const Settings& s) {
+  if (s.policy_file.empty()) {
+    spdlog::warn("SIGHUP: no policy file configured; the built-in roles stay");
+    return;
+  }
+  StatusOr<policy::Policy> loaded = policy::LoadPolicyFile(s.policy_file);
+  if (!loaded.ok()) {
+    spdlog::error("SIGHUP: policy file {} refused, the running policy stays: {}", s.policy_file,
+                  loaded.status().ToString());
+    return;
+  }
+  Status replaced = service.ReplacePolicy(
+      std::make_shared<const policy::Policy>(std::move(loaded).value()), s.policy_file);
+  if (!replaced.ok()) {
+    spdlog::error("SIGHUP: the policy change cannot be audited, the running policy stays: {}",
+                  replaced.ToString());
+    return;
+  }
+  spdlog::info("SIGHUP: policy file {} reloaded", s.policy_file);
+}
+
+// `tokenvault policy reload`: signals the server running on this data dir.
+int SignalReload(const Settings& s) {
+  std::ifstream in(s.data_dir + "/tokenvault.pid");
+  pid_t pid = 0;
+  if (!(in >> pid) || pid <= 0) {
+    spdlog::error("no running server found ({}/tokenvault.pid)", s.data_dir);
+    return 1;
+  }
+  // Only a tokenvault process: a stale pid file must not make us signal someone else.
+  std::ifstream comm("/proc/" + std::to_string(pid) + "/comm");
+  std::string name;
+  std::getline(comm, name);
+  if (name != "tokenvault" || kill(pid, SIGHUP) != 0) {
+    spdlog::error("process {} is not a running tokenvault", pid);
+    return 1;
+  }
+  std::cout << "policy reload requested from process " << pid << " (see its log)" << std::endl;
+  return 0;
+}
+
 int Serve(const Settings& s) {
   // Block the signals before any thread exists; the main thread sigwait()s for them.
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);  // re-read the policy file
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   std::shared_ptr<const policy::Policy> policy;
@@ -276,8 +320,21 @@ int Serve(const Settings& s) {
   // Tests and scripts read the port from here when they ask for port 0.
   std::cout << "listening " << (*server)->port() << std::endl;
 
+  // `tokenvault policy reload` finds the server here.
+  const std::string pid_file = s.data_dir + "/tokenvault.pid";
+  {
+    std::ofstream pid(pid_file, std::ios::trunc);
+    pid << getpid() << "\n";
+  }
+  chmod(pid_file.c_str(), 0600);
+
   int sig = 0;
-  sigwait(&signals, &sig);
+  for (;;) {
+    sigwait(&signals, &sig);
+    if (sig != SIGHUP) break;
+    ReloadPolicy(service, s);
+  }
+  unlink(pid_file.c_str());
   spdlog::info("signal {}: draining in-flight requests", sig);
   (*server)->Shutdown();
   server->reset();
@@ -415,6 +472,12 @@ int main(int argc, char** argv) {
       ->required()
       ->check(CLI::IsMember({"status", "rotate", "rotate-kek", "reencrypt"}));
   keys->add_option("--merchant", merchant_arg, "merchant id")->required();
+  CLI::App* policy_cmd = app.add_subcommand("policy", "policy file administration");
+  add_common(policy_cmd);
+  std::string policy_command;
+  policy_cmd->add_option("command", policy_command, "reload: the running server re-reads its policy file")
+      ->required()
+      ->check(CLI::IsMember({"reload"}));
   CLI::App* merchant_cmd = app.add_subcommand("merchant", "merchant administration (server stopped)");
   add_common(merchant_cmd);
   std::string merchant_command;
@@ -473,6 +536,7 @@ int main(int argc, char** argv) {
     spdlog::error("expiry_sweep_seconds must be from 1 to 86400");
     return 2;
   }
+  if (policy_cmd->parsed()) return SignalReload(settings);
   if (keys->parsed()) return KeysCommand(settings, keys_command, merchant_arg);
   if (merchant_cmd->parsed()) return KeysCommand(settings, merchant_command, merchant_arg);
   return init->parsed() ? Init(settings) : Serve(settings);

@@ -736,6 +736,52 @@ TEST_F(ApiTest, TenBadKeysLockTheirAddressOutEvenForAGoodKey) {
   EXPECT_EQ(refusals, 1);
 }
 
+TEST_F(ApiTest, SighupReloadsThePolicyFileAndRefusesAnInvalidOne) {
+  const std::string policy_file = dir_.Sub("policy.json");
+  auto write_policy = [&](const std::string& text) { std::ofstream(policy_file) << text; };
+  write_policy(R"({"roles":[{"name":"reconciler","permissions":["tokens:read"]}]})");
+  server_->Stop(SIGTERM);
+  server_ = std::make_unique<ServerProcess>(dir_.Sub("data"), dir_.Sub("server2.log"),
+                                            std::vector<std::string>{"--policy", policy_file});
+  ASSERT_TRUE(server_->Start());
+  client_ = std::make_unique<HttpClient>(server_->base_url(), server_->ca_file());
+  Merchant("acme");
+  const std::string maker = Principal("maker", {"tokenizer"}, "*");
+  const std::string reconciler = Principal("recon", {"reconciler"}, "*");
+  const std::string token = client_->Post("/v1/merchants/acme/tokens", maker, {{"value", "v"}}).Json()["token"];
+  EXPECT_EQ(client_->Get("/v1/merchants/acme/tokens/" + token, reconciler).status, 200);
+  // The role loses tokens:read; SIGHUP (what `tokenvault policy reload` sends) applies it.
+  write_policy(R"({"roles":[{"name":"reconciler","permissions":["audit:read"]}]})");
+  ASSERT_EQ(std::system((std::string(TOKENVAULT_BINARY) + " policy reload --data-dir " +
+                         server_->data_dir() + " >/dev/null 2>&1").c_str()), 0);
+  long status = 0;
+  for (int i = 0; i < 100 && status != 403; ++i) {  // the reload is asynchronous: poll, bounded
+    status = client_->Get("/v1/merchants/acme/tokens/" + token, reconciler).status;
+    if (status != 403) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(status, 403);
+  EXPECT_EQ(client_->Get("/v1/audit?limit=1", reconciler).status, 200);
+  // An invalid file (separation of duties broken) is refused: the running policy stays.
+  write_policy(R"({"roles":[{"name":"reconciler","permissions":["keys:rotate","tokens:detokenize:plain"]}]})");
+  kill(server_->pid(), SIGHUP);
+  write_policy("not json");
+  kill(server_->pid(), SIGHUP);
+  bool refused_logged = false;
+  for (int i = 0; i < 100 && !refused_logged; ++i) {
+    std::ifstream log(server_->log_file());
+    std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+    refused_logged = text.find("refused, the running policy stays") != std::string::npos &&
+                     text.find("refused, the running policy stays", text.find("refused, the running policy stays") + 1) != std::string::npos;
+    if (!refused_logged) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(refused_logged) << "see " << server_->log_file();
+  EXPECT_EQ(client_->Get("/v1/merchants/acme/tokens/" + token, reconciler).status, 403);
+  EXPECT_EQ(client_->Get("/v1/audit?limit=1", reconciler).status, 200);
+  // The one reload that took effect is in the audit trail.
+  json records = client_->Get("/v1/audit?action=policy.reload", admin_).Json()["records"];
+  EXPECT_EQ(records.size(), 1u);
+}
+
 TEST_F(ApiTest, TokenMetadataIsKeptAndNeverHoldsValues) {
   Merchant("acme");
   const std::string maker = Principal("maker", {"tokenizer"}, "*");
