@@ -1207,7 +1207,14 @@ HttpResponse Service::DeleteToken(Context& ctx) {
 
 HttpResponse Service::Detokenize(Context& ctx) {
   const json& b = ctx.body;
-  TV_OR_FAIL(CheckFields(b, {"tokens", "reveal"}));
+  TV_OR_FAIL(CheckFields(b, {"tokens", "reveal", "purpose"}));
+  std::string purpose;
+  if (b.contains("purpose")) {
+    if (!b["purpose"].is_string() || !policy::IsValidPurpose(b["purpose"].get<std::string>())) {
+      TV_OR_FAIL(BadRequest("invalid_purpose", "'purpose' matches ^[a-z0-9][a-z0-9_-]{0,63}$"));
+    }
+    purpose = b["purpose"].get<std::string>();
+  }
   if (!b.contains("reveal") || !b["reveal"].is_string() ||
       (b["reveal"] != "plain" && b["reveal"] != "masked")) {
     TV_OR_FAIL(BadRequest("invalid_reveal", "'reveal' is \"plain\" or \"masked\""));
@@ -1225,8 +1232,18 @@ HttpResponse Service::Detokenize(Context& ctx) {
     ctx.resources.push_back(IsWellFormedToken(t.get<std::string>()) ? t.get<std::string>()
                                                                           : "(malformed)");
   }
-  TV_AUTHORIZE(plain ? Permission::kTokensDetokenizePlain : Permission::kTokensDetokenizeMasked,
-               ctx.merchant);
+  const Permission reveal_permission =
+      plain ? Permission::kTokensDetokenizePlain : Permission::kTokensDetokenizeMasked;
+  TV_AUTHORIZE(reveal_permission, ctx.merchant);
+  // Purpose-bound reveals: the purpose is checked against the policy and recorded either way.
+  if (!purpose.empty()) ctx.reason += "; purpose: " + purpose;
+  if (Status bound = CurrentPolicy()->CheckPurpose(*ctx.principal, reveal_permission, purpose);
+      !bound.ok()) {
+    const std::string why = ctx.reason;
+    HttpResponse denied = ErrorResponse(bound, &ctx.reason);
+    ctx.reason = bound.reason() + " (" + why + ")";
+    return denied;
+  }
   json out = {{"items", json::array()}};
   json& items = out["items"];
   for (const json& t : b["tokens"]) {

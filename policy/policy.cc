@@ -86,11 +86,11 @@ Policy Policy::BuiltIn() {
   Policy policy;
   const Role built_in[] = {
       {"admin", {P::kMerchantsCreate, P::kMerchantsShred, P::kKeysRotate, P::kPrincipalsManage,
-                 P::kAuditRead}},
-      {"tokenizer", {P::kTokensCreate, P::kTokensRead, P::kTokensDelete}},
-      {"detokenizer", {P::kTokensDetokenizePlain, P::kTokensDetokenizeMasked, P::kTokensRead}},
-      {"support", {P::kTokensDetokenizeMasked, P::kTokensRead}},
-      {"auditor", {P::kAuditRead}},
+                 P::kAuditRead}, {}},
+      {"tokenizer", {P::kTokensCreate, P::kTokensRead, P::kTokensDelete}, {}},
+      {"detokenizer", {P::kTokensDetokenizePlain, P::kTokensDetokenizeMasked, P::kTokensRead}, {}},
+      {"support", {P::kTokensDetokenizeMasked, P::kTokensRead}, {}},
+      {"auditor", {P::kAuditRead}, {}},
   };
   for (const Role& r : built_in) policy.roles_.emplace(r.name, r);
   return policy;
@@ -170,6 +170,32 @@ Decision Policy::Decide(const Principal& principal, Permission permission,
   }
   return Decision{true, "role '" + granting->name + "' grants " + perm +
                             (merchant.empty() ? "" : " on merchant '" + std::string(merchant) + "'")};
+}
+
+Status Policy::CheckPurpose(const Principal& principal, Permission permission,
+                            std::string_view purpose) const {
+  bool purpose_allowed = false;
+  for (const std::string& name : principal.roles) {
+    const Role* role = FindRole(name);
+    if (role == nullptr || !role->permissions.Has(permission)) continue;
+    if (role->purposes.empty()) return Status::Ok();  // this role needs no purpose
+    for (const std::string& p : role->purposes) purpose_allowed |= p == purpose;
+  }
+  if (purpose_allowed) return Status::Ok();
+  if (purpose.empty()) {
+    return PermissionDeniedError("purpose_required", "this reveal needs a purpose the policy allows");
+  }
+  return PermissionDeniedError("purpose_not_allowed", "the policy does not allow this purpose");
+}
+
+bool IsValidPurpose(std::string_view purpose) {
+  if (purpose.empty() || purpose.size() > 64) return false;
+  for (size_t i = 0; i < purpose.size(); ++i) {
+    const char c = purpose[i];
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || (i > 0 && (c == '_' || c == '-'));
+    if (!ok) return false;
+  }
+  return true;
 }
 
 }  // namespace tokenvault::policy

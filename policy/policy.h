@@ -59,7 +59,13 @@ PermissionSet KeyManagementPermissions();
 struct Role {
   std::string name;
   PermissionSet permissions;
+  // Purpose-bound reveals: when not empty, detokenizing through this role needs a `purpose`
+  // from this list (e.g. "chargeback", "refund"), recorded in the audit trail.
+  std::vector<std::string> purposes = {};
 };
+
+// ^[a-z0-9][a-z0-9_-]{0,63}$ for purposes.
+bool IsValidPurpose(std::string_view purpose);
 
 // A list of merchant ids, or every merchant ("*").
 class MerchantScope {
@@ -120,6 +126,12 @@ class Policy {
   // not apply. Pure function.
   Decision Decide(const Principal& principal, Permission permission,
                   std::string_view merchant) const;
+
+  // Purpose-bound reveals, after Decide allowed 'permission': OK when a role of the principal
+  // grants it without requiring a purpose, or 'purpose' is one that a granting role allows.
+  // kPermissionDenied purpose_required (none given) or purpose_not_allowed.
+  Status CheckPurpose(const Principal& principal, Permission permission,
+                      std::string_view purpose) const;
 
  private:
   std::map<std::string, Role, std::less<>> roles_;

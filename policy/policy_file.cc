@@ -29,7 +29,9 @@ StatusOr<Policy> ParsePolicy(std::string_view json_text) {
     for (const nlohmann::json& entry : list) {
       if (!entry.is_object()) return Invalid("each role must be an object");
       for (const auto& [key, value] : entry.items()) {
-        if (key != "name" && key != "permissions") return Invalid("unknown role field '" + key + "'");
+        if (key != "name" && key != "permissions" && key != "purposes") {
+          return Invalid("unknown role field '" + key + "'");
+        }
       }
       if (!entry.contains("name") || !entry.at("name").is_string()) {
         return Invalid("each role needs a string 'name'");
@@ -44,6 +46,23 @@ StatusOr<Policy> ParsePolicy(std::string_view json_text) {
         std::optional<Permission> perm = ParsePermission(p.get<std::string>());
         if (!perm) return Invalid("unknown permission in role '" + role.name + "'");
         role.permissions.Add(*perm);
+      }
+      if (entry.contains("purposes")) {
+        const nlohmann::json& purposes = entry.at("purposes");
+        if (!purposes.is_array() || purposes.empty()) {
+          return Invalid("'purposes' of role '" + role.name + "' must be a non-empty array");
+        }
+        for (const nlohmann::json& p : purposes) {
+          if (!p.is_string() || !IsValidPurpose(p.get<std::string>())) {
+            return Invalid("purposes match ^[a-z0-9][a-z0-9_-]{0,63}$");
+          }
+          role.purposes.push_back(p.get<std::string>());
+        }
+        // A purpose binds reveals; on a role that cannot reveal it would be a silent no-op.
+        if (!role.permissions.Has(Permission::kTokensDetokenizePlain) &&
+            !role.permissions.Has(Permission::kTokensDetokenizeMasked)) {
+          return Invalid("role '" + role.name + "' has purposes but no detokenize permission");
+        }
       }
       roles.push_back(std::move(role));
     }

@@ -39,3 +39,33 @@ TEST(PolicyFileTest, RefusesBadFilesWhole) {
 
 }  // namespace
 }  // namespace tokenvault::policy
+
+namespace tokenvault::policy {
+namespace {
+
+TEST(PolicyFileTest, PurposeBoundRolesNeedAPurposeTheyAllow) {
+  StatusOr<Policy> p = ParsePolicy(R"({"roles":[
+      {"name":"chargebacks","permissions":["tokens:detokenize:plain"],"purposes":["chargeback","refund"]},
+      {"name":"reader","permissions":["tokens:read"]}]})");
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  const Principal bound{"agent", {"chargebacks"}, MerchantScope::All()};
+  TV_EXPECT_ERROR(p->CheckPurpose(bound, Permission::kTokensDetokenizePlain, ""),
+                  StatusCode::kPermissionDenied, "purpose_required");
+  TV_EXPECT_ERROR(p->CheckPurpose(bound, Permission::kTokensDetokenizePlain, "marketing"),
+                  StatusCode::kPermissionDenied, "purpose_not_allowed");
+  TV_EXPECT_OK(p->CheckPurpose(bound, Permission::kTokensDetokenizePlain, "refund"));
+  // A role that grants the reveal without a purpose makes the purpose optional.
+  const Principal free{"settle", {"chargebacks", "detokenizer"}, MerchantScope::All()};
+  TV_EXPECT_OK(p->CheckPurpose(free, Permission::kTokensDetokenizePlain, ""));
+  // Purposes must be well-formed, non-empty, and on a role that can reveal.
+  for (const char* bad : {
+           R"({"roles":[{"name":"r","permissions":["tokens:detokenize:plain"],"purposes":[]}]})",
+           R"({"roles":[{"name":"r","permissions":["tokens:detokenize:plain"],"purposes":["Bad Purpose"]}]})",
+           R"({"roles":[{"name":"r","permissions":["tokens:detokenize:plain"],"purposes":"refund"}]})",
+           R"({"roles":[{"name":"r","permissions":["tokens:read"],"purposes":["refund"]}]})"}) {
+    EXPECT_FALSE(ParsePolicy(bad).ok()) << bad;
+  }
+}
+
+}  // namespace
+}  // namespace tokenvault::policy
