@@ -277,6 +277,20 @@ std::shared_ptr<const policy::Policy> Service::CurrentPolicy() const {
   return policy_;
 }
 
+Status Service::AuditServiceEvent(const std::string& action, const std::string& reason) {
+  storage::AuditRecord record;
+  record.time_ms = Clock::Real().NowUnixMillis();
+  record.request_id = "system";
+  record.principal = "system";
+  record.auth = "none";
+  record.source_ip = "local";
+  record.action = action;
+  record.outcome = "allowed";
+  record.status = 200;
+  record.reason = reason;
+  return vault_.audit().Append(std::move(record)).status();
+}
+
 Status Service::ReplacePolicy(std::shared_ptr<const policy::Policy> policy,
                               const std::string& source) {
   if (!policy) return InvalidArgumentError("bad_policy", "no policy");

@@ -84,6 +84,10 @@ class Service {
   // written, the old policy stays.
   Status ReplacePolicy(std::shared_ptr<const policy::Policy> policy, const std::string& source);
 
+  // Records an event of the service itself (PCI DSS 10.2.1: start and stop of the service and of
+  // its audit logging) as principal "system". Returns once it is durable.
+  Status AuditServiceEvent(const std::string& action, const std::string& reason);
+
  private:
   struct Context;
   struct BatchState;

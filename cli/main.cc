@@ -314,6 +314,14 @@ int Serve(const Settings& s) {
     spdlog::error("{}", server.status().ToString());
     return 1;
   }
+  // The service, and with it its audit logging, starts: recorded, or it does not serve at all.
+  Status started = service.AuditServiceEvent(
+      "service.start", "serving on " + s.listen + ":" + std::to_string((*server)->port()));
+  if (!started.ok()) {
+    spdlog::error("the start of the service cannot be audited, stopping: {}", started.ToString());
+    (*server)->Shutdown();
+    return 1;
+  }
   spdlog::info("tokenvault serving on {}://{}:{} (CA certificate: {})",
                config.tls ? "https" : "http", s.listen, (*server)->port(),
                config.tls ? config.cert_file : "none");
@@ -338,6 +346,9 @@ int Serve(const Settings& s) {
   spdlog::info("signal {}: draining in-flight requests", sig);
   (*server)->Shutdown();
   server->reset();
+  // Every request is answered and recorded by now: the last record says the service stopped.
+  Status stopped = service.AuditServiceEvent("service.stop", "signal " + std::to_string(sig));
+  if (!stopped.ok()) spdlog::error("the stop of the service cannot be audited: {}", stopped.ToString());
   vault.reset();  // closes the database cleanly
   spdlog::info("stopped");
   return 0;

@@ -836,6 +836,20 @@ TEST_F(ApiTest, PurposeBoundRevealsNeedAnAllowedPurposeAndRecordIt) {
       << records[3]["reason"];
 }
 
+// PCI DSS 10.2.1: the start and stop of the service (and so of its audit logging) are in the
+// trail, in order, around the requests they bracket.
+TEST_F(ApiTest, StartAndStopOfTheServiceAreAudited) {
+  EXPECT_EQ(client_->Get("/v1/audit/verify", admin_).status, 200);
+  Restart();
+  json records = client_->Get("/v1/audit?principal=system&limit=1000", admin_).Json()["records"];
+  std::vector<std::string> events;
+  for (const json& r : records) {
+    if (r["action"].get<std::string>().rfind("service.", 0) == 0) events.push_back(r["action"]);
+  }
+  EXPECT_EQ(events, (std::vector<std::string>{"service.start", "service.stop", "service.start"}));
+  EXPECT_TRUE(client_->Get("/v1/audit/verify", admin_).Json()["ok"].get<bool>());
+}
+
 TEST_F(ApiTest, TokenMetadataIsKeptAndNeverHoldsValues) {
   Merchant("acme");
   const std::string maker = Principal("maker", {"tokenizer"}, "*");
@@ -1047,7 +1061,9 @@ TEST_F(AuditTamperTest, IntactChainVerifies) {
 
 TEST_F(AuditTamperTest, EditedRecordIsNamed) {
   MakeTraffic();
-  json v = TamperAndVerify("UPDATE audit_log SET outcome = 'allowed', status = 200 WHERE seq = 5");
+  // A real change whatever record 5 is (setting a field to the value it already has would test
+  // nothing).
+  json v = TamperAndVerify("UPDATE audit_log SET reason = reason || ' (edited)', status = status + 1 WHERE seq = 5");
   EXPECT_FALSE(v["ok"].get<bool>());
   EXPECT_EQ(v["first_bad_seq"], 5) << v.dump();
 }
@@ -1066,21 +1082,30 @@ TEST_F(AuditTamperTest, DeletedLastRecordsAreDetected) {
   EXPECT_EQ(v["first_bad_seq"], 10) << v.dump();
 }
 
-TEST_F(ApiTest, AuditFailureMeansNoValue) {
-  Merchant("acme");
-  const std::string app = Principal("app", {"tokenizer"}, {"acme"});
-  const std::string settle = Principal("settle", {"detokenizer"}, {"acme"});
-  const std::string token = client_->Post("/v1/merchants/acme/tokens", app, {{"value", "TOP-SECRET-91"}}).Json()["token"];
+TEST_F(ApiTest, ServerRefusesToStartWithoutAudit) {
   server_->Stop();
   {
-    // The audit table refuses every insert from now on.
     auto db = storage::Database::Open(server_->data_dir() + "/tokenvault.db", {});
     ASSERT_TRUE(db.ok());
     ASSERT_TRUE((*db)->Exec("CREATE TRIGGER audit_read_only BEFORE INSERT ON audit_log "
                             "BEGIN SELECT RAISE(ABORT, 'audit log is read-only'); END;").ok());
   }
-  ASSERT_TRUE(server_->Start());
-  client_ = std::make_unique<HttpClient>(server_->base_url(), server_->ca_file());
+  EXPECT_FALSE(server_->Start()) << "served without being able to audit its start";
+}
+
+TEST_F(ApiTest, AuditFailureMeansNoValue) {
+  Merchant("acme");
+  const std::string app = Principal("app", {"tokenizer"}, {"acme"});
+  const std::string settle = Principal("settle", {"detokenizer"}, {"acme"});
+  const std::string token = client_->Post("/v1/merchants/acme/tokens", app, {{"value", "TOP-SECRET-91"}}).Json()["token"];
+  {
+    // The audit table refuses every insert from now on, while the server runs (a server that
+    // cannot audit its own start does not start at all: ServerRefusesToStartWithoutAudit).
+    auto db = storage::Database::Open(server_->data_dir() + "/tokenvault.db", {});
+    ASSERT_TRUE(db.ok());
+    ASSERT_TRUE((*db)->Exec("CREATE TRIGGER audit_read_only BEFORE INSERT ON audit_log "
+                            "BEGIN SELECT RAISE(ABORT, 'audit log is read-only'); END;").ok());
+  }
   Reply r = client_->Post("/v1/merchants/acme/detokenize", settle, {{"tokens", {token}}, {"reveal", "plain"}});
   EXPECT_EQ(r.status, 503);
   EXPECT_EQ(r.Json()["error"]["code"], "audit_unavailable") << r.body;
