@@ -277,7 +277,8 @@ std::shared_ptr<const policy::Policy> Service::CurrentPolicy() const {
   return policy_;
 }
 
-Status Service::AuditServiceEvent(const std::string& action, const std::string& reason) {
+Status Service::AuditServiceEvent(const std::string& action, const std::string& reason,
+                                  const std::string& resource) {
   storage::AuditRecord record;
   record.time_ms = Clock::Real().NowUnixMillis();
   record.request_id = "system";
@@ -285,6 +286,7 @@ Status Service::AuditServiceEvent(const std::string& action, const std::string& 
   record.auth = "none";
   record.source_ip = "local";
   record.action = action;
+  record.resource = resource;
   record.outcome = "allowed";
   record.status = 200;
   record.reason = reason;
@@ -296,18 +298,9 @@ Status Service::ReplacePolicy(std::shared_ptr<const policy::Policy> policy,
   if (!policy) return InvalidArgumentError("bad_policy", "no policy");
   // The change is an administrative action: recorded before it takes effect (no record, no
   // change).
-  storage::AuditRecord record;
-  record.time_ms = Clock::Real().NowUnixMillis();
-  record.request_id = "system";
-  record.principal = "system";
-  record.auth = "none";
-  record.source_ip = "local";
-  record.action = "policy.reload";
-  record.resource = "policy:" + source;
-  record.outcome = "allowed";
-  record.status = 200;
-  record.reason = "policy file re-read: " + std::to_string(policy->roles().size()) + " roles";
-  TV_RETURN_IF_ERROR(vault_.audit().Append(std::move(record)).status());
+  TV_RETURN_IF_ERROR(AuditServiceEvent(
+      "policy.reload", "policy file re-read: " + std::to_string(policy->roles().size()) + " roles",
+      "policy:" + source));
   std::lock_guard<std::mutex> lock(policy_mu_);
   policy_ = std::move(policy);
   return Status::Ok();

@@ -86,7 +86,8 @@ class Service {
 
   // Records an event of the service itself (PCI DSS 10.2.1: start and stop of the service and of
   // its audit logging) as principal "system". Returns once it is durable.
-  Status AuditServiceEvent(const std::string& action, const std::string& reason);
+  Status AuditServiceEvent(const std::string& action, const std::string& reason,
+                           const std::string& resource = "");
 
  private:
   struct Context;
