@@ -46,6 +46,21 @@ Bytes CanonicalAuditEncoding(const storage::AuditRecord& r) {
   return out;
 }
 
+storage::AuditRecord SystemAuditRecord(std::string_view action, std::string_view merchant,
+                                       std::string_view reason) {
+  storage::AuditRecord r;
+  r.request_id = "system";
+  r.principal = "system";
+  r.auth = "none";
+  r.source_ip = "local";
+  r.action = std::string(action);
+  r.merchant = std::string(merchant);
+  r.outcome = "allowed";
+  r.status = 200;
+  r.reason = std::string(reason);
+  return r;
+}
+
 AuditLog::AuditLog(storage::Store& store, SecretBytes key, const Clock& clock, evp_mac_st* hmac)
     : store_(store), key_(std::move(key)), clock_(clock), hmac_(hmac) {
   StatusOr<std::unique_ptr<HmacSha256>> keyed = HmacSha256::Create(key_);

@@ -14,6 +14,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "hsm/hsm.h"
@@ -33,6 +34,11 @@ namespace tokenvault {
 //   | u32 count | lp(resource_i)... | lp(outcome) | u32 status | lp(reason)
 // with lp(x) = u32 big-endian length | bytes.
 Bytes CanonicalAuditEncoding(const storage::AuditRecord& record);
+
+// The record of an event nobody asked for (an automatic rotation, a destroyed key version):
+// principal and request id "system", outcome allowed, status 200. Callers name the resource.
+storage::AuditRecord SystemAuditRecord(std::string_view action, std::string_view merchant,
+                                       std::string_view reason);
 
 struct AuditVerification {
   bool ok = true;

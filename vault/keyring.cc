@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "vault/audit_log.h"
 #include "vault/base/random.h"
 #include "vault/envelope.h"
 
@@ -18,22 +19,6 @@ namespace {
 // How key events name a DEK version in the audit trail (never the key).
 std::string DekName(std::string_view merchant, uint32_t version) {
   return "dek:" + std::string(merchant) + "/v" + std::to_string(version);
-}
-
-// The record of a key event nobody asked for (an automatic rotation).
-storage::AuditRecord SystemAuditRecord(std::string_view action, std::string_view merchant,
-                                       std::string_view why) {
-  storage::AuditRecord r;
-  r.request_id = "system";
-  r.principal = "system";
-  r.auth = "none";
-  r.source_ip = "local";
-  r.action = std::string(action);
-  r.merchant = std::string(merchant);
-  r.outcome = "allowed";
-  r.status = 200;
-  r.reason = std::string(why);
-  return r;
 }
 
 }  // namespace

@@ -220,19 +220,12 @@ StatusOr<size_t> Vault::DestroyUnusedDataKeys(std::string_view merchant) {
   size_t destroyed = 0;
   for (const storage::DataKeyUsage& k : keys) {
     if (k.state != storage::DataKeyState::kRetired || k.live_tokens != 0) continue;
-    storage::AuditRecord record;
+    storage::AuditRecord record = SystemAuditRecord(
+        "keys.dek_destroy", merchant,
+        "version " + std::to_string(k.version) +
+            " retired and destroyed: no live token uses it any more");
     record.time_ms = clock_.NowUnixMillis();
-    record.request_id = "system";
-    record.principal = "system";
-    record.auth = "none";
-    record.source_ip = "local";
-    record.action = "keys.dek_destroy";
-    record.merchant = std::string(merchant);
     record.resource = "dek:" + std::string(merchant) + "/v" + std::to_string(k.version);
-    record.outcome = "allowed";
-    record.status = 200;
-    record.reason = "version " + std::to_string(k.version) +
-                    " retired and destroyed: no live token uses it any more";
     storage::AuditAttachment attached{std::move(record), audit_.get()};
     Status done = store_->DestroyDataKey(merchant, k.version, clock_.NowUnixMillis(), &attached);
     if (done.code() == StatusCode::kFailedPrecondition) continue;  // used again meanwhile: later
