@@ -59,6 +59,7 @@ TV_RESPONSE_HEADER(WwwAuthenticateHeader, "WWW-Authenticate")
 
 void SendJson(Http::ResponseWriter& writer, int status, const std::string& body,
               const std::vector<std::pair<std::string, std::string>>& headers) {
+  Http::Mime::MediaType mime = MIME(Application, Json);
   for (const auto& [name, value] : headers) {
     if (name == "Request-Id") {
       writer.headers().add(std::make_shared<RequestIdHeader>(value));
@@ -66,13 +67,15 @@ void SendJson(Http::ResponseWriter& writer, int status, const std::string& body,
       writer.headers().add(std::make_shared<RetryAfterHeader>(value));
     } else if (name == "WWW-Authenticate") {
       writer.headers().add(std::make_shared<WwwAuthenticateHeader>(value));
+    } else if (name == "Content-Type") {
+      mime = Http::Mime::MediaType::fromString(value);
     }
   }
   const auto code = static_cast<Http::Code>(status);
   if (body.empty()) {
     writer.send(code);
   } else {
-    writer.send(code, body, MIME(Application, Json));
+    writer.send(code, body, mime);
   }
 }
 

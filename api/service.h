@@ -129,6 +129,11 @@ class Service {
   HttpResponse Detokenize(Context& ctx);
   HttpResponse ReadAudit(Context& ctx);
   HttpResponse VerifyAudit(Context& ctx);
+  HttpResponse ExportAudit(Context& ctx);
+  HttpResponse AuditCheckpointKey(Context& ctx);
+  // The filter of GET /v1/audit and /v1/audit/export from the query, for the caller's scope.
+  Status ParseAuditQuery(Context& ctx, size_t max_limit, size_t default_limit,
+                         storage::AuditQuery& q);
   HttpResponse Ready();
 
   // The principal holding 'key_id', from a small cache in front of the store. Deleting a
@@ -154,7 +159,6 @@ class Service {
 std::pair<int, std::string> HttpStatusOf(const Status& status);
 
 // RFC 3339 UTC with milliseconds, e.g. 2026-11-28T21:40:00.123Z.
-std::string Rfc3339(int64_t unix_millis);
 std::optional<int64_t> ParseRfc3339(const std::string& text);
 
 }  // namespace tokenvault::api

@@ -49,6 +49,8 @@ struct Settings {
   long long auth_lockout_failures = 10;    // bad API keys from one address before it is locked out
   long long auth_lockout_minutes = 30;     // how long (PCI DSS 8.3.4: at least 30)
   std::string policy_file;
+  long long audit_checkpoint_records = 1000;  // a signed audit checkpoint at least every N records
+  long long audit_checkpoint_seconds = 10;    // and at least this often
 };
 
 #if !defined(__SANITIZE_ADDRESS__)
@@ -122,6 +124,8 @@ bool ReadConfigFile(const std::string& path, Settings* s) {
       else if (key == "hsm_outage") s->hsm_outage = value.get<std::string>();
       else if (key == "auth_lockout_failures") s->auth_lockout_failures = value.get<long long>();
       else if (key == "auth_lockout_minutes") s->auth_lockout_minutes = value.get<long long>();
+      else if (key == "audit_checkpoint_records") s->audit_checkpoint_records = value.get<long long>();
+      else if (key == "audit_checkpoint_seconds") s->audit_checkpoint_seconds = value.get<long long>();
       else if (key == "policy_file") s->policy_file = value.get<std::string>();
       else {
         spdlog::error("config file {}: unknown setting '{}'", path, key);
@@ -154,6 +158,8 @@ std::unique_ptr<Vault> OpenVault(const Settings& s) {
   config.data_dir = s.data_dir;
   config.token_cache_entries = static_cast<size_t>(s.token_cache_entries);
   config.vault.expiry_sweep_interval = std::chrono::seconds(s.expiry_sweep_seconds);
+  config.vault.audit_checkpoints.records = static_cast<size_t>(s.audit_checkpoint_records);
+  config.vault.audit_checkpoints.interval = std::chrono::seconds(s.audit_checkpoint_seconds);
   config.dev_module_path = s.pkcs11_module;
   config.vault.keys.serve_cached_keys_when_hsm_down = s.hsm_outage == "serve_cached";
   // Crash tests only (tests/e2e/crash_test.cc): the process kills itself with SIGKILL when a key
@@ -428,7 +434,7 @@ int KeysCommand(const Settings& s, const std::string& command, const std::string
     if (!receipt.ok()) return fail(receipt.status());
     out = {{"merchant", receipt->merchant},
            {"destroyed", receipt->destroyed},
-           {"time", api::Rfc3339(receipt->time_ms)},
+           {"time", Rfc3339(receipt->time_ms)},
            {"principal", receipt->principal},
            {"audit_seq", receipt->audit_seq}};
   } else {
@@ -437,6 +443,92 @@ int KeysCommand(const Settings& s, const std::string& command, const std::string
   }
   std::cout << out.dump(2) << std::endl;
   return 0;
+}
+
+// `tokenvault audit export --out F`: a full export of a stopped server's trail (the running server
+// serves the same at GET /v1/audit/export), read by this operator and so audited as such.
+int AuditExport(const Settings& s, const std::string& out_path) {
+  spdlog::set_default_logger(spdlog::stderr_logger_mt("tokenvault-cli"));
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%eZ %l %v", spdlog::pattern_time_type::utc);
+  std::unique_ptr<Vault> vault = OpenVault(s);
+  if (!vault) return 1;
+  StatusOr<storage::AuditRecord> audited = vault->audit().Append(OperatorAudit("audit.export", ""));
+  if (!audited.ok()) {
+    spdlog::error("the export cannot be audited, so it is not made: {}", audited.status().ToString());
+    return 1;
+  }
+  std::ofstream out(out_path, std::ios::binary | std::ios::trunc);
+  if (!out) {
+    spdlog::error("cannot write {}", out_path);
+    return 1;
+  }
+  storage::AuditQuery all;
+  Status exported = vault->audit_checkpoints().Export(all, SIZE_MAX, [&](std::string_view line) {
+    out << line << '\n';
+    return out ? Status::Ok() : UnavailableError("write_failed", "cannot write " + out_path);
+  });
+  out.close();
+  if (!exported.ok() || !out) {
+    spdlog::error("export failed: {}", exported.ok() ? "cannot write " + out_path : exported.ToString());
+    return 1;
+  }
+  return 0;
+}
+
+StatusOr<std::string> ReadWholeFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return NotFoundError("file_not_found", "cannot read " + path);
+  std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return data;
+}
+
+// `tokenvault audit verify --file F --public-key P [--checkpoints L]`: offline, with no HSM, no
+// database and no audit key. Prints the result as JSON; exit 0 only if the export verifies.
+int AuditVerify(const std::string& file, const std::string& public_key_path,
+                const std::string& checkpoints_path) {
+  StatusOr<std::string> pem = ReadWholeFile(public_key_path);
+  if (!pem.ok()) {
+    std::cerr << pem.status().message() << std::endl;
+    return 2;
+  }
+  StatusOr<EcdsaP256PublicKey> key = EcdsaP256PublicKey::FromPem(*pem);
+  if (!key.ok()) {
+    std::cerr << public_key_path << ": " << key.status().message() << std::endl;
+    return 2;
+  }
+  AuditExportVerifier verifier(*key);
+  if (!checkpoints_path.empty()) {
+    StatusOr<std::string> log = ReadWholeFile(checkpoints_path);
+    if (!log.ok()) {
+      std::cerr << log.status().message() << std::endl;
+      return 2;
+    }
+    Status added = verifier.AddCheckpointLog(*log);
+    if (!added.ok()) {
+      std::cout << nlohmann::json{{"ok", false}, {"reason", added.message()}}.dump(2) << std::endl;
+      return 1;
+    }
+  }
+  std::ifstream in(file, std::ios::binary);
+  if (!in) {
+    std::cerr << "cannot read " << file << std::endl;
+    return 2;
+  }
+  std::string line;
+  while (std::getline(in, line) && verifier.Feed(line)) {
+  }
+  const ExportVerification v = verifier.Finish();
+  nlohmann::json out = {{"ok", v.ok},
+                        {"records_checked", v.records_checked},
+                        {"checkpoints_checked", v.checkpoints_checked},
+                        {"last_seq", v.last_seq}};
+  if (!v.ok) {
+    out["first_bad_seq"] = v.first_bad_seq ? nlohmann::json(*v.first_bad_seq) : nlohmann::json(nullptr);
+    out["reason"] = v.reason;
+    if (v.line > 0) out["line"] = v.line;
+  }
+  std::cout << out.dump(2) << std::endl;
+  return v.ok ? 0 : 1;
 }
 
 }  // namespace
@@ -494,6 +586,17 @@ int main(int argc, char** argv) {
   std::string merchant_command;
   merchant_cmd->add_option("command", merchant_command, "shred")->required()->check(CLI::IsMember({"shred"}));
   merchant_cmd->add_option("--merchant", merchant_arg, "merchant id")->required();
+  CLI::App* audit_cmd = app.add_subcommand("audit", "audit trail export (server stopped) and offline verification");
+  add_common(audit_cmd);
+  std::string audit_command, audit_file, audit_out, audit_key, audit_checkpoints;
+  audit_cmd->add_option("command", audit_command, "export | verify")
+      ->required()
+      ->check(CLI::IsMember({"export", "verify"}));
+  audit_cmd->add_option("--out", audit_out, "export: the NDJSON file to write");
+  audit_cmd->add_option("--file", audit_file, "verify: the export to verify");
+  audit_cmd->add_option("--public-key", audit_key, "verify: the checkpoint public key (PEM)");
+  audit_cmd->add_option("--checkpoints", audit_checkpoints,
+                        "verify: the checkpoint log (<data_dir>/audit-checkpoints.ndjson), to catch a trail cut back");
   serve->add_option("--max-body-bytes", max_body_bytes,
                     "largest request body accepted, batches included (default 1 MiB)");
   serve->add_option("--expiry-sweep-seconds", expiry_sweep_seconds,
@@ -543,11 +646,30 @@ int main(int argc, char** argv) {
     spdlog::error("hsm_outage is fail_closed or serve_cached");
     return 2;
   }
+  if (settings.audit_checkpoint_records < 1 || settings.audit_checkpoint_records > 10000 ||
+      settings.audit_checkpoint_seconds < 1 || settings.audit_checkpoint_seconds > 3600) {
+    spdlog::error("audit_checkpoint_records is 1 to 10000, audit_checkpoint_seconds 1 to 3600");
+    return 2;
+  }
   if (settings.expiry_sweep_seconds < 1 || settings.expiry_sweep_seconds > 86400) {
     spdlog::error("expiry_sweep_seconds must be from 1 to 86400");
     return 2;
   }
   if (policy_cmd->parsed()) return SignalReload(settings);
+  if (audit_cmd->parsed()) {
+    if (audit_command == "verify") {
+      if (audit_file.empty() || audit_key.empty()) {
+        spdlog::error("audit verify needs --file and --public-key");
+        return 2;
+      }
+      return AuditVerify(audit_file, audit_key, audit_checkpoints);
+    }
+    if (audit_out.empty()) {
+      spdlog::error("audit export needs --out");
+      return 2;
+    }
+    return AuditExport(settings, audit_out);
+  }
   if (keys->parsed()) return KeysCommand(settings, keys_command, merchant_arg);
   if (merchant_cmd->parsed()) return KeysCommand(settings, merchant_command, merchant_arg);
   return init->parsed() ? Init(settings) : Serve(settings);

@@ -21,6 +21,16 @@ struct KekRef {
   std::string Label() const;
 };
 
+// Names one signing key pair (ECDSA P-256): its private half never leaves the HSM. Its labels in
+// the HSM are "tokenvault/sign/<name>" (private and public key objects).
+struct SigningKeyRef {
+  std::string name;
+  std::string Label() const;
+};
+
+inline constexpr size_t kP256PointSize = 65;      // 0x04 || X || Y
+inline constexpr size_t kP256SignatureSize = 64;  // r || s, each 32 bytes big-endian (IEEE P1363)
+
 // Error reasons (Status::reason()) every implementation uses.
 inline constexpr char kReasonModuleUnavailable[] = "hsm_module_unavailable";  // kUnavailable
 inline constexpr char kReasonTokenNotFound[] = "hsm_token_not_found";        // kUnavailable
@@ -61,6 +71,18 @@ class Hsm {
 
   // Random bytes from the HSM's generator.
   virtual Status GenerateRandom(uint8_t* out, size_t size) = 0;
+
+  // Creates an ECDSA P-256 key pair: the private key a token object, sensitive, never extractable,
+  // usable only to sign; the public key a token object whose point anyone may read.
+  // kAlreadyExists if a private key with its label exists.
+  virtual Status CreateSigningKey(const SigningKeyRef& key) = 0;
+
+  // The public key's uncompressed point (kP256PointSize bytes). kNotFound if there is none.
+  virtual StatusOr<Bytes> SigningPublicKey(const SigningKeyRef& key) = 0;
+
+  // ECDSA P-256 over 'digest' (a 32-byte SHA-256 computed by the caller: CKM_ECDSA signs the
+  // hash it is given). Returns r || s (kP256SignatureSize bytes).
+  virtual StatusOr<Bytes> Sign(const SigningKeyRef& key, ByteView digest) = 0;
 
   // OK while the HSM answers (readiness).
   virtual Status Ping() = 0;

@@ -1,6 +1,8 @@
 #include "hsm/pkcs11_hsm.h"
 
 #include <cstdlib>
+#include <cstring>
+#include <span>
 
 #include "hsm/internal/gcm.h"
 #include "hsm/internal/pkcs11.h"
@@ -22,9 +24,14 @@ std::string KekRef::Label() const {
   return "tokenvault/kek/" + merchant + "/v" + std::to_string(version);
 }
 
+std::string SigningKeyRef::Label() const { return "tokenvault/sign/" + name; }
+
 namespace {
 
 constexpr unsigned long kKekBytes = 32;
+// DER of the named curve P-256 (OID 1.2.840.10045.3.1.7), the value of CKA_EC_PARAMS.
+constexpr uint8_t kP256Params[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+
 // A wrapped key is a DEK or similar secret: bound the size we accept before calling the HSM.
 constexpr size_t kMaxWrappedSize = 1024;
 
@@ -47,6 +54,33 @@ constexpr BoolAttr kKekPolicy[] = {
     {CKA_NEVER_EXTRACTABLE, true, "CKA_NEVER_EXTRACTABLE"},
 };
 
+// What CreateSigningKey sets on the private key and every use re-checks, as for KEKs: a planted
+// or extractable key under our label is refused rather than used to sign checkpoints.
+constexpr BoolAttr kSigningKeyPolicy[] = {
+    {CKA_TOKEN, true, "CKA_TOKEN"},         {CKA_PRIVATE, true, "CKA_PRIVATE"},
+    {CKA_SENSITIVE, true, "CKA_SENSITIVE"}, {CKA_EXTRACTABLE, false, "CKA_EXTRACTABLE"},
+    {CKA_SIGN, true, "CKA_SIGN"},           {CKA_DECRYPT, false, "CKA_DECRYPT"},
+    {CKA_UNWRAP, false, "CKA_UNWRAP"},      {CKA_DERIVE, false, "CKA_DERIVE"},
+    {CKA_ALWAYS_SENSITIVE, true, "CKA_ALWAYS_SENSITIVE"},
+    {CKA_NEVER_EXTRACTABLE, true, "CKA_NEVER_EXTRACTABLE"},
+};
+
+Status CheckBoolAttributes(ck_function_list* fn, ck_session_handle_t session,
+                           ck_object_handle_t handle, const std::string& label,
+                           std::span<const BoolAttr> policy) {
+  for (const BoolAttr& attr : policy) {
+    unsigned char v = 0;
+    ck_attribute a{attr.type, &v, sizeof(v)};
+    const ck_rv_t rv = fn->C_GetAttributeValue(session, handle, &a, 1);
+    if (rv != CKR_OK) return StatusFromCkr(rv, "C_GetAttributeValue");
+    if ((v != 0) != attr.expected) {
+      return FailedPreconditionError(kReasonKeyPolicy, "key " + label + " has " + attr.name +
+                                                           (attr.expected ? "=false" : "=true"));
+    }
+  }
+  return Status::Ok();
+}
+
 Status CheckKekAttributes(ck_function_list* fn, ck_session_handle_t session,
                           ck_object_handle_t handle, const std::string& label) {
   ck_key_type_t key_type = 0;
@@ -58,17 +92,33 @@ Status CheckKekAttributes(ck_function_list* fn, ck_session_handle_t session,
   if (key_type != CKK_AES || value_len != kKekBytes) {
     return FailedPreconditionError(kReasonKeyPolicy, "KEK " + label + " is not an AES-256 key");
   }
-  for (const BoolAttr& attr : kKekPolicy) {
-    unsigned char v = 0;
-    ck_attribute a{attr.type, &v, sizeof(v)};
-    rv = fn->C_GetAttributeValue(session, handle, &a, 1);
-    if (rv != CKR_OK) return StatusFromCkr(rv, "C_GetAttributeValue(KEK)");
-    if ((v != 0) != attr.expected) {
-      return FailedPreconditionError(kReasonKeyPolicy, "KEK " + label + " has " + attr.name +
-                                                           (attr.expected ? "=false" : "=true"));
-    }
+  return CheckBoolAttributes(fn, session, handle, label, kKekPolicy);
+}
+
+Status CheckSigningKeyAttributes(ck_function_list* fn, ck_session_handle_t session,
+                                 ck_object_handle_t handle, const std::string& label) {
+  ck_key_type_t key_type = 0;
+  uint8_t params[32];
+  ck_attribute attrs[] = {{CKA_KEY_TYPE, &key_type, sizeof(key_type)},
+                          {CKA_EC_PARAMS, params, sizeof(params)}};
+  const ck_rv_t rv = fn->C_GetAttributeValue(session, handle, attrs, 2);
+  if (rv != CKR_OK) return StatusFromCkr(rv, "C_GetAttributeValue(signing key)");
+  if (key_type != CKK_EC || attrs[1].value_len != sizeof(kP256Params) ||
+      std::memcmp(params, kP256Params, sizeof(kP256Params)) != 0) {
+    return FailedPreconditionError(kReasonKeyPolicy, "key " + label + " is not a P-256 key");
   }
-  return Status::Ok();
+  return CheckBoolAttributes(fn, session, handle, label, kSigningKeyPolicy);
+}
+
+// The uncompressed point inside CKA_EC_POINT, which PKCS#11 defines as a DER OCTET STRING
+// (some modules return the raw point: both are accepted).
+StatusOr<Bytes> PointFromEcPoint(ByteView der) {
+  if (der.size() == kP256PointSize && der[0] == 0x04) return Bytes(der.begin(), der.end());
+  if (der.size() == kP256PointSize + 2 && der[0] == 0x04 && der[1] == kP256PointSize &&
+      der[2] == 0x04) {
+    return Bytes(der.begin() + 2, der.end());
+  }
+  return FailedPreconditionError(kReasonKeyPolicy, "the public key is not an uncompressed P-256 point");
 }
 
 }  // namespace
@@ -84,6 +134,8 @@ struct Pkcs11Hsm::Connection {
   std::mutex create_mu;  // serialises CreateKek so two callers cannot make the same label twice
   std::mutex handles_mu;
   std::unordered_map<std::string, unsigned long> kek_handles;  // GUARDED_BY(handles_mu)
+  // Private signing keys by label, checked once like KEKs. GUARDED_BY(handles_mu)
+  std::unordered_map<std::string, unsigned long> signing_handles;
   uint64_t destroy_epoch = 0;  // bumped whenever a handle is forgotten; GUARDED_BY(handles_mu)
 
   ck_function_list* fn() const { return module->fn(); }
@@ -120,6 +172,38 @@ struct Pkcs11Hsm::Connection {
     std::lock_guard<std::mutex> lock(handles_mu);
     // A KEK destroyed while we looked it up must not come back into the cache.
     if (destroy_epoch == epoch) kek_handles[label] = found[0];
+    return found[0];
+  }
+
+  // Every token object of class 'cls' labelled like 'key' (at most 'max').
+  StatusOr<std::vector<unsigned long>> FindSigningObjects(unsigned long session,
+                                                          const SigningKeyRef& key,
+                                                          ck_object_class_t cls, size_t max) {
+    const std::string label = key.Label();
+    unsigned char token = 1;
+    ck_attribute templ[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                            {CKA_TOKEN, &token, sizeof(token)},
+                            {CKA_LABEL, const_cast<char*>(label.data()), label.size()}};
+    return internal::FindObjects(fn(), session, templ, 3, max);
+  }
+
+  // The private signing key's handle, after checking its attributes; cached.
+  StatusOr<unsigned long> SigningHandle(unsigned long session, const SigningKeyRef& key) {
+    const std::string label = key.Label();
+    {
+      std::lock_guard<std::mutex> lock(handles_mu);
+      auto it = signing_handles.find(label);
+      if (it != signing_handles.end()) return it->second;
+    }
+    TV_ASSIGN_OR_RETURN(std::vector<unsigned long> found,
+                        FindSigningObjects(session, key, CKO_PRIVATE_KEY, 2));
+    if (found.empty()) return NotFoundError(kReasonKeyNotFound, "no signing key labelled " + label);
+    if (found.size() > 1) {
+      return FailedPreconditionError(kReasonKeyPolicy, "more than one signing key labelled " + label);
+    }
+    TV_RETURN_IF_ERROR(CheckSigningKeyAttributes(fn(), session, found[0], label));
+    std::lock_guard<std::mutex> lock(handles_mu);
+    signing_handles[label] = found[0];
     return found[0];
   }
 
@@ -392,6 +476,117 @@ Status Pkcs11Hsm::GenerateRandom(uint8_t* out, size_t size) {
       return StatusFromCkr(rv, "C_GenerateRandom");
     }
     return Status::Ok();
+  });
+}
+
+Status Pkcs11Hsm::CreateSigningKey(const SigningKeyRef& key) {
+  return Run([&](Connection& c) -> Status {
+    std::lock_guard<std::mutex> create_lock(c.create_mu);
+    TV_ASSIGN_OR_RETURN(internal::SessionPool::Lease lease, c.pool->Acquire());
+    ck_function_list* fn = c.fn();
+    StatusOr<std::vector<unsigned long>> existing =
+        c.FindSigningObjects(lease.handle(), key, CKO_PRIVATE_KEY, 1);
+    if (!existing.ok()) {
+      if (existing.status().IsRetryable()) lease.MarkBroken();
+      return existing.status();
+    }
+    if (!existing->empty()) return AlreadyExistsError(kReasonKeyExists, key.Label() + " exists");
+    // A public half left by a creation that died half-way would be ambiguous later: remove it.
+    TV_ASSIGN_OR_RETURN(std::vector<unsigned long> stale,
+                        c.FindSigningObjects(lease.handle(), key, CKO_PUBLIC_KEY, 16));
+    for (unsigned long h : stale) fn->C_DestroyObject(lease.handle(), h);
+
+    const std::string label = key.Label();
+    unsigned char yes = 1, no = 0;
+    ck_attribute public_templ[] = {
+        {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
+        {CKA_EC_PARAMS, const_cast<uint8_t*>(kP256Params), sizeof(kP256Params)},
+        {CKA_TOKEN, &yes, 1},
+        {CKA_PRIVATE, &no, 1},
+        {CKA_VERIFY, &yes, 1},
+        {CKA_ENCRYPT, &no, 1},
+        {CKA_WRAP, &no, 1},
+        {CKA_MODIFIABLE, &no, 1},
+    };
+    ck_attribute private_templ[] = {
+        {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
+        {CKA_TOKEN, &yes, 1},
+        {CKA_PRIVATE, &yes, 1},
+        {CKA_SENSITIVE, &yes, 1},
+        {CKA_EXTRACTABLE, &no, 1},
+        {CKA_SIGN, &yes, 1},
+        {CKA_DECRYPT, &no, 1},
+        {CKA_UNWRAP, &no, 1},
+        {CKA_DERIVE, &no, 1},
+        {CKA_MODIFIABLE, &no, 1},
+    };
+    ck_mechanism mech{CKM_EC_KEY_PAIR_GEN, nullptr, 0};
+    ck_object_handle_t public_handle = CK_INVALID_HANDLE, private_handle = CK_INVALID_HANDLE;
+    const ck_rv_t rv = fn->C_GenerateKeyPair(
+        lease.handle(), &mech, public_templ, sizeof(public_templ) / sizeof(public_templ[0]),
+        private_templ, sizeof(private_templ) / sizeof(private_templ[0]), &public_handle,
+        &private_handle);
+    if (rv != CKR_OK) {
+      if (internal::IsDeviceFailure(rv)) lease.MarkBroken();
+      return StatusFromCkr(rv, "C_GenerateKeyPair(signing key)");
+    }
+    ScopeGuard destroy_unverified([&] {
+      fn->C_DestroyObject(lease.handle(), private_handle);
+      fn->C_DestroyObject(lease.handle(), public_handle);
+    });
+    TV_RETURN_IF_ERROR(CheckSigningKeyAttributes(fn, lease.handle(), private_handle, label));
+    destroy_unverified.Dismiss();
+    std::lock_guard<std::mutex> lock(c.handles_mu);
+    c.signing_handles[label] = private_handle;
+    return Status::Ok();
+  });
+}
+
+StatusOr<Bytes> Pkcs11Hsm::SigningPublicKey(const SigningKeyRef& key) {
+  return Run([&](Connection& c) -> StatusOr<Bytes> {
+    TV_ASSIGN_OR_RETURN(internal::SessionPool::Lease lease, c.pool->Acquire());
+    TV_ASSIGN_OR_RETURN(std::vector<unsigned long> found,
+                        c.FindSigningObjects(lease.handle(), key, CKO_PUBLIC_KEY, 2));
+    if (found.empty()) return NotFoundError(kReasonKeyNotFound, "no public key labelled " + key.Label());
+    if (found.size() > 1) {
+      return FailedPreconditionError(kReasonKeyPolicy, "more than one public key labelled " + key.Label());
+    }
+    uint8_t point[kP256PointSize + 8];
+    ck_attribute attr{CKA_EC_POINT, point, sizeof(point)};
+    const ck_rv_t rv = c.fn()->C_GetAttributeValue(lease.handle(), found[0], &attr, 1);
+    if (rv != CKR_OK) {
+      if (internal::IsDeviceFailure(rv)) lease.MarkBroken();
+      return StatusFromCkr(rv, "C_GetAttributeValue(CKA_EC_POINT)");
+    }
+    return PointFromEcPoint(ByteView(point, attr.value_len));
+  });
+}
+
+StatusOr<Bytes> Pkcs11Hsm::Sign(const SigningKeyRef& key, ByteView digest) {
+  if (digest.size() != 32) return InvalidArgumentError("bad_digest", "sign a 32-byte SHA-256 digest");
+  return Run([&](Connection& c) -> StatusOr<Bytes> {
+    TV_ASSIGN_OR_RETURN(internal::SessionPool::Lease lease, c.pool->Acquire());
+    StatusOr<unsigned long> handle = c.SigningHandle(lease.handle(), key);
+    if (!handle.ok()) {
+      if (handle.status().IsRetryable()) lease.MarkBroken();
+      return handle.status();
+    }
+    ck_mechanism mech{CKM_ECDSA, nullptr, 0};
+    ck_rv_t rv = c.fn()->C_SignInit(lease.handle(), &mech, *handle);
+    if (rv != CKR_OK) {
+      lease.MarkBroken();
+      return StatusFromCkr(rv, "C_SignInit");
+    }
+    Bytes signature(kP256SignatureSize);
+    unsigned long length = signature.size();
+    rv = c.fn()->C_Sign(lease.handle(), const_cast<uint8_t*>(digest.data()), digest.size(),
+                        signature.data(), &length);
+    if (rv != CKR_OK || length != kP256SignatureSize) {
+      lease.MarkBroken();  // an unfinished sign operation would poison the session
+      return rv != CKR_OK ? StatusFromCkr(rv, "C_Sign")
+                          : InternalError("hsm_error", "ECDSA signature of unexpected size");
+    }
+    return signature;
   });
 }
 

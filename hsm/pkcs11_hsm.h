@@ -63,6 +63,9 @@ class Pkcs11Hsm final : public Hsm {
   StatusOr<Bytes> Wrap(const KekRef& kek, const SecretBytes& key, ByteView aad) override;
   StatusOr<SecretBytes> Unwrap(const KekRef& kek, ByteView wrapped, ByteView aad) override;
   Status GenerateRandom(uint8_t* out, size_t size) override;
+  Status CreateSigningKey(const SigningKeyRef& key) override;
+  StatusOr<Bytes> SigningPublicKey(const SigningKeyRef& key) override;
+  StatusOr<Bytes> Sign(const SigningKeyRef& key, ByteView digest) override;
   Status Ping() override;
   Status Health() override;
 

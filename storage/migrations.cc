@@ -188,6 +188,23 @@ constexpr char kMigration007[] = R"sql(
 ALTER TABLE data_keys ADD COLUMN destroyed_at INTEGER;
 )sql";
 
+// 008: signed audit checkpoints (docs/audit.md). Each covers records first_seq..last_seq, holds
+// the SHA-256 of each of those records' canonical encoding (digests: 32 bytes per record) and an
+// ECDSA P-256 signature made in the HSM over a message binding them, the chain MAC at last_seq and
+// the previous checkpoint. Appended only; the same lines go to a second sink, a file.
+constexpr char kMigration008[] = R"sql(
+CREATE TABLE audit_checkpoints (
+  last_seq   INTEGER PRIMARY KEY,
+  first_seq  INTEGER NOT NULL CHECK (first_seq >= 1 AND first_seq <= last_seq),
+  time       INTEGER NOT NULL,
+  chain_mac  BLOB NOT NULL CHECK (length(chain_mac) = 32),
+  prev_hash  BLOB NOT NULL CHECK (length(prev_hash) = 32),
+  digests    BLOB NOT NULL CHECK (length(digests) = 32 * (last_seq - first_seq + 1)),
+  key_id     TEXT NOT NULL,
+  signature  BLOB NOT NULL CHECK (length(signature) = 64)
+);
+)sql";
+
 constexpr Migration kMigrations[] = {
     {1, "merchants, data keys, tokens", kMigration001},
     {2, "principals, system keys, audit trail", kMigration002},
@@ -196,6 +213,7 @@ constexpr Migration kMigrations[] = {
     {5, "crypto-shredding", kMigration005},
     {6, "KEK rotation intents", kMigration006},
     {7, "destroyed DEK versions", kMigration007},
+    {8, "signed audit checkpoints", kMigration008},
 };
 
 StatusOr<int64_t> CurrentVersion(Database& db) {

@@ -19,6 +19,7 @@
 #include "storage/sqlite.h"
 #include "storage/token_row_cache.h"
 #include "vault/base/scope_guard.h"
+#include "vault/base/utf8.h"
 
 namespace tokenvault::storage {
 namespace {
@@ -1381,6 +1382,14 @@ namespace {
 
 // Appends 'record' inside the caller's transaction (on the writer thread).
 Status AppendAuditInTxn(Database& db, AuditRecord& record, const AuditMac& mac) {
+  // Records are rendered as JSON (API.md, exports) and verified from that rendering: text that is
+  // not UTF-8 (a token taken from a URL, say) is made so before it is MAC'd and signed.
+  for (std::string* field : {&record.request_id, &record.principal, &record.auth, &record.source_ip,
+                             &record.action, &record.merchant, &record.resource, &record.outcome,
+                             &record.reason}) {
+    MakeValidUtf8(*field);
+  }
+  for (std::string& r : record.resources) MakeValidUtf8(r);
   // Runs on the writer thread, so appends are serialised and the chain is read and extended
   // inside one transaction: a rolled-back batch rolls its records back with it.
   // Extend the chain from its recorded head, not from whatever row is last: if the newest
@@ -1492,6 +1501,76 @@ StatusOr<AuditHead> SqliteStore::GetAuditHead() {
   TV_ASSIGN_OR_RETURN(bool row, stmt.Step());
   if (!row) return NotFoundError("audit_empty", "the audit log is empty");
   return AuditHead{stmt.ColumnInt(0), stmt.ColumnBlob(1), stmt.ColumnBlob(2)};
+}
+
+namespace {
+
+constexpr char kCheckpointColumns[] =
+    "first_seq, last_seq, time, chain_mac, prev_hash, digests, key_id, signature";
+
+AuditCheckpoint CheckpointFromRow(Statement& stmt) {
+  AuditCheckpoint c;
+  c.first_seq = stmt.ColumnInt(0);
+  c.last_seq = stmt.ColumnInt(1);
+  c.time_ms = stmt.ColumnInt(2);
+  c.chain_mac = stmt.ColumnBlob(3);
+  c.prev_hash = stmt.ColumnBlob(4);
+  c.digests = stmt.ColumnBlob(5);
+  c.key_id = stmt.ColumnText(6);
+  c.signature = stmt.ColumnBlob(7);
+  return c;
+}
+
+}  // namespace
+
+Status SqliteStore::InsertAuditCheckpoint(const AuditCheckpoint& c) {
+  return Write([&](Database& db) -> Status {
+    TV_ASSIGN_OR_RETURN(Statement stmt,
+                        db.Prepare(std::string("INSERT INTO audit_checkpoints (") +
+                                   kCheckpointColumns + ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"));
+    Status s = stmt.Bind(1, c.first_seq)
+                   .Bind(2, c.last_seq)
+                   .Bind(3, c.time_ms)
+                   .Bind(4, ByteView(c.chain_mac))
+                   .Bind(5, ByteView(c.prev_hash))
+                   .Bind(6, ByteView(c.digests))
+                   .Bind(7, std::string_view(c.key_id))
+                   .Bind(8, ByteView(c.signature))
+                   .Run();
+    if (s.code() == StatusCode::kAlreadyExists) {
+      return AlreadyExistsError("checkpoint_exists", "a checkpoint ends at this record already");
+    }
+    return s;
+  });
+}
+
+StatusOr<std::vector<AuditCheckpoint>> SqliteStore::ScanAuditCheckpoints(int64_t after_last_seq,
+                                                                         size_t limit) {
+  TV_ASSIGN_OR_RETURN(ReadPool::Lease lease, impl_->Reader());
+  TV_ASSIGN_OR_RETURN(Statement stmt,
+                      lease.db().Prepare(std::string("SELECT ") + kCheckpointColumns +
+                                         " FROM audit_checkpoints WHERE last_seq > ?1"
+                                         " ORDER BY last_seq LIMIT ?2"));
+  stmt.Bind(1, after_last_seq).Bind(2, static_cast<int64_t>(limit));
+  std::vector<AuditCheckpoint> out;
+  for (;;) {
+    TV_ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) break;
+    out.push_back(CheckpointFromRow(stmt));
+  }
+  return out;
+}
+
+StatusOr<AuditCheckpoint> SqliteStore::LastAuditCheckpoint(int64_t at_or_before) {
+  TV_ASSIGN_OR_RETURN(ReadPool::Lease lease, impl_->Reader());
+  TV_ASSIGN_OR_RETURN(Statement stmt,
+                      lease.db().Prepare(std::string("SELECT ") + kCheckpointColumns +
+                                         " FROM audit_checkpoints WHERE last_seq <= ?1"
+                                         " ORDER BY last_seq DESC LIMIT 1"));
+  stmt.Bind(1, at_or_before);
+  TV_ASSIGN_OR_RETURN(bool row, stmt.Step());
+  if (!row) return NotFoundError("no_checkpoint", "the audit trail has no checkpoint yet");
+  return CheckpointFromRow(stmt);
 }
 
 }  // namespace tokenvault::storage

@@ -93,6 +93,10 @@ class SqliteStore final : public Store {
                         std::function<void(const StatusOr<AuditRecord>&)> done) override;
   StatusOr<std::vector<AuditRecord>> ScanAudit(const AuditQuery& query) override;
   StatusOr<AuditHead> GetAuditHead() override;
+  Status InsertAuditCheckpoint(const AuditCheckpoint& checkpoint) override;
+  StatusOr<std::vector<AuditCheckpoint>> ScanAuditCheckpoints(int64_t after_last_seq,
+                                                              size_t limit) override;
+  StatusOr<AuditCheckpoint> LastAuditCheckpoint(int64_t at_or_before = INT64_MAX) override;
 
   // Runs 'op' inside a write transaction shared with other callers, in its own savepoint, and
   // returns once the transaction is durably committed (or failed). The building block of every

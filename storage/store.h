@@ -141,6 +141,17 @@ struct AuditHead {
   Bytes head_mac;
 };
 
+// A signed checkpoint of the audit chain (vault/audit_checkpoint.h defines what is signed).
+struct AuditCheckpoint {
+  int64_t first_seq = 0, last_seq = 0;
+  int64_t time_ms = 0;
+  Bytes chain_mac;  // the mac of record last_seq
+  Bytes prev_hash;  // hash of the previous checkpoint's signed message (zeros for the first)
+  Bytes digests;    // SHA-256 of each covered record's canonical encoding, in seq order
+  std::string key_id;
+  Bytes signature;
+};
+
 // Computes the MACs of the audit chain; implemented by the vault, which holds the audit key.
 class AuditMac {
  public:
@@ -333,6 +344,14 @@ class Store {
   virtual StatusOr<std::vector<AuditRecord>> ScanAudit(const AuditQuery& query) = 0;
   // kNotFound while the log is empty.
   virtual StatusOr<AuditHead> GetAuditHead() = 0;
+
+  // Appends a signed checkpoint (durable on return). kAlreadyExists if one ends at its last_seq.
+  virtual Status InsertAuditCheckpoint(const AuditCheckpoint& checkpoint) = 0;
+  // Checkpoints with last_seq > 'after_last_seq', ascending, at most 'limit'.
+  virtual StatusOr<std::vector<AuditCheckpoint>> ScanAuditCheckpoints(int64_t after_last_seq,
+                                                                      size_t limit) = 0;
+  // The checkpoint with the highest last_seq not above 'at_or_before', or kNotFound.
+  virtual StatusOr<AuditCheckpoint> LastAuditCheckpoint(int64_t at_or_before = INT64_MAX) = 0;
 };
 
 }  // namespace tokenvault::storage

@@ -17,10 +17,6 @@ constexpr uint32_t kAuditKeyVersion = 1;
 constexpr size_t kMacSize = 32;
 constexpr size_t kVerifyChunk = 1000;
 
-void AppendU64BE(Bytes& out, uint64_t v) {
-  for (int shift = 56; shift >= 0; shift -= 8) out.push_back(static_cast<uint8_t>(v >> shift));
-}
-
 void AppendLp32(Bytes& out, std::string_view s) {
   AppendU32BE(out, static_cast<uint32_t>(s.size()));
   AppendBytes(out, AsBytes(s));

@@ -5,8 +5,9 @@
 // frozen length-prefixed encoding below. The audit key is 32 random bytes stored only wrapped by
 // an HSM-held KEK, so whoever can write the database still cannot recompute the chain: a plain
 // hash chain could be. The head of the chain (last seq and mac) is kept with its own MAC, so that
-// deleting the newest records is detected too (docs/audit.md says what each attack is caught by,
-// and what needs the signed checkpoints of a later milestone).
+// deleting the newest records is detected too. Signed checkpoints (audit_checkpointer.h) make the
+// chain verifiable offline by anyone with a public key; docs/audit.md says what each attack is
+// caught by.
 #ifndef TOKENVAULT_VAULT_AUDIT_LOG_H_
 #define TOKENVAULT_VAULT_AUDIT_LOG_H_
 

@@ -47,8 +47,14 @@ StatusOr<std::unique_ptr<Vault>> OpenEmbeddedVault(const EmbeddedConfig& config)
   store_options.token_cache_entries = config.token_cache_entries;
   TV_ASSIGN_OR_RETURN(std::unique_ptr<storage::SqliteStore> store,
                       storage::SqliteStore::Open(store_options));
-  return Vault::Create(std::move(hsm), std::shared_ptr<storage::Store>(std::move(store)),
-                       config.vault);
+  VaultOptions options = config.vault;
+  if (options.audit_checkpoints.log_path.empty()) {
+    options.audit_checkpoints.log_path = config.data_dir + "/audit-checkpoints.ndjson";
+  }
+  if (options.audit_checkpoints.public_key_path.empty()) {
+    options.audit_checkpoints.public_key_path = config.data_dir + "/audit-checkpoint.pem";
+  }
+  return Vault::Create(std::move(hsm), std::shared_ptr<storage::Store>(std::move(store)), options);
 }
 
 }  // namespace tokenvault

@@ -1,6 +1,8 @@
 // The embedded default deployment: everything in one data dir.
 //   <data_dir>/hsm/         a SoftHSM2 token of its own (softhsm2.conf, tokens/, PIN files)
 //   <data_dir>/tokenvault.db (+ -wal, -shm, .lock)
+//   <data_dir>/audit-checkpoints.ndjson   the second sink of signed audit checkpoints
+//   <data_dir>/audit-checkpoint.pem       their public key, for offline verification
 // Used by `tokenvault serve` on first start and by end-to-end tests. A production deployment
 // passes its own HSM module, token label and PIN source instead of the dev token.
 //

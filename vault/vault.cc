@@ -52,20 +52,25 @@ StatusOr<std::unique_ptr<Vault>> Vault::Create(std::shared_ptr<hsm::Hsm> hsm,
     return InvalidArgumentError("bad_config", "max_encryptions_per_dek must be in [1, 2^31]");
   }
   TV_ASSIGN_OR_RETURN(std::unique_ptr<AuditLog> audit, AuditLog::Open(*hsm, *store, clock));
+  TV_ASSIGN_OR_RETURN(std::unique_ptr<AuditCheckpointer> checkpoints,
+                      AuditCheckpointer::Open(*hsm, *store, *audit, options.audit_checkpoints, clock));
   TV_ASSIGN_OR_RETURN(std::unique_ptr<HmacSha256> idempotency_mac,
                       audit->DeriveKey("idempotency-keys"));
   return std::unique_ptr<Vault>(new Vault(std::move(hsm), std::move(store), options, clock,
-                                          std::move(audit), std::move(idempotency_mac)));
+                                          std::move(audit), std::move(checkpoints),
+                                          std::move(idempotency_mac)));
 }
 
 Vault::Vault(std::shared_ptr<hsm::Hsm> hsm, std::shared_ptr<storage::Store> store,
              const VaultOptions& options, const Clock& clock, std::unique_ptr<AuditLog> audit,
+             std::unique_ptr<AuditCheckpointer> checkpoints,
              std::unique_ptr<HmacSha256> idempotency_mac)
     : hsm_(std::move(hsm)),
       store_(std::move(store)),
       clock_(clock),
       keyring_(std::make_unique<Keyring>(*hsm_, *store_, clock, options.keys, audit.get())),
       audit_(std::move(audit)),
+      checkpoints_(std::move(checkpoints)),
       idempotency_mac_(std::move(idempotency_mac)),
       options_(options) {
   if (options.expiry_sweep_interval.count() > 0) {
@@ -77,6 +82,7 @@ Vault::Vault(std::shared_ptr<hsm::Hsm> hsm, std::shared_ptr<storage::Store> stor
   if (options.hsm_probe_interval.count() > 0) {
     prober_ = std::thread([this, interval = options.hsm_probe_interval] { ProbeLoop(interval); });
   }
+  checkpoints_->Start();
 }
 
 Vault::~Vault() {

@@ -24,6 +24,7 @@
 #include "vault/base/clock.h"
 #include "vault/base/secret_bytes.h"
 #include "vault/base/status.h"
+#include "vault/audit_checkpointer.h"
 #include "vault/audit_log.h"
 #include "vault/keyring.h"
 #include "vault/token_format.h"
@@ -44,6 +45,8 @@ struct VaultOptions {
   // How often the HSM is pinged in the background: a lost HSM is noticed (and reconnected) even
   // when every key in use is cached, so that the fail-closed policy applies at once. 0: never.
   std::chrono::milliseconds hsm_probe_interval = std::chrono::seconds(1);
+  // Signed checkpoints of the audit trail (vault/audit_checkpointer.h).
+  AuditCheckpointOptions audit_checkpoints;
 };
 
 // What a tokenize may carry besides the value (API.md, Tokens).
@@ -250,6 +253,8 @@ class Vault {
   const Keyring& keyring() const { return *keyring_; }
   // The audit trail (its key is unwrapped, or created, when the vault is created).
   AuditLog& audit() { return *audit_; }
+  // Its signed checkpoints, exports, and their public key.
+  AuditCheckpointer& audit_checkpoints() { return *checkpoints_; }
   // The store, for the service's own records (principals). Not for values.
   storage::Store& store() { return *store_; }
 
@@ -277,13 +282,14 @@ class Vault {
 
   Vault(std::shared_ptr<hsm::Hsm> hsm, std::shared_ptr<storage::Store> store,
         const VaultOptions& options, const Clock& clock, std::unique_ptr<AuditLog> audit,
-        std::unique_ptr<HmacSha256> idempotency_mac);
+        std::unique_ptr<AuditCheckpointer> checkpoints, std::unique_ptr<HmacSha256> idempotency_mac);
 
   std::shared_ptr<hsm::Hsm> hsm_;
   std::shared_ptr<storage::Store> store_;
   const Clock& clock_;
   std::unique_ptr<Keyring> keyring_;
   std::unique_ptr<AuditLog> audit_;
+  std::unique_ptr<AuditCheckpointer> checkpoints_;  // destroyed before the log it checkpoints
   std::unique_ptr<HmacSha256> idempotency_mac_;
   InFlight pending_;  // asynchronous tokenizes not yet completed
 

@@ -1,5 +1,10 @@
 #include "tests/fakes/fake_hsm.h"
 
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
+#include <openssl/ec.h>
+#include <openssl/evp.h>
+
 #include "vault/aes_gcm.h"
 #include "vault/base/random.h"
 
@@ -86,5 +91,56 @@ Status FakeHsm::GenerateRandom(uint8_t* out, size_t size) {
 }
 
 Status FakeHsm::Ping() { return CheckUp(); }
+
+FakeHsm::~FakeHsm() {
+  for (auto& [label, key] : signing_keys_) EVP_PKEY_free(key);
+}
+
+Status FakeHsm::CreateSigningKey(const hsm::SigningKeyRef& key) {
+  TV_RETURN_IF_ERROR(CheckUp());
+  std::lock_guard<std::mutex> lock(mu_);
+  if (signing_keys_.count(key.Label())) return AlreadyExistsError(hsm::kReasonKeyExists, key.Label());
+  EVP_PKEY* pkey = EVP_EC_gen("P-256");
+  if (pkey == nullptr) return InternalError("crypto_error", "EC key generation failed");
+  signing_keys_[key.Label()] = pkey;
+  return Status::Ok();
+}
+
+StatusOr<Bytes> FakeHsm::SigningPublicKey(const hsm::SigningKeyRef& key) {
+  TV_RETURN_IF_ERROR(CheckUp());
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = signing_keys_.find(key.Label());
+  if (it == signing_keys_.end()) return NotFoundError(hsm::kReasonKeyNotFound, key.Label());
+  Bytes point(hsm::kP256PointSize);
+  size_t len = 0;
+  if (EVP_PKEY_get_octet_string_param(it->second, OSSL_PKEY_PARAM_PUB_KEY, point.data(),
+                                      point.size(), &len) != 1 ||
+      len != point.size()) {
+    return InternalError("crypto_error", "cannot read the public point");
+  }
+  return point;
+}
+
+StatusOr<Bytes> FakeHsm::Sign(const hsm::SigningKeyRef& key, ByteView digest) {
+  TV_RETURN_IF_ERROR(CheckUp());
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = signing_keys_.find(key.Label());
+  if (it == signing_keys_.end()) return NotFoundError(hsm::kReasonKeyNotFound, key.Label());
+  EVP_PKEY_CTX* ctx = EVP_PKEY_CTX_new_from_pkey(nullptr, it->second, nullptr);
+  unsigned char der[80];
+  size_t der_len = sizeof(der);
+  const bool ok = ctx != nullptr && EVP_PKEY_sign_init(ctx) == 1 &&
+                  EVP_PKEY_sign(ctx, der, &der_len, digest.data(), digest.size()) == 1;
+  EVP_PKEY_CTX_free(ctx);
+  if (!ok) return InternalError("crypto_error", "ECDSA signing failed");
+  const unsigned char* p = der;
+  ECDSA_SIG* sig = d2i_ECDSA_SIG(nullptr, &p, static_cast<long>(der_len));
+  if (sig == nullptr) return InternalError("crypto_error", "bad ECDSA signature");
+  Bytes out(hsm::kP256SignatureSize);
+  BN_bn2binpad(ECDSA_SIG_get0_r(sig), out.data(), 32);
+  BN_bn2binpad(ECDSA_SIG_get0_s(sig), out.data() + 32, 32);
+  ECDSA_SIG_free(sig);
+  return out;
+}
 
 }  // namespace tokenvault::testing

@@ -10,6 +10,8 @@
 
 #include "hsm/hsm.h"
 
+struct evp_pkey_st;
+
 namespace tokenvault::testing {
 
 class FakeHsm final : public hsm::Hsm {
@@ -21,6 +23,10 @@ class FakeHsm final : public hsm::Hsm {
   StatusOr<Bytes> Wrap(const hsm::KekRef& kek, const SecretBytes& key, ByteView aad) override;
   StatusOr<SecretBytes> Unwrap(const hsm::KekRef& kek, ByteView wrapped, ByteView aad) override;
   Status GenerateRandom(uint8_t* out, size_t size) override;
+  Status CreateSigningKey(const hsm::SigningKeyRef& key) override;
+  StatusOr<Bytes> SigningPublicKey(const hsm::SigningKeyRef& key) override;
+  StatusOr<Bytes> Sign(const hsm::SigningKeyRef& key, ByteView digest) override;
+  ~FakeHsm() override;
   Status Ping() override;
 
   // While set, every call fails with kUnavailable (an HSM outage).
@@ -41,6 +47,7 @@ class FakeHsm final : public hsm::Hsm {
   // A copy of the KEK's key, or kNotFound.
   StatusOr<SecretBytes> KeyOf(const hsm::KekRef& kek) const;
   std::map<std::string, Kek> keks_;  // GUARDED_BY(mu_)
+  std::map<std::string, evp_pkey_st*> signing_keys_;  // owned; GUARDED_BY(mu_)
   std::atomic<bool> down_{false};
   std::atomic<bool> wrap_fails_{false};
   std::atomic<int> unwrap_calls_{0};

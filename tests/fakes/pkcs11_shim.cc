@@ -94,6 +94,9 @@ bool Load() {
   TV_SHIM_FORWARD(C_GenerateKey);
   TV_SHIM_FORWARD(C_DestroyObject);
   TV_SHIM_FORWARD(C_GenerateRandom);
+  TV_SHIM_FORWARD(C_GenerateKeyPair);
+  TV_SHIM_FORWARD(C_SignInit);
+  TV_SHIM_FORWARD(C_Sign);
   return true;
 }
 

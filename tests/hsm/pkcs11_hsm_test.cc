@@ -12,6 +12,7 @@
 #include "tests/support/raw_pkcs11.h"
 #include "tests/support/softhsm_fixture.h"
 #include "vault/base/random.h"
+#include "vault/ecdsa_p256.h"
 
 namespace tokenvault::hsm {
 namespace {
@@ -70,6 +71,65 @@ TEST_F(Pkcs11HsmTest, KekIsCreatedSensitiveAndNeverExtractable) {
   ck_attribute make_extractable{CKA_EXTRACTABLE, &yes, 1};
   EXPECT_NE(raw.fn()->C_SetAttributeValue(raw.session(), found[0], &make_extractable, 1),
             static_cast<ck_rv_t>(CKR_OK));
+}
+
+TEST_F(Pkcs11HsmTest, ASigningKeySignsInsideTheHsmAndOnlyItsPublicHalfLeaves) {
+  const SigningKeyRef key{"audit-checkpoint/v1"};
+  TV_ASSERT_OK(hsm_->CreateSigningKey(key));
+  TV_EXPECT_ERROR(hsm_->CreateSigningKey(key), StatusCode::kAlreadyExists, kReasonKeyExists);
+  StatusOr<Bytes> point = hsm_->SigningPublicKey(key);
+  TV_ASSERT_OK(point);
+  StatusOr<EcdsaP256PublicKey> public_key = EcdsaP256PublicKey::FromPoint(*point);
+  TV_ASSERT_OK(public_key);
+  const Bytes message = {'c', 'h', 'e', 'c', 'k', 'p', 'o', 'i', 'n', 't'};
+  const Sha256Digest digest = Sha256({message});
+  StatusOr<Bytes> signature = hsm_->Sign(key, digest);
+  TV_ASSERT_OK(signature);
+  ASSERT_EQ(signature->size(), kP256SignatureSize);
+  EXPECT_TRUE(public_key->Verify(message, *signature));
+  EXPECT_FALSE(public_key->Verify(Bytes{'o', 't', 'h', 'e', 'r'}, *signature));
+  Bytes flipped = *signature;
+  flipped[40] ^= 1;
+  EXPECT_FALSE(public_key->Verify(message, flipped));
+  // The PEM round-trips to the same key.
+  StatusOr<EcdsaP256PublicKey> from_pem = EcdsaP256PublicKey::FromPem(public_key->Pem());
+  TV_ASSERT_OK(from_pem);
+  EXPECT_EQ(from_pem->KeyId(), public_key->KeyId());
+  TV_EXPECT_ERROR(hsm_->Sign(SigningKeyRef{"none"}, digest), StatusCode::kNotFound, kReasonKeyNotFound);
+
+  hsm_.reset();  // look at the private half with raw PKCS#11
+  std::string pin(AsChars(token_.Pin().view()));
+  {
+    testing::RawPkcs11 raw(token_.token().config.module_path, token_.token().config.token_label, pin);
+    ASSERT_TRUE(raw.ready());
+    std::vector<ck_object_handle_t> found = raw.FindByLabel(key.Label());
+    ASSERT_EQ(found.size(), 2u);  // the private and the public key
+    int private_keys = 0;
+    for (ck_object_handle_t h : found) {
+      std::vector<unsigned char> v;
+      ASSERT_EQ(raw.GetAttribute(h, CKA_CLASS, &v), static_cast<ck_rv_t>(CKR_OK));
+      ck_object_class_t cls = 0;
+      std::memcpy(&cls, v.data(), sizeof(cls));
+      if (cls != CKO_PRIVATE_KEY) continue;
+      ++private_keys;
+      EXPECT_EQ(raw.GetAttribute(h, CKA_VALUE, &v), static_cast<ck_rv_t>(CKR_ATTRIBUTE_SENSITIVE));
+      for (auto [attr, expected] : {std::pair<unsigned long, int>{CKA_SENSITIVE, 1},
+                                    {CKA_EXTRACTABLE, 0},
+                                    {CKA_NEVER_EXTRACTABLE, 1},
+                                    {CKA_SIGN, 1},
+                                    {CKA_DECRYPT, 0},
+                                    {CKA_TOKEN, 1}}) {
+        ASSERT_EQ(raw.GetAttribute(h, attr, &v), static_cast<ck_rv_t>(CKR_OK)) << attr;
+        EXPECT_EQ(v[0], expected) << "attribute 0x" << std::hex << attr;
+      }
+    }
+    EXPECT_EQ(private_keys, 1);
+  }
+  // A new login (new sessions, new handles) signs with the same key.
+  hsm_ = std::move(token_.Open()).value();
+  StatusOr<Bytes> again = hsm_->Sign(key, digest);
+  TV_ASSERT_OK(again);
+  EXPECT_TRUE(public_key->Verify(message, *again));
 }
 
 TEST_F(Pkcs11HsmTest, WrapUnwrapRoundTrip) {

@@ -1,6 +1,21 @@
 #include "vault/base/clock.h"
 
+#include <cstdio>
+#include <ctime>
+
 namespace tokenvault {
+
+std::string Rfc3339(int64_t ms) {
+  const time_t secs = static_cast<time_t>(ms / 1000);
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char buf[96];
+  std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                static_cast<int>(ms % 1000));
+  return buf;
+}
+
 namespace {
 
 class RealClock final : public Clock {

@@ -5,8 +5,12 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <string>
 
 namespace tokenvault {
+
+// "2026-11-29T12:00:00.250Z": RFC 3339 in UTC with milliseconds (API.md's times).
+std::string Rfc3339(int64_t unix_millis);
 
 class Clock {
  public:
