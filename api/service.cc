@@ -245,6 +245,7 @@ struct Service::Context : std::enable_shared_from_this<Service::Context> {
   json body;          // parsed request body
   bool audited = false;  // the handler already wrote the audit record with its data
   std::optional<Idempotency> idempotency;  // the request carried an Idempotency-Key
+  std::vector<storage::RevealCharge> charges;  // budget counters, committed with a 2xx's record
   HttpResponse answer;  // a tokenize's answer, when rendered inside its commit
 
   // Whatever way the request ended (refused, replayed, answered), the values in its parsed
@@ -289,6 +290,13 @@ Status Service::ReplacePolicy(std::shared_ptr<const policy::Policy> policy,
 Service::Service(Vault& vault, std::shared_ptr<const policy::Policy> policy,
                  ServiceOptions options)
     : vault_(vault), policy_(std::move(policy)), options_(options), lockout_(options.lockout) {}
+
+Status Service::LoadBudgetCounters() {
+  const int64_t since = Clock::Real().NowUnixMillis() - 86400 * 1000LL - storage::kRevealBucketMs;
+  TV_ASSIGN_OR_RETURN(std::vector<storage::RevealCharge> usage, vault_.store().LoadRevealUsage(since));
+  budgets_.Load(usage);
+  return Status::Ok();
+}
 
 HttpResponse Service::Handle(HttpRequest request) {
   // Shared: the answer may come from another thread after this frame has given up on it.
@@ -339,14 +347,21 @@ void Service::Complete(const std::shared_ptr<Context>& ctx, HttpResponse respons
     const storage::AuditRecord record = AuditOf(*ctx, response.status);
     // The answer (a detokenize's values, say) waits for its audit record to be durable.
     auto held = std::make_shared<HttpResponse>(std::move(response));
-    vault_.audit().AppendAsync(record, [this, ctx, held](const StatusOr<storage::AuditRecord>& written) {
-      try {
-        Respond(*ctx, Finish(*ctx, std::move(*held), written.status()));
-      } catch (...) {
-        Cleanse(held->body);
-        Respond(*ctx, AuditUnavailable());
-      }
-    });
+    // A reveal is counted against its budgets in the transaction of its record, so that it is
+    // counted if and only if it happened. A refused or failed request charges nothing durable.
+    std::vector<storage::RevealCharge> charges;
+    if (held->status >= 200 && held->status < 300) charges = std::move(ctx->charges);
+    vault_.audit().AppendAsync(
+        record,
+        [this, ctx, held](const StatusOr<storage::AuditRecord>& written) {
+          try {
+            Respond(*ctx, Finish(*ctx, std::move(*held), written.status()));
+          } catch (...) {
+            Cleanse(held->body);
+            Respond(*ctx, AuditUnavailable());
+          }
+        },
+        std::move(charges));
   } catch (...) {
     Cleanse(response.body);
     Respond(*ctx, AuditUnavailable());
@@ -1233,6 +1248,9 @@ HttpResponse Service::Detokenize(Context& ctx) {
     ctx.reason = bound.reason() + " (" + why + ")";
     return denied;
   }
+  if (std::optional<HttpResponse> refused = ChargeBudgets(ctx, plain, static_cast<int64_t>(b["tokens"].size()))) {
+    return *refused;
+  }
   json out = {{"items", json::array()}};
   json& items = out["items"];
   for (const json& t : b["tokens"]) {
@@ -1259,6 +1277,30 @@ HttpResponse Service::Detokenize(Context& ctx) {
   HttpResponse response = Json(200, out);
   WipeStrings(out);  // the answer's bytes are now only in response.body, wiped after sending
   return response;
+}
+
+std::optional<HttpResponse> Service::ChargeBudgets(Context& ctx, bool plain, int64_t values) {
+  const std::vector<policy::RevealBudget> budgets = CurrentPolicy()->BudgetsFor(*ctx.principal, plain);
+  if (budgets.empty()) return std::nullopt;
+  // Counters older than the longest window are dropped now and then (both copies).
+  const int64_t now = Clock::Real().NowUnixMillis();
+  int64_t pruned_at = budgets_pruned_at_ms_.load();
+  if (now - pruned_at > 600'000 && budgets_pruned_at_ms_.compare_exchange_strong(pruned_at, now)) {
+    const int64_t cutoff = budgets_.ForgetOld();
+    StatusOr<size_t> pruned = vault_.store().PruneRevealUsage(cutoff);
+    if (!pruned.ok()) spdlog::warn("pruning budget counters failed: {}", pruned.status().ToString());
+  }
+  // Every token asked for counts, found or not: the budget bounds what a caller may try.
+  auto charged = budgets_.Charge(ctx.principal->name, ctx.merchant, plain, values, budgets);
+  if (const auto* refusal = std::get_if<RevealBudgets::Refusal>(&charged)) {
+    ++budget_denials_;
+    ctx.reason = refusal->reason + " (" + ctx.reason + ")";
+    HttpResponse r = Json(429, ErrorJson("rate_limited", "budget_exceeded", refusal->reason));
+    r.headers.emplace_back("Retry-After", std::to_string(refusal->retry_after_seconds));
+    return r;
+  }
+  ctx.charges.push_back(std::get<storage::RevealCharge>(std::move(charged)));
+  return std::nullopt;
 }
 
 Status Service::ParseAuditQuery(Context& ctx, size_t max_limit, size_t default_limit,

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "api/auth_lockout.h"
+#include "api/reveal_budget.h"
 #include "policy/policy.h"
 #include "vault/vault.h"
 
@@ -61,6 +62,14 @@ struct ServiceOptions {
 class Service {
  public:
   Service(Vault& vault, std::shared_ptr<const policy::Policy> policy, ServiceOptions options = {});
+
+  // Reads back the persisted detokenize budget counters of the last day (the longest window), so
+  // that a restart does not refill a budget. Call once before serving; a server that cannot
+  // must not serve, or every budget would be lifted.
+  Status LoadBudgetCounters();
+
+  // Detokenize requests refused by a budget since start (metrics).
+  uint64_t budget_denials() const { return budget_denials_.load(); }
 
   // Never throws; every answer carries Request-Id; every request but /healthz and /readyz leaves
   // exactly one audit record, and if that record cannot be written the answer is 503 with no
@@ -130,6 +139,9 @@ class Service {
   HttpResponse ReadAudit(Context& ctx);
   HttpResponse VerifyAudit(Context& ctx);
   HttpResponse ExportAudit(Context& ctx);
+  // Charges 'values' reveals to the caller's detokenize budgets: nullopt if they allow it (the
+  // charge then commits with the audit record), else the 429 to answer.
+  std::optional<HttpResponse> ChargeBudgets(Context& ctx, bool plain, int64_t values);
   HttpResponse AuditCheckpointKey(Context& ctx);
   // The filter of GET /v1/audit and /v1/audit/export from the query, for the caller's scope.
   Status ParseAuditQuery(Context& ctx, size_t max_limit, size_t default_limit,
@@ -151,6 +163,9 @@ class Service {
   // Bumped by every deletion: a lookup that started before it must not refill the cache.
   uint64_t principals_generation_ = 0;  // GUARDED_BY(principals_mu_)
   AuthLockout lockout_;
+  RevealBudgets budgets_;  // detokenize budgets' counters (their limits are in the policy)
+  std::atomic<uint64_t> budget_denials_{0};
+  std::atomic<int64_t> budgets_pruned_at_ms_{0};
   std::mutex idempotency_mu_;
   std::set<Bytes> idempotency_in_flight_;  // key hashes of requests being answered. GUARDED_BY(idempotency_mu_)
 };

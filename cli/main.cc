@@ -299,6 +299,10 @@ int Serve(const Settings& s) {
   service_options.lockout.max_failures = static_cast<size_t>(s.auth_lockout_failures);
   service_options.lockout.lockout = std::chrono::minutes(s.auth_lockout_minutes);
   api::Service service(*vault, policy, service_options);
+  if (Status loaded = service.LoadBudgetCounters(); !loaded.ok()) {
+    spdlog::error("cannot read the detokenize budget counters: {}", loaded.ToString());
+    return 1;
+  }
   if (!Bootstrap(service, s)) return 1;
 
   api::ServerConfig config;

@@ -502,7 +502,9 @@ Status Pkcs11Hsm::CreateSigningKey(const SigningKeyRef& key) {
         {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
         {CKA_EC_PARAMS, const_cast<uint8_t*>(kP256Params), sizeof(kP256Params)},
         {CKA_TOKEN, &yes, 1},
-        {CKA_PRIVATE, &no, 1},
+        // Not secret, but only a logged-in user may replace it: whoever could swap the public
+        // half could have the vault serve a key of theirs.
+        {CKA_PRIVATE, &yes, 1},
         {CKA_VERIFY, &yes, 1},
         {CKA_ENCRYPT, &no, 1},
         {CKA_WRAP, &no, 1},

@@ -115,6 +115,42 @@ StatusOr<Policy> Policy::WithCustomRoles(const std::vector<Role>& custom) {
   return policy;
 }
 
+StatusOr<Policy> Policy::WithCustomRolesAndBudgets(const std::vector<Role>& custom,
+                                                   std::vector<RevealBudget> budgets) {
+  TV_ASSIGN_OR_RETURN(Policy policy, WithCustomRoles(custom));
+  auto invalid = [](const std::string& why) { return InvalidArgumentError("invalid_budget", why); };
+  for (const RevealBudget& b : budgets) {
+    if (b.principal.empty() == b.role.empty()) return invalid("a budget names a principal or a role");
+    if (!b.principal.empty() && !IsValidName(b.principal)) return invalid("a budget's principal is not a valid name");
+    if (!b.role.empty() && policy.FindRole(b.role) == nullptr) {
+      return invalid("a budget names the unknown role '" + b.role + "'");
+    }
+    const bool volume = b.max_values > 0 || b.window_seconds > 0;
+    const bool rate = b.per_second > 0 || b.burst > 0;
+    if (!volume && !rate) return invalid("a budget sets max_values and window_seconds, per_second and burst, or both");
+    if (volume && (b.max_values < 1 || b.max_values > 100'000'000 || b.window_seconds < 1 ||
+                   b.window_seconds > 86400)) {
+      return invalid("max_values is 1 to 100000000 and window_seconds 1 to 86400, together");
+    }
+    if (rate && !(b.per_second > 0 && b.per_second <= 1'000'000 && b.burst >= 1 && b.burst <= 1'000'000)) {
+      return invalid("per_second is above 0 (at most 1000000) and burst 1 to 1000000, together");
+    }
+  }
+  policy.budgets_ = std::move(budgets);
+  return policy;
+}
+
+std::vector<RevealBudget> Policy::BudgetsFor(const Principal& principal, bool plain) const {
+  std::vector<RevealBudget> out;
+  for (const RevealBudget& b : budgets_) {
+    if (b.plain != plain) continue;
+    bool applies = !b.principal.empty() && b.principal == principal.name;
+    for (const std::string& role : principal.roles) applies |= !b.role.empty() && b.role == role;
+    if (applies) out.push_back(b);
+  }
+  return out;
+}
+
 const Role* Policy::FindRole(std::string_view name) const {
   auto it = roles_.find(name);
   return it == roles_.end() ? nullptr : &it->second;

@@ -100,6 +100,20 @@ struct Decision {
   std::string reason;
 };
 
+// A detokenize budget (policy file "budgets"): for each principal it applies to, and for each
+// merchant separately, at most 'max_values' values revealed in any rolling 'window_seconds', and
+// a rate of 'per_second' values with bursts of 'burst' (a token bucket). Either limit may be
+// absent (0), not both. Exceeding one answers 429 with Retry-After (docs/api.md, Budgets).
+struct RevealBudget {
+  std::string principal;  // exactly one of principal and role names whom it applies to
+  std::string role;
+  bool plain = true;      // which reveals it counts: plain, or masked
+  int64_t max_values = 0;
+  int64_t window_seconds = 0;  // 1 to 86400 (a rolling day) when max_values is set
+  double per_second = 0;
+  int64_t burst = 0;
+};
+
 // The roles in force: the built-in ones of API.md plus custom roles from a policy file.
 // Immutable once built; share it by const reference or shared_ptr<const Policy>.
 class Policy {
@@ -110,9 +124,16 @@ class Policy {
   // has a bad name or no permission, or holds a key-management permission together with
   // tokens:detokenize:plain (reason separation_of_duties).
   static StatusOr<Policy> WithCustomRoles(const std::vector<Role>& custom);
+  // The same, with detokenize budgets. kInvalidArgument (invalid_budget) for a budget naming an
+  // unknown role, a bad principal name, or limits out of range.
+  static StatusOr<Policy> WithCustomRolesAndBudgets(const std::vector<Role>& custom,
+                                                    std::vector<RevealBudget> budgets);
 
   const Role* FindRole(std::string_view name) const;
   const std::map<std::string, Role, std::less<>>& roles() const { return roles_; }
+  const std::vector<RevealBudget>& budgets() const { return budgets_; }
+  // The budgets that apply to the principal's plain (or masked) reveals.
+  std::vector<RevealBudget> BudgetsFor(const Principal& principal, bool plain) const;
 
   // Every permission the principal's roles grant (unknown roles grant nothing).
   PermissionSet EffectivePermissions(const Principal& principal) const;
@@ -135,6 +156,7 @@ class Policy {
 
  private:
   std::map<std::string, Role, std::less<>> roles_;
+  std::vector<RevealBudget> budgets_;
 };
 
 // ^[a-z0-9][a-z0-9_.-]{0,63}$ for principal and role names.

@@ -20,7 +20,7 @@ StatusOr<Policy> ParsePolicy(std::string_view json_text) {
   }
   if (!doc.is_object()) return Invalid("the policy file must be a JSON object");
   for (const auto& [key, value] : doc.items()) {
-    if (key != "roles") return Invalid("unknown field '" + key + "'");
+    if (key != "roles" && key != "budgets") return Invalid("unknown field '" + key + "'");
   }
   std::vector<Role> roles;
   if (doc.contains("roles")) {
@@ -67,7 +67,36 @@ StatusOr<Policy> ParsePolicy(std::string_view json_text) {
       roles.push_back(std::move(role));
     }
   }
-  return Policy::WithCustomRoles(roles);
+  std::vector<RevealBudget> budgets;
+  if (doc.contains("budgets")) {
+    const nlohmann::json& list = doc.at("budgets");
+    if (!list.is_array()) return Invalid("'budgets' must be an array");
+    for (const nlohmann::json& entry : list) {
+      if (!entry.is_object()) return Invalid("each budget must be an object");
+      RevealBudget budget;
+      for (const auto& [key, value] : entry.items()) {
+        if (key == "principal" || key == "role") {
+          if (!value.is_string()) return Invalid("a budget's '" + key + "' is a string");
+          (key == "principal" ? budget.principal : budget.role) = value.get<std::string>();
+        } else if (key == "reveal") {
+          if (value != "plain" && value != "masked") return Invalid("a budget's 'reveal' is \"plain\" or \"masked\"");
+          budget.plain = value == "plain";
+        } else if (key == "max_values" || key == "window_seconds" || key == "burst") {
+          if (!value.is_number_integer()) return Invalid("a budget's '" + key + "' is an integer");
+          const int64_t v = value.get<int64_t>();
+          (key == "max_values" ? budget.max_values : key == "window_seconds" ? budget.window_seconds : budget.burst) = v;
+        } else if (key == "per_second") {
+          if (!value.is_number()) return Invalid("a budget's 'per_second' is a number");
+          budget.per_second = value.get<double>();
+        } else {
+          return Invalid("unknown budget field '" + key + "'");
+        }
+      }
+      if (!entry.contains("reveal")) return Invalid("each budget needs 'reveal'");
+      budgets.push_back(std::move(budget));
+    }
+  }
+  return Policy::WithCustomRolesAndBudgets(roles, std::move(budgets));
 }
 
 StatusOr<Policy> LoadPolicyFile(const std::string& path) {

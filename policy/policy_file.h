@@ -1,5 +1,7 @@
 // Custom roles from a JSON policy file:
-//   {"roles": [{"name": "reconciler", "permissions": ["tokens:read", "tokens:detokenize:masked"]}]}
+//   {"roles": [{"name": "reconciler", "permissions": ["tokens:read", "tokens:detokenize:masked"]}],
+//    "budgets": [{"role": "reconciler", "reveal": "masked", "max_values": 10000,
+//                 "window_seconds": 86400, "per_second": 20, "burst": 100}]}
 // Unknown fields and unknown permissions are errors, and so is a role that breaks separation of
 // duties: a policy file is refused whole, never applied in part.
 #ifndef TOKENVAULT_POLICY_POLICY_FILE_H_

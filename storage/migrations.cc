@@ -205,6 +205,20 @@ CREATE TABLE audit_checkpoints (
 );
 )sql";
 
+// 009: the persisted counters of detokenize budgets: values revealed per principal, merchant,
+// reveal mode and 10-second bucket, written in the transaction of the reveal's audit record.
+constexpr char kMigration009[] = R"sql(
+CREATE TABLE reveal_usage (
+  principal TEXT NOT NULL,
+  merchant  TEXT NOT NULL,
+  reveal    TEXT NOT NULL CHECK (reveal IN ('plain', 'masked')),
+  bucket    INTEGER NOT NULL,
+  count     INTEGER NOT NULL CHECK (count > 0),
+  PRIMARY KEY (principal, merchant, reveal, bucket)
+) WITHOUT ROWID;
+CREATE INDEX reveal_usage_by_bucket ON reveal_usage(bucket);
+)sql";
+
 constexpr Migration kMigrations[] = {
     {1, "merchants, data keys, tokens", kMigration001},
     {2, "principals, system keys, audit trail", kMigration002},
@@ -214,6 +228,7 @@ constexpr Migration kMigrations[] = {
     {6, "KEK rotation intents", kMigration006},
     {7, "destroyed DEK versions", kMigration007},
     {8, "signed audit checkpoints", kMigration008},
+    {9, "detokenize budget counters", kMigration009},
 };
 
 StatusOr<int64_t> CurrentVersion(Database& db) {

@@ -1446,9 +1446,26 @@ StatusOr<AuditRecord> SqliteStore::AppendAudit(AuditRecord record, const AuditMa
 }
 
 void SqliteStore::AppendAuditAsync(AuditRecord record, const AuditMac& mac,
+                                   std::vector<RevealCharge> charges,
                                    std::function<void(const StatusOr<AuditRecord>&)> done) {
   auto owned = std::make_shared<AuditRecord>(std::move(record));
-  impl_->WriteAsync([owned, &mac](Database& db) { return AppendAuditInTxn(db, *owned, mac); },
+  impl_->WriteAsync(
+      [owned, &mac, charges = std::move(charges)](Database& db) -> Status {
+        TV_RETURN_IF_ERROR(AppendAuditInTxn(db, *owned, mac));
+        for (const RevealCharge& c : charges) {
+          TV_ASSIGN_OR_RETURN(Statement stmt,
+                              db.Prepare("INSERT INTO reveal_usage (principal, merchant, reveal, bucket, count) "
+                                         "VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (principal, merchant, reveal, bucket) "
+                                         "DO UPDATE SET count = count + excluded.count"));
+          TV_RETURN_IF_ERROR(stmt.Bind(1, std::string_view(c.principal))
+                                 .Bind(2, std::string_view(c.merchant))
+                                 .Bind(3, std::string_view(c.plain ? "plain" : "masked"))
+                                 .Bind(4, c.bucket_ms)
+                                 .Bind(5, c.count)
+                                 .Run());
+        }
+        return Status::Ok();
+      },
                     [owned, done = std::move(done)](Status s) {
                       if (!s.ok()) {
                         done(std::move(s));
@@ -1522,6 +1539,34 @@ AuditCheckpoint CheckpointFromRow(Statement& stmt) {
 }
 
 }  // namespace
+
+StatusOr<std::vector<RevealCharge>> SqliteStore::LoadRevealUsage(int64_t since_ms) {
+  TV_ASSIGN_OR_RETURN(ReadPool::Lease lease, impl_->Reader());
+  TV_ASSIGN_OR_RETURN(Statement stmt,
+                      lease.db().Prepare("SELECT principal, merchant, reveal, bucket, count FROM reveal_usage "
+                                         "WHERE bucket >= ?1"));
+  stmt.Bind(1, since_ms);
+  std::vector<RevealCharge> out;
+  for (;;) {
+    TV_ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) break;
+    out.push_back(RevealCharge{stmt.ColumnText(0), stmt.ColumnText(1), stmt.ColumnText(2) == "plain",
+                               stmt.ColumnInt(3), stmt.ColumnInt(4)});
+  }
+  return out;
+}
+
+StatusOr<size_t> SqliteStore::PruneRevealUsage(int64_t before_ms) {
+  size_t pruned = 0;
+  Status deleted = Write([&](Database& db) -> Status {
+    TV_ASSIGN_OR_RETURN(Statement stmt, db.Prepare("DELETE FROM reveal_usage WHERE bucket < ?1"));
+    TV_RETURN_IF_ERROR(stmt.Bind(1, before_ms).Run());
+    pruned = static_cast<size_t>(db.Changes());
+    return Status::Ok();
+  });
+  if (!deleted.ok()) return deleted;
+  return pruned;
+}
 
 Status SqliteStore::InsertAuditCheckpoint(const AuditCheckpoint& c) {
   return Write([&](Database& db) -> Status {

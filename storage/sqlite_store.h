@@ -89,8 +89,11 @@ class SqliteStore final : public Store {
   StatusOr<DataKeyRecord> GetSystemKey(std::string_view name) override;
   Status InsertSystemKey(std::string_view name, const DataKeyRecord& key) override;
   StatusOr<AuditRecord> AppendAudit(AuditRecord record, const AuditMac& mac) override;
-  void AppendAuditAsync(AuditRecord record, const AuditMac& mac,
+  using Store::AppendAuditAsync;
+  void AppendAuditAsync(AuditRecord record, const AuditMac& mac, std::vector<RevealCharge> charges,
                         std::function<void(const StatusOr<AuditRecord>&)> done) override;
+  StatusOr<std::vector<RevealCharge>> LoadRevealUsage(int64_t since_ms) override;
+  StatusOr<size_t> PruneRevealUsage(int64_t before_ms) override;
   StatusOr<std::vector<AuditRecord>> ScanAudit(const AuditQuery& query) override;
   StatusOr<AuditHead> GetAuditHead() override;
   Status InsertAuditCheckpoint(const AuditCheckpoint& checkpoint) override;

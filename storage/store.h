@@ -152,6 +152,17 @@ struct AuditCheckpoint {
   Bytes signature;
 };
 
+// Values revealed by one principal on one merchant in one 10-second bucket: the persisted
+// counters of detokenize budgets (policy::RevealBudget).
+struct RevealCharge {
+  std::string principal;
+  std::string merchant;
+  bool plain = true;
+  int64_t bucket_ms = 0;  // start of the bucket, a multiple of kRevealBucketMs
+  int64_t count = 0;
+};
+inline constexpr int64_t kRevealBucketMs = 10'000;
+
 // Computes the MACs of the audit chain; implemented by the vault, which holds the audit key.
 class AuditMac {
  public:
@@ -335,11 +346,19 @@ class Store {
   // writes the record and the new head, in one durable transaction. Returns the record as
   // written.
   virtual StatusOr<AuditRecord> AppendAudit(AuditRecord record, const AuditMac& mac) = 0;
-  // AppendAudit without waiting; 'done' as for InsertTokenAsync.
+  // AppendAudit without waiting; 'done' as for InsertTokenAsync. 'charges' are added to the
+  // reveal counters in the same transaction: a reveal is counted if and only if it is audited.
   virtual void AppendAuditAsync(AuditRecord record, const AuditMac& mac,
-                                std::function<void(const StatusOr<AuditRecord>&)> done) {
-    done(AppendAudit(std::move(record), mac));
+                                std::vector<RevealCharge> charges,
+                                std::function<void(const StatusOr<AuditRecord>&)> done) = 0;
+  void AppendAuditAsync(AuditRecord record, const AuditMac& mac,
+                        std::function<void(const StatusOr<AuditRecord>&)> done) {
+    AppendAuditAsync(std::move(record), mac, {}, std::move(done));
   }
+  // The reveal counters of buckets starting at or after 'since_ms'.
+  virtual StatusOr<std::vector<RevealCharge>> LoadRevealUsage(int64_t since_ms) = 0;
+  // Deletes the counters of buckets starting before 'before_ms'. Returns how many.
+  virtual StatusOr<size_t> PruneRevealUsage(int64_t before_ms) = 0;
   // Records matching 'query', in ascending seq, at most query.limit.
   virtual StatusOr<std::vector<AuditRecord>> ScanAudit(const AuditQuery& query) = 0;
   // kNotFound while the log is empty.

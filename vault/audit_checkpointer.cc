@@ -58,6 +58,7 @@ Bytes Zeros() { return Bytes(kMacSize, 0); }
 struct LogTail {
   std::optional<storage::AuditCheckpoint> last;
   off_t complete_length = 0;
+  off_t file_length = 0;
 };
 
 StatusOr<LogTail> ReadLogTail(const std::string& path) {
@@ -72,6 +73,7 @@ StatusOr<LogTail> ReadLogTail(const std::string& path) {
     ::close(fd);
     return FileError("cannot stat", path);
   }
+  tail.file_length = st.st_size;
   const off_t start = std::max<off_t>(0, st.st_size - kLogTailBytes);
   std::string data(static_cast<size_t>(st.st_size - start), '\0');
   const ssize_t n = ::pread(fd, data.data(), data.size(), start);
@@ -125,6 +127,15 @@ StatusOr<std::unique_ptr<AuditCheckpointer>> AuditCheckpointer::Open(
   }
   TV_RETURN_IF_ERROR(point.status());
   TV_ASSIGN_OR_RETURN(EcdsaP256PublicKey key, EcdsaP256PublicKey::FromPoint(*point));
+  // The public half is a separate object: prove it belongs to the private half before it is
+  // served, written out, or used to verify anything.
+  Sha256Digest probe{};
+  TV_RETURN_IF_ERROR(hsm.GenerateRandom(probe.data(), probe.size()));
+  TV_ASSIGN_OR_RETURN(Bytes probe_signature, hsm.Sign(kCheckpointSigningKey, probe));
+  if (!key.VerifyDigest(probe, probe_signature)) {
+    return FailedPreconditionError("kek_attributes_unsafe",
+                                   "the HSM's checkpoint public key does not match its signing key");
+  }
   if (!options.public_key_path.empty()) {
     TV_RETURN_IF_ERROR(WriteFileAtomically(options.public_key_path, key.Pem(), 0644));
   }
@@ -158,15 +169,30 @@ void AuditCheckpointer::Start() {
 }
 
 Status AuditCheckpointer::ReconcileLog() {
-  if (options_.log_path.empty()) return Status::Ok();
   std::lock_guard<std::mutex> lock(sign_mu_);
-  TV_ASSIGN_OR_RETURN(LogTail tail, ReadLogTail(options_.log_path));
-  if (::truncate(options_.log_path.c_str(), tail.complete_length) != 0 && errno != ENOENT) {
-    return FileError("cannot cut the torn line of", options_.log_path);
+  StatusOr<storage::AuditCheckpoint> db_last = store_.LastAuditCheckpoint();
+  if (!db_last.ok() && db_last.status().code() != StatusCode::kNotFound) return db_last.status();
+  if (db_last.ok() &&
+      (db_last->key_id != key_id_ || !public_key_.Verify(CheckpointMessage(*db_last), db_last->signature))) {
+    log_problem_ = "the database's last checkpoint (records " + std::to_string(db_last->first_seq) +
+                   " to " + std::to_string(db_last->last_seq) + ") is not signed by the checkpoint key";
+    spdlog::error("audit: {}; no checkpoint is signed until this is resolved", log_problem_);
+    return Status::Ok();
   }
-  int64_t logged_through = 0;
+  if (options_.log_path.empty()) {
+    if (db_last.ok()) last_logged_ = *db_last;
+    return Status::Ok();
+  }
+  TV_ASSIGN_OR_RETURN(LogTail tail, ReadLogTail(options_.log_path));
+  if (tail.complete_length < tail.file_length) {
+    // Only a torn last line is cut (a crash while appending). An append-only file (chattr +a)
+    // with no torn line is never touched.
+    spdlog::warn("audit: cutting a torn last line of {}", options_.log_path);
+    if (::truncate(options_.log_path.c_str(), tail.complete_length) != 0) {
+      return FileError("cannot cut the torn line of", options_.log_path);
+    }
+  }
   if (tail.last) {
-    logged_through = tail.last->last_seq;
     StatusOr<storage::AuditCheckpoint> in_db = store_.LastAuditCheckpoint(tail.last->last_seq);
     if (!in_db.ok() && in_db.status().code() != StatusCode::kNotFound) return in_db.status();
     if (!in_db.ok() || in_db->last_seq != tail.last->last_seq || !SameCheckpoint(*in_db, *tail.last)) {
@@ -177,24 +203,42 @@ Status AuditCheckpointer::ReconcileLog() {
       spdlog::error("audit: {}; no checkpoint is signed until this is resolved", log_problem_);
       return Status::Ok();
     }
+    last_logged_ = *tail.last;
+  } else if (db_last.ok()) {
+    spdlog::warn("audit: the checkpoint log {} is missing or empty while the database has "
+                 "checkpoints: it is rebuilt from the database (was it deleted?)",
+                 options_.log_path);
   }
-  // Checkpoints committed to the database but not yet to the log (a crash between the two).
+  return CatchUpLogLocked();
+}
+
+Status AuditCheckpointer::CatchUpLogLocked() {
+  if (options_.log_path.empty()) return Status::Ok();
+  // Checkpoints committed to the database but not yet to the log (a crash, or a failed append).
   for (;;) {
     TV_ASSIGN_OR_RETURN(std::vector<storage::AuditCheckpoint> missing,
-                        store_.ScanAuditCheckpoints(logged_through, 100));
-    if (missing.empty()) break;
-    for (const storage::AuditCheckpoint& c : missing) TV_RETURN_IF_ERROR(AppendToLog(c));
-    logged_through = missing.back().last_seq;
+                        store_.ScanAuditCheckpoints(last_logged_ ? last_logged_->last_seq : 0, 100));
+    if (missing.empty()) return Status::Ok();
+    for (const storage::AuditCheckpoint& c : missing) {
+      TV_RETURN_IF_ERROR(AppendToLog(c));
+      last_logged_ = c;
+    }
   }
-  return Status::Ok();
 }
 
 Status AuditCheckpointer::AppendToLog(const storage::AuditCheckpoint& checkpoint) {
   if (options_.log_path.empty()) return Status::Ok();
   const int fd = ::open(options_.log_path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0) return FileError("cannot open", options_.log_path);
+  struct stat before {};
+  const bool sized = ::fstat(fd, &before) == 0;
   Status written = WriteAll(fd, CheckpointLine(checkpoint) + "\n", options_.log_path);
   if (written.ok() && ::fsync(fd) != 0) written = FileError("cannot fsync", options_.log_path);
+  // A partial line would break every later line: take it back, and the checkpoint is appended
+  // again (CatchUpLogLocked) before anything new is signed.
+  if (!written.ok() && sized && ::ftruncate(fd, before.st_size) != 0) {
+    spdlog::error("audit: cannot take back a partial line of {}", options_.log_path);
+  }
   ::close(fd);
   return written;
 }
@@ -211,7 +255,11 @@ StatusOr<storage::AuditCheckpoint> AuditCheckpointer::SignNext(
   query.limit = std::min<size_t>(options_.records == 0 ? 1 : options_.records,
                                  static_cast<size_t>(head - c.first_seq + 1));
   TV_ASSIGN_OR_RETURN(std::vector<storage::AuditRecord> records, store_.ScanAudit(query));
-  if (records.empty()) return InternalError("storage_error", "records to checkpoint disappeared");
+  if (records.empty()) {
+    return DataLossError("integrity_failure", "audit record " + std::to_string(c.first_seq) +
+                                                  " is missing although the head is at " +
+                                                  std::to_string(head));
+  }
   int64_t expected = c.first_seq;
   for (const storage::AuditRecord& r : records) {
     // Never sign what the audit key does not vouch for: a record edited, inserted or removed in
@@ -234,13 +282,21 @@ StatusOr<storage::AuditCheckpoint> AuditCheckpointer::SignNext(
   const Sha256Digest to_sign = Sha256({CheckpointMessage(c)});
   TV_ASSIGN_OR_RETURN(c.signature, hsm_.Sign(kCheckpointSigningKey, to_sign));
   TV_RETURN_IF_ERROR(store_.InsertAuditCheckpoint(c));
-  TV_RETURN_IF_ERROR(AppendToLog(c));
+  Status logged = AppendToLog(c);
+  if (!logged.ok()) {
+    spdlog::error("audit: checkpoint of records {} to {} is in the database but not yet in the "
+                  "checkpoint log: {}",
+                  c.first_seq, c.last_seq, logged.ToString());
+    return logged;
+  }
+  last_logged_ = c;
   return c;
 }
 
 StatusOr<int64_t> AuditCheckpointer::CheckpointNow() {
   std::lock_guard<std::mutex> lock(sign_mu_);
   if (!log_problem_.empty()) return DataLossError("integrity_failure", log_problem_);
+  TV_RETURN_IF_ERROR(CatchUpLogLocked());
   StatusOr<storage::AuditHead> head = store_.GetAuditHead();
   if (!head.ok() && head.status().code() != StatusCode::kNotFound) return head.status();
   const int64_t head_seq = head.ok() ? head->seq : 0;
@@ -250,6 +306,19 @@ StatusOr<int64_t> AuditCheckpointer::CheckpointNow() {
     last = *std::move(stored);
   } else if (stored.status().code() != StatusCode::kNotFound) {
     return stored.status();
+  }
+  // Continue only from the checkpoint this process signed or logged last: a database whose
+  // checkpoints were deleted or replaced since must not make the vault sign a second history.
+  const bool same = last.has_value() == last_logged_.has_value() &&
+                    (!last || SameCheckpoint(*last, *last_logged_));
+  if (!same) {
+    log_problem_ = "the database's checkpoints no longer end with the last one signed (records " +
+                   (last_logged_ ? std::to_string(last_logged_->first_seq) + " to " +
+                                       std::to_string(last_logged_->last_seq)
+                                 : std::string("none")) +
+                   "): they were deleted or replaced";
+    spdlog::error("audit: {}; no checkpoint is signed until this is resolved", log_problem_);
+    return DataLossError("integrity_failure", log_problem_);
   }
   while ((last ? last->last_seq : 0) < head_seq) {
     TV_ASSIGN_OR_RETURN(storage::AuditCheckpoint next, SignNext(last, head_seq));
@@ -350,15 +419,18 @@ Status AuditCheckpointer::Verify(AuditVerification& v) {
   // One the database lacks still vouches for the records it covers, which are checked against it:
   // that names a record rewritten by someone who also deleted the checkpoints.
   if (!options_.log_path.empty()) {
-    std::ifstream log(options_.log_path);
+    std::ifstream log(options_.log_path, std::ios::binary);
     std::string line;
     int64_t line_no = 0;
     while (std::getline(log, line)) {
       ++line_no;
+      // A last line without its newline was torn by a crash while appended (never fsync'd, never
+      // relied on): cut at the next open. Any other bad line is a finding.
+      const bool torn = log.eof();
       if (line.empty()) continue;
       StatusOr<storage::AuditCheckpoint> c = ParseCheckpointLine(line);
       if (!c.ok() || c->key_id != key_id_ || !public_key_.Verify(CheckpointMessage(*c), c->signature)) {
-        if (log.peek() == EOF) break;  // a torn last line: cut at the next open
+        if (torn) break;
         bad_structure(covered + 1, "line " + std::to_string(line_no) + " of the checkpoint log is not a valid checkpoint");
         continue;
       }
@@ -422,6 +494,17 @@ Status AuditCheckpointer::Export(const storage::AuditQuery& filter, size_t max_r
     // the first record no checkpoint vouches for.
     StatusOr<int64_t> covered = CheckpointNow();
     if (!covered.ok() && covered.status().code() != StatusCode::kDataLoss) return covered.status();
+    // The page ends where the trail stood when it was checkpointed: records appended while it is
+    // built belong to the next export (they are not covered yet). Only when the chain failed to
+    // verify does it go on to the head as it was then, uncovered, for the verifier to name.
+    int64_t through = 0;
+    if (covered.ok()) {
+      through = *covered;
+    } else {
+      StatusOr<storage::AuditHead> head = store_.GetAuditHead();
+      if (!head.ok() && head.status().code() != StatusCode::kNotFound) return head.status();
+      through = head.ok() ? head->seq : 0;
+    }
     StatusOr<storage::AuditCheckpoint> before = store_.LastAuditCheckpoint(filter.after_seq);
     if (before.ok()) {
       const Sha256Digest h = CheckpointHash(*before);
@@ -436,8 +519,9 @@ Status AuditCheckpointer::Export(const storage::AuditQuery& filter, size_t max_r
     while (!page_full) {
       TV_ASSIGN_OR_RETURN(std::vector<storage::AuditCheckpoint> cps,
                           store_.ScanAuditCheckpoints(after, 50));
-      if (cps.empty()) break;
+      if (cps.empty() || cps.front().last_seq > through) break;
       for (const storage::AuditCheckpoint& c : cps) {
+        if (c.last_seq > through) break;  // signed by the background thread since: next time
         const int64_t count = c.last_seq - std::max(after, c.first_seq - 1);
         if (emitted > 0 && emitted + static_cast<size_t>(count) > max_records) {
           page_full = true;
@@ -456,18 +540,21 @@ Status AuditCheckpointer::Export(const storage::AuditQuery& filter, size_t max_r
       }
     }
     // Records no checkpoint covers (only when the chain failed to verify), after the last page.
-    if (!page_full) {
+    if (!page_full && after < through) {
       storage::AuditQuery q;
       q.after_seq = after;
-      q.limit = kExportChunk;
-      while (emitted < max_records) {
-        q.limit = std::min(kExportChunk, max_records - emitted);
+      while (q.after_seq < through) {
+        if (emitted >= max_records) {
+          page_full = true;
+          break;
+        }
+        q.limit = static_cast<size_t>(std::min<int64_t>(
+            static_cast<int64_t>(std::min(kExportChunk, max_records - emitted)), through - q.after_seq));
         TV_ASSIGN_OR_RETURN(std::vector<storage::AuditRecord> records, store_.ScanAudit(q));
         for (const storage::AuditRecord& r : records) TV_RETURN_IF_ERROR(emit_record(r));
         emitted += records.size();
         if (records.size() < q.limit) break;
         q.after_seq = records.back().seq;
-        page_full = emitted >= max_records;
       }
     }
     if (page_full) end.next_cursor = end.last_seq;

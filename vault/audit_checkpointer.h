@@ -78,6 +78,8 @@ class AuditCheckpointer {
   AuditCheckpointer(hsm::Hsm& hsm, storage::Store& store, AuditLog& audit,
                     AuditCheckpointOptions options, const Clock& clock, EcdsaP256PublicKey key);
   Status ReconcileLog();
+  // Appends to the log every database checkpoint after last_logged_. Needs sign_mu_.
+  Status CatchUpLogLocked();
   Status AppendToLog(const storage::AuditCheckpoint& checkpoint);
   // Signs one checkpoint over the records after 'last' (at most options_.records of them).
   StatusOr<storage::AuditCheckpoint> SignNext(const std::optional<storage::AuditCheckpoint>& last,
@@ -93,7 +95,11 @@ class AuditCheckpointer {
   const std::string key_id_;
 
   std::mutex sign_mu_;  // one signer at a time: checkpoints form a chain
-  std::string log_problem_;  // set when the checkpoint log is ahead of the database. GUARDED_BY(sign_mu_)
+  // Set when the checkpoint log is ahead of the database, or the database's checkpoints stop
+  // ending with the last one signed: nothing more is signed. GUARDED_BY(sign_mu_)
+  std::string log_problem_;
+  // The last checkpoint known to be in the log (or, without a log, signed or found at open).
+  std::optional<storage::AuditCheckpoint> last_logged_;  // GUARDED_BY(sign_mu_)
   std::mutex loop_mu_;
   std::condition_variable loop_cv_;
   bool stopping_ = false;  // GUARDED_BY(loop_mu_)

@@ -5,6 +5,7 @@
 #include "hsm/hsm.h"
 #include "vault/audit_log.h"
 #include "vault/base/clock.h"
+#include "vault/base/utf8.h"
 
 namespace tokenvault {
 namespace {
@@ -59,6 +60,13 @@ std::optional<json> ParseObject(std::string_view line) {
   json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) return std::nullopt;
   return j;
+}
+
+// The line's "type", or "" when it has none that is a string.
+std::string TypeOf(const std::optional<json>& j) {
+  if (!j) return "";
+  auto it = j->find("type");
+  return it != j->end() && it->is_string() ? it->get<std::string>() : "";
 }
 
 std::optional<storage::AuditRecord> RecordFromJson(const json& j) {
@@ -116,6 +124,17 @@ std::optional<AuditExportEnd> EndFromJson(const json& j) {
   e.last_checkpoint_hash = r.Hex("last_checkpoint_hash", 32);
   e.key_id = r.Str("key_id");
   e.signature = r.Hex("signature", hsm::kP256SignatureSize);
+  auto cursor = j.find("next_cursor");
+  if (cursor == j.end()) return std::nullopt;
+  if (cursor->is_string()) {
+    const std::string text = cursor->get<std::string>();
+    if (text.empty() || text.size() > 18 || text.find_first_not_of("0123456789") != std::string::npos) {
+      return std::nullopt;
+    }
+    e.next_cursor = std::stoll(text);
+  } else if (!cursor->is_null()) {
+    return std::nullopt;
+  }
   if (!r.ok) return std::nullopt;
   return e;
 }
@@ -156,6 +175,7 @@ Bytes ExportEndMessage(const AuditExportEnd& e) {
   AppendU64BE(out, static_cast<uint64_t>(e.first_seq));
   AppendU64BE(out, static_cast<uint64_t>(e.last_seq));
   AppendU8(out, e.complete ? 1 : 0);
+  AppendU8(out, e.next_cursor ? 1 : 0);  // more pages follow
   AppendU64BE(out, static_cast<uint64_t>(e.time_ms));
   AppendBytes(out, e.last_checkpoint_hash);
   AppendLp32(out, e.key_id);
@@ -163,7 +183,18 @@ Bytes ExportEndMessage(const AuditExportEnd& e) {
 }
 
 Sha256Digest RecordDigest(const storage::AuditRecord& record) {
-  return Sha256({CanonicalAuditEncoding(record)});
+  // Over the text as exported: records written before text was made UTF-8 on append were MAC'd
+  // over their raw bytes, but render (and so verify) with U+FFFD in place of the bad bytes.
+  storage::AuditRecord text = record;
+  for (std::string* field : {&text.request_id, &text.principal, &text.auth, &text.source_ip,
+                             &text.action, &text.merchant, &text.resource, &text.outcome,
+                             &text.reason}) {
+    MakeValidUtf8(*field);
+  }
+  for (std::string& r : text.resources) MakeValidUtf8(r);
+  // The MAC fields are bound too: a record's hash and the next one's prev_hash cannot be
+  // rewritten together unnoticed.
+  return Sha256({CanonicalAuditEncoding(text), record.prev_mac, record.mac});
 }
 
 std::string AuditRecordLine(const storage::AuditRecord& r, std::string_view time_rfc3339) {
@@ -224,11 +255,14 @@ std::string ExportHeaderLine(bool complete, int64_t first_seq) {
 
 StatusOr<storage::AuditCheckpoint> ParseCheckpointLine(std::string_view line) {
   std::optional<json> j = ParseObject(line);
-  if (!j || j->value("type", "") != "checkpoint") {
+  if (TypeOf(j) != "checkpoint") {
     return InvalidArgumentError("not_a_checkpoint", "not a checkpoint line");
   }
   std::optional<storage::AuditCheckpoint> c = CheckpointFromJson(*j);
-  if (!c) return InvalidArgumentError("not_a_checkpoint", "malformed checkpoint line");
+  // Exactly as written: no field added, none (the unsigned time text included) changed.
+  if (!c || CheckpointLine(*c) != line) {
+    return InvalidArgumentError("not_a_checkpoint", "malformed checkpoint line");
+  }
   return *c;
 }
 
@@ -254,6 +288,15 @@ Status AuditExportVerifier::AddCheckpointLog(std::string_view contents) {
       return DataLossError("bad_checkpoint_log", "checkpoint log line " + std::to_string(line_no) +
                                                      " has an invalid signature");
     }
+    // The log is one chain: two validly signed histories in it (the vault made to re-sign a
+    // rewritten trail) are themselves the finding.
+    const int64_t expected_first = log_.empty() ? 1 : log_.rbegin()->first + 1;
+    const Sha256Digest expected_prev = log_.empty() ? Sha256Digest{} : CheckpointHash(log_.rbegin()->second);
+    if (c->first_seq != expected_first || !ConstantTimeEquals(c->prev_hash, expected_prev)) {
+      return DataLossError("bad_checkpoint_log",
+                           "checkpoint log line " + std::to_string(line_no) +
+                               " does not follow the line before it: the vault signed two histories");
+    }
     log_[c->last_seq] = *std::move(c);
   }
   return Status::Ok();
@@ -272,15 +315,20 @@ bool AuditExportVerifier::Feed(std::string_view line) {
   ++result_.line;
   if (line.empty()) return true;
   std::optional<json> j = ParseObject(line);
-  const std::string type = j ? j->value("type", "") : "";
+  const std::string type = TypeOf(j);
+  // Each signed kind of line must be exactly what the vault writes for its content: an added
+  // field, or an edit of a field nothing signs (the time as text), is tampering too.
   if (type == "record") {
     std::optional<storage::AuditRecord> r = RecordFromJson(*j);
-    if (!r) return Bad(next_seq_, "line " + std::to_string(result_.line) + " is not a well-formed record");
+    if (!r || AuditRecordLine(*r, Rfc3339(r->time_ms)) != line) {
+      return Bad(r ? r->seq : next_seq_,
+                 "line " + std::to_string(result_.line) + " is not a record as the vault writes it");
+    }
     return OnRecord(*r);
   }
   if (type == "checkpoint") {
     std::optional<storage::AuditCheckpoint> c = CheckpointFromJson(*j);
-    if (!c) {
+    if (!c || CheckpointLine(*c) != line) {
       return Bad(next_seq_, "line " + std::to_string(result_.line) + " is not a well-formed checkpoint");
     }
     return OnCheckpoint(*c, /*from_log=*/false);
@@ -294,7 +342,9 @@ bool AuditExportVerifier::Feed(std::string_view line) {
   }
   if (type == "end") {
     std::optional<AuditExportEnd> e = EndFromJson(*j);
-    if (!e) return Bad(next_seq_, "line " + std::to_string(result_.line) + " is not a well-formed end");
+    if (!e || ExportEndLine(*e) != line) {
+      return Bad(next_seq_, "line " + std::to_string(result_.line) + " is not a well-formed end");
+    }
     return OnEnd(*e);
   }
   return Bad(next_seq_, "line " + std::to_string(result_.line) + " is not an export line");
@@ -403,6 +453,7 @@ bool AuditExportVerifier::OnEnd(const AuditExportEnd& e) {
   }
   page_first_ = e.last_seq + 1;
   ended_ = true;
+  more_pages_ = e.next_cursor.has_value();
   return true;
 }
 
@@ -413,6 +464,11 @@ ExportVerification AuditExportVerifier::Finish() {
   if (!ended_) {
     Bad(next_seq_, "the export is truncated after record " + std::to_string(next_seq_ - 1) +
                        ": it does not end with its signed end line");
+    return result_;
+  }
+  if (more_pages_) {
+    Bad(next_seq_, "the export is truncated after record " + std::to_string(next_seq_ - 1) +
+                       ": its last page's signed end says more pages follow");
     return result_;
   }
   if (!log_.empty() && log_.rbegin()->first >= next_seq_) {

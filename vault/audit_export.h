@@ -12,10 +12,11 @@
 // What is signed (FROZEN: changing a byte breaks every stored checkpoint):
 //   checkpoint: "tokenvault/audit-checkpoint" | u8 1 | u64 first_seq | u64 last_seq | u64 time_ms
 //               | chain_mac(32) | prev_hash(32) | SHA-256(digests)(32) | lp(key_id)
-//     digests = SHA-256(canonical(record)) for each record first_seq..last_seq, concatenated;
+//     digests = SHA-256(canonical(record) | prev_mac | mac) for each record first_seq..last_seq,
+//     concatenated (canonical() over the record's text as exported: valid UTF-8);
 //     prev_hash = SHA-256(previous checkpoint's message), 32 zero bytes for the first.
 //   end:        "tokenvault/audit-export-end" | u8 1 | u64 first_seq | u64 last_seq | u8 complete
-//               | u64 time_ms | last_checkpoint_hash(32) | lp(key_id)
+//               | u8 more (another page follows) | u64 time_ms | last_checkpoint_hash(32) | lp(key_id)
 // The verifier needs only the export and the public key: no HSM, no database, no audit key.
 #ifndef TOKENVAULT_VAULT_AUDIT_EXPORT_H_
 #define TOKENVAULT_VAULT_AUDIT_EXPORT_H_
@@ -45,7 +46,7 @@ struct AuditExportEnd {
   Bytes last_checkpoint_hash;  // of the last checkpoint ending at or before last_seq (or zeros)
   std::string key_id;
   Bytes signature;
-  std::optional<int64_t> next_cursor;  // not signed: where the next page starts, if any
+  std::optional<int64_t> next_cursor;  // where the next page starts; whether there is one is signed
 };
 
 Bytes CheckpointMessage(const storage::AuditCheckpoint& checkpoint);
@@ -112,6 +113,7 @@ class AuditExportVerifier {
   Sha256Digest last_checkpoint_hash_{};
   int64_t page_first_ = 1;
   bool ended_ = false;  // the last line read was an end line
+  bool more_pages_ = false;  // ... and it said more pages follow
   std::map<int64_t, storage::AuditCheckpoint> log_;  // the checkpoint log, by last_seq
 };
 

@@ -150,9 +150,10 @@ StatusOr<storage::AuditRecord> AuditLog::Append(storage::AuditRecord event) {
 }
 
 void AuditLog::AppendAsync(storage::AuditRecord event,
-                           std::function<void(const StatusOr<storage::AuditRecord>&)> done) {
+                           std::function<void(const StatusOr<storage::AuditRecord>&)> done,
+                           std::vector<storage::RevealCharge> charges) {
   if (event.time_ms == 0) event.time_ms = clock_.NowUnixMillis();
-  store_.AppendAuditAsync(std::move(event), *this,
+  store_.AppendAuditAsync(std::move(event), *this, std::move(charges),
                           [ticket = pending_.Enter(), done = std::move(done)](
                               const StatusOr<storage::AuditRecord>& written) mutable {
                             done(written);

@@ -62,8 +62,10 @@ class AuditLog final : public storage::AuditMac {
   // Append without waiting: 'done' gets what Append would have returned, once the record is
   // durable or failed, possibly on the store's completion thread. The log waits for every
   // pending append before it is destroyed.
+  // 'charges' (detokenize budget counters) commit with the record.
   void AppendAsync(storage::AuditRecord event,
-                   std::function<void(const StatusOr<storage::AuditRecord>&)> done);
+                   std::function<void(const StatusOr<storage::AuditRecord>&)> done,
+                   std::vector<storage::RevealCharge> charges = {});
 
   StatusOr<std::vector<storage::AuditRecord>> Query(const storage::AuditQuery& query);
 

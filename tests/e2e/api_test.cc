@@ -736,6 +736,67 @@ TEST_F(ApiTest, TenBadKeysLockTheirAddressOutEvenForAGoodKey) {
   EXPECT_EQ(refusals, 1);
 }
 
+TEST_F(ApiTest, ABudgetOf100PlainRevealsPerMinuteRefusesTheRestAuditsThemAndSurvivesACrash) {
+  const std::string policy_file = dir_.Sub("budgets.json");
+  std::ofstream(policy_file) << R"({"budgets":[
+      {"principal":"bulk","reveal":"plain","max_values":100,"window_seconds":60}]})";
+  server_->Stop(SIGTERM);
+  server_ = std::make_unique<ServerProcess>(dir_.Sub("data"), dir_.Sub("server2.log"),
+                                            std::vector<std::string>{"--policy", policy_file});
+  ASSERT_TRUE(server_->Start());
+  client_ = std::make_unique<HttpClient>(server_->base_url(), server_->ca_file());
+  Merchant("acme");
+  const std::string maker = Principal("maker", {"tokenizer"}, "*");
+  const std::string bulk = Principal("bulk", {"detokenizer"}, json::array({"acme"}));
+  const std::string token = client_->Post("/v1/merchants/acme/tokens", maker, {{"value", "4111"}}).Json()["token"];
+  const json one = {{"tokens", {token}}, {"reveal", "plain"}};
+  // 150 plain reveals from three connections at once, well within 10 s (each takes milliseconds).
+  std::atomic<int> ok{0}, refused{0}, other{0};
+  std::vector<std::thread> senders;
+  for (int t = 0; t < 3; ++t) {
+    senders.emplace_back([&] {
+      HttpClient client(server_->base_url(), server_->ca_file());
+      for (int i = 0; i < 50; ++i) {
+        Reply r = client.Post("/v1/merchants/acme/detokenize", bulk, one);
+        if (r.status == 200 && r.Json()["items"][0]["value"] == "4111") {
+          ++ok;
+        } else if (r.status == 429 && r.Json()["error"]["code"] == "budget_exceeded" &&
+                   r.Json()["error"]["type"] == "rate_limited" && std::stoi(r.headers["retry-after"]) >= 1 &&
+                   std::stoi(r.headers["retry-after"]) <= 70) {
+          ++refused;
+        } else {
+          ++other;
+        }
+      }
+    });
+  }
+  for (auto& s : senders) s.join();
+  EXPECT_EQ(ok, 100);
+  EXPECT_EQ(refused, 50);
+  EXPECT_EQ(other, 0);
+  // Every refusal is in the audit trail, denied, with the budget as its reason.
+  Reply denied = client_->Get("/v1/audit?principal=bulk&outcome=denied&limit=1000", admin_);
+  ASSERT_EQ(denied.status, 200);
+  int audited = 0;
+  const json records = denied.Json()["records"];
+  for (const json& r : records) {
+    EXPECT_EQ(r["status"], 429);
+    EXPECT_NE(r["reason"].get<std::string>().find("budget exceeded"), std::string::npos) << r.dump();
+    EXPECT_EQ(r["resources"][0], token);
+    ++audited;
+  }
+  EXPECT_EQ(audited, 50);
+  // Masked reveals have a budget of their own (none here).
+  EXPECT_EQ(client_->Post("/v1/merchants/acme/detokenize", bulk, {{"tokens", {token}}, {"reveal", "masked"}}).status, 200);
+  // The counters are committed with the reveals' audit records: a crash does not refill them.
+  server_->Stop(SIGKILL);
+  ASSERT_TRUE(server_->Start());
+  client_ = std::make_unique<HttpClient>(server_->base_url(), server_->ca_file());
+  Reply after = client_->Post("/v1/merchants/acme/detokenize", bulk, one);
+  EXPECT_EQ(after.status, 429) << after.body;
+  EXPECT_EQ(after.Json()["error"]["code"], "budget_exceeded");
+}
+
 TEST_F(ApiTest, SighupReloadsThePolicyFileAndRefusesAnInvalidOne) {
   const std::string policy_file = dir_.Sub("policy.json");
   auto write_policy = [&](const std::string& text) { std::ofstream(policy_file) << text; };

@@ -67,5 +67,36 @@ TEST(PolicyFileTest, PurposeBoundRolesNeedAPurposeTheyAllow) {
   }
 }
 
+TEST(PolicyFileTest, BudgetsApplyByPrincipalOrRoleToTheirRevealMode) {
+  StatusOr<Policy> p = ParsePolicy(R"({"budgets":[
+      {"principal":"bulk","reveal":"plain","max_values":100,"window_seconds":60},
+      {"role":"support","reveal":"masked","per_second":5,"burst":20,"max_values":1000,"window_seconds":86400}]})");
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  const Principal bulk{"bulk", {"detokenizer"}, MerchantScope::All()};
+  ASSERT_EQ(p->BudgetsFor(bulk, true).size(), 1u);
+  EXPECT_EQ(p->BudgetsFor(bulk, true)[0].max_values, 100);
+  EXPECT_TRUE(p->BudgetsFor(bulk, false).empty());
+  const Principal helpdesk{"helpdesk", {"support"}, MerchantScope::All()};
+  ASSERT_EQ(p->BudgetsFor(helpdesk, false).size(), 1u);
+  EXPECT_EQ(p->BudgetsFor(helpdesk, false)[0].burst, 20);
+  EXPECT_TRUE(p->BudgetsFor(helpdesk, true).empty());
+  for (const char* bad : {
+           R"({"budgets":{}})",
+           R"({"budgets":[{"reveal":"plain","max_values":1,"window_seconds":1}]})",                    // whom?
+           R"({"budgets":[{"principal":"a","role":"support","reveal":"plain","max_values":1,"window_seconds":1}]})",
+           R"({"budgets":[{"role":"nobody","reveal":"plain","max_values":1,"window_seconds":1}]})",    // unknown role
+           R"({"budgets":[{"principal":"a","reveal":"both","max_values":1,"window_seconds":1}]})",
+           R"({"budgets":[{"principal":"a","max_values":1,"window_seconds":1}]})",                     // no reveal
+           R"({"budgets":[{"principal":"a","reveal":"plain"}]})",                                      // no limit
+           R"({"budgets":[{"principal":"a","reveal":"plain","max_values":1}]})",                       // no window
+           R"({"budgets":[{"principal":"a","reveal":"plain","max_values":1,"window_seconds":86401}]})",
+           R"({"budgets":[{"principal":"a","reveal":"plain","per_second":0,"burst":1}]})",
+           R"({"budgets":[{"principal":"a","reveal":"plain","per_second":1}]})",
+           R"({"budgets":[{"principal":"a","reveal":"plain","max_values":"1","window_seconds":1}]})",
+           R"({"budgets":[{"principal":"a","reveal":"plain","max_values":1,"window_seconds":1,"x":1}]})"}) {
+    EXPECT_FALSE(ParsePolicy(bad).ok()) << bad;
+  }
+}
+
 }  // namespace
 }  // namespace tokenvault::policy

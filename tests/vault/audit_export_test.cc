@@ -349,5 +349,91 @@ TEST_F(AuditExportTest, TextThatIsNotUtf8IsStoredAsUtf8AndStillVerifies) {
   EXPECT_NE(lines[1].find("tok_\xef\xbf\xbd\xef\xbf\xbd"), std::string::npos) << lines[1];
 }
 
+TEST_F(AuditExportTest, RecordsAppendedWhileAnExportIsBuiltWaitForTheNextOne) {
+  AppendN(1, 25);
+  Lines lines;
+  storage::AuditQuery all;
+  int appended = 0;
+  Status s = checkpointer_->Export(all, SIZE_MAX, [&](std::string_view line) {
+    lines.emplace_back(line);
+    if (appended < 7) {  // a busy server: requests keep being audited during the export
+      ++appended;
+      return log_->Append(Event(100 + appended)).status();
+    }
+    return Status::Ok();
+  });
+  TV_ASSERT_OK(s);
+  const ExportVerification v = Verify(lines);
+  EXPECT_TRUE(v.ok) << v.reason;
+  // The export ends where the trail was checkpointed: the records appended while its lines were
+  // written (all but the first, which came before the checkpoint) wait for the next export.
+  EXPECT_EQ(v.last_seq, 26);
+  const ExportVerification next = Verify(Export());
+  EXPECT_TRUE(next.ok) << next.reason;
+  EXPECT_EQ(next.last_seq, 32);
+}
+
+TEST_F(AuditExportTest, EveryByteOfARecordLineCounts) {
+  AppendN(1, 20);
+  const Lines lines = Export();
+  const size_t i = LineOf(lines, 9);
+  {  // the time as text, which nothing signs directly
+    Lines t = lines;
+    const size_t at = t[i].find("\"time\":\"") + 8;
+    t[i][at + 3] = t[i][at + 3] == '1' ? '2' : '1';  // the year's last digit
+    ExpectBadAt(Verify(t), 9, "not a record as the vault writes it");
+  }
+  {  // a field added
+    Lines t = lines;
+    t[i].insert(t[i].size() - 1, ",\"zz\":1");
+    ExpectBadAt(Verify(t), 9, "not a record as the vault writes it");
+  }
+  {  // a record's hash and the next one's prev_hash rewritten together
+    Lines t = lines;
+    const std::string old_hash = t[i].substr(t[i].find("\"hash\":\"") + 8, 64);
+    const std::string new_hash(64, 'a');
+    t[i].replace(t[i].find(old_hash, t[i].find("\"hash\":\"")), 64, new_hash);
+    const size_t j = LineOf(t, 10);
+    t[j].replace(t[j].find(old_hash), 64, new_hash);
+    ExpectBadAt(Verify(t), 9, "record 9");
+  }
+  {  // nonsense where the type goes does not crash the verifier
+    Lines t = lines;
+    t.insert(t.begin() + 1, "{\"type\":7}");
+    EXPECT_FALSE(Verify(t).ok);
+  }
+}
+
+TEST_F(AuditExportTest, DroppingTheLastPagesIsCaughtByTheSignedMoreFlag) {
+  AppendN(1, 40);
+  const Lines first_page = Export(15);  // ends at a checkpoint, more pages follow
+  ExpectBadAt(Verify(first_page), 11, "more pages follow");
+  // Flipping the unsigned cursor away breaks the signature instead.
+  Lines t = first_page;
+  const size_t at = t.back().find("\"next_cursor\":\"10\"");
+  ASSERT_NE(at, std::string::npos) << t.back();
+  t.back().replace(at, 18, "\"next_cursor\":null");
+  ExpectBadAt(Verify(t), 1, "not signed by this key");
+}
+
+TEST_F(AuditExportTest, TheVaultRefusesToSignASecondHistory) {
+  AppendN(1, 20);
+  ASSERT_TRUE(checkpointer_->CheckpointNow().ok());
+  // While it runs, someone with the database deletes the last checkpoint (to re-sign records
+  // 11-20 after rewriting them, say).
+  {
+    auto db = Database::Open(dir_.Sub("a.db"), {});
+    ASSERT_TRUE(db.ok());
+    ASSERT_TRUE((*db)->Exec("DELETE FROM audit_checkpoints WHERE last_seq = 20").ok());
+  }
+  AppendN(21, 22);
+  EXPECT_EQ(checkpointer_->CheckpointNow().status().code(), StatusCode::kDataLoss);
+  // A checkpoint log holding two histories is refused whole by the offline verifier.
+  const std::string log = CheckpointLog();
+  const std::string first_line = log.substr(0, log.find('\n') + 1);
+  AuditExportVerifier verifier(checkpointer_->public_key());
+  EXPECT_EQ(verifier.AddCheckpointLog(log + first_line).code(), StatusCode::kDataLoss);
+}
+
 }  // namespace
 }  // namespace tokenvault
