@@ -3,8 +3,11 @@
 #include <openssl/crypto.h>
 #include <pthread.h>
 #include <signal.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <pistache/endpoint.h>
 #include <pistache/http.h>
+#include <pistache/peer.h>
 #include <pistache/router.h>
 #include <spdlog/spdlog.h>
 
@@ -20,6 +23,39 @@
 #include "vault/base/random.h"
 
 namespace tokenvault::api {
+namespace {
+
+// Pistache 0.0.5 keeps its SSL_CTX private (Endpoint::listener -> Listener::ssl_ctx_) and sets no
+// session-id context, so with client verification on every TLS session resumption fails with an
+// internal-error alert (research/pistache.md). An explicit template instantiation may name
+// private members ([temp.spec]/6); this reaches the context once, at start, to set what Pistache
+// does not. It stops compiling, rather than misbehaving, if those members are ever renamed.
+template <typename Tag, typename Tag::type Member>
+struct PrivateAccess {
+  friend typename Tag::type Get(Tag) { return Member; }
+};
+struct EndpointListener {
+  using type = Pistache::Tcp::Listener Pistache::Http::Endpoint::*;
+  friend type Get(EndpointListener);
+};
+struct ListenerSslContext {
+  using type = Pistache::ssl::SSLCtxPtr Pistache::Tcp::Listener::*;
+  friend type Get(ListenerSslContext);
+};
+template struct PrivateAccess<EndpointListener, &Pistache::Http::Endpoint::listener>;
+template struct PrivateAccess<ListenerSslContext, &Pistache::Tcp::Listener::ssl_ctx_>;
+
+SSL_CTX* SslContextOf(Pistache::Http::Endpoint& endpoint) {
+  Pistache::Tcp::Listener& listener = endpoint.*Get(EndpointListener());
+  return static_cast<SSL_CTX*>((listener.*Get(ListenerSslContext())).get());
+}
+
+constexpr char kProxySecretHeader[] = "X-Tokenvault-Proxy-Secret";
+constexpr char kClientCertHeader[] = "X-Client-Cert";
+constexpr char kRealIpHeader[] = "X-Real-IP";
+
+}  // namespace
+
 
 using namespace Pistache;
 
@@ -195,6 +231,7 @@ class HttpServer::Impl {
     } catch (const std::exception&) {
       return FailedPreconditionError("tls_setup", "cannot load the TLS certificate or key");
     }
+    if (!config_.client_ca_file.empty()) TV_RETURN_IF_ERROR(SetUpClientCertificates());
     BuildRoutes();
     endpoint_.setHandler(router_.handler());
     try {
@@ -207,6 +244,60 @@ class HttpServer::Impl {
   }
 
   uint16_t port() const { return static_cast<uint16_t>(endpoint_.getPort()); }
+
+  // mTLS: OpenSSL verifies the chain to the client CA, the dates and the client-auth purpose in
+  // the handshake; an unknown, expired or self-signed certificate never reaches a handler.
+  Status SetUpClientCertificates() {
+    if (!config_.tls) return InvalidArgumentError("bad_config", "client certificates need TLS");
+    try {
+      endpoint_.useSSLAuth(config_.client_ca_file);  // SSL_VERIFY_PEER | FAIL_IF_NO_PEER_CERT | CLIENT_ONCE
+    } catch (const std::exception&) {
+      return FailedPreconditionError("tls_setup", "cannot load the client CA " + config_.client_ca_file);
+    }
+    SSL_CTX* ctx = SslContextOf(endpoint_);
+    if (ctx == nullptr) return InternalError("tls_setup", "no TLS context");
+    static constexpr unsigned char kSessionContext[] = "tokenvault";
+    if (SSL_CTX_set_session_id_context(ctx, kSessionContext, sizeof(kSessionContext) - 1) != 1) {
+      return InternalError("tls_setup", "cannot set the TLS session id context");
+    }
+    // Tell clients which CA to pick a certificate for.
+    STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(config_.client_ca_file.c_str());
+    if (names == nullptr) return FailedPreconditionError("tls_setup", "no CA in " + config_.client_ca_file);
+    SSL_CTX_set_client_CA_list(ctx, names);
+    if (!config_.client_cert_required) {
+      SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_CLIENT_ONCE, nullptr);
+    }
+    return Status::Ok();
+  }
+
+  // The verified client certificate of this connection (on the Pistache worker that owns it:
+  // its SSL object is not safe to touch from another thread).
+  std::optional<ClientCertificate> PeerCertificate(Http::ResponseWriter& writer) {
+    if (config_.client_ca_file.empty()) return std::nullopt;
+    std::shared_ptr<Tcp::Peer> peer = writer.getPeer();
+    SSL* ssl = peer ? static_cast<SSL*>(peer->ssl()) : nullptr;
+    if (ssl == nullptr || SSL_get_verify_result(ssl) != X509_V_OK) return std::nullopt;
+    return ClientCertificateOf(SSL_get0_peer_certificate(ssl));
+  }
+
+  // True if the request proves it came through the trusted proxy (its shared secret). Identity
+  // headers of any other request are ignored: a client cannot forge them.
+  bool FromTrustedProxy(const Rest::Request& rq) {
+    if (config_.trusted_proxy_secret.empty()) return false;
+    auto secret = rq.headers().tryGetRaw(kProxySecretHeader);
+    if (!secret) return false;
+    const std::string& sent = secret->value();
+    return sent.size() == config_.trusted_proxy_secret.size() &&
+           CRYPTO_memcmp(sent.data(), config_.trusted_proxy_secret.data(), sent.size()) == 0;
+  }
+
+  // The client certificate the trusted proxy verified.
+  std::optional<ClientCertificate> ProxiedCertificate(const Rest::Request& rq) {
+    auto escaped = rq.headers().tryGetRaw(kClientCertHeader);
+    if (!escaped || escaped->value().empty()) return std::nullopt;
+    std::optional<std::string> pem = UrlDecode(escaped->value());
+    return pem ? ClientCertificateFromPem(*pem) : std::nullopt;
+  }
 
   void Shutdown() {
     if (shut_down_.exchange(true)) return;
@@ -303,6 +394,15 @@ class HttpServer::Impl {
       }
       request.source_ip = rq.address().host();
       request.body = rq.body();
+      request.client_cert = PeerCertificate(writer);
+      if (FromTrustedProxy(rq)) {
+        // The proxy's own address says nothing: the client's is in X-Real-IP (it sets it).
+        if (auto real_ip = rq.headers().tryGetRaw(kRealIpHeader); real_ip && !real_ip->value().empty() &&
+                                                                  real_ip->value().size() <= 64) {
+          request.source_ip = real_ip->value();
+        }
+        if (!request.client_cert) request.client_cert = ProxiedCertificate(rq);
+      }
     } catch (...) {
       SendJson(writer, 400, ServerError("invalid_request", "malformed_request", "the request cannot be read", request.request_id),
                {{"Request-Id", request.request_id}});

@@ -20,6 +20,16 @@ struct ServerConfig {
   bool tls = true;
   std::string cert_file;
   std::string key_file;
+  // mTLS: client certificates are verified against this CA file (chain, dates, client-auth
+  // purpose) during the handshake. Empty: no client certificates.
+  std::string client_ca_file;
+  // With a client CA: true refuses a handshake without a certificate; false lets such clients
+  // in to authenticate with an API key (a bad certificate is refused either way).
+  bool client_cert_required = true;
+  // Behind a TLS-terminating proxy (deploy/nginx): the proxy sends this secret in
+  // X-Tokenvault-Proxy-Secret and the client certificate it verified, URL-escaped PEM, in
+  // X-Client-Cert. Without the secret both headers are ignored. Empty: no proxy trusted.
+  std::string trusted_proxy_secret;
   int io_threads = 2;            // Pistache workers
   size_t worker_threads = 16;    // executor threads running vault work (never waiting on commits)
   size_t max_queued = 4096;      // requests waiting for a worker; beyond, 503

@@ -489,13 +489,38 @@ HttpResponse Service::Dispatch(Context& ctx) {
     return r;
   }
 
-  // 1. Authentication.
-  // The scheme is case-insensitive (RFC 9110 §11.1).
+  // 1. Authentication: a client certificate (mTLS), an API key, or both - then naming the same
+  // principal. The scheme is case-insensitive (RFC 9110 §11.1).
   constexpr size_t kBearer = 7;  // "Bearer "
   std::string scheme = rq.authorization.substr(0, kBearer);
   std::transform(scheme.begin(), scheme.end(), scheme.begin(),
                  [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  if (rq.authorization.size() <= kBearer || scheme != "bearer ") {
+  const bool has_key = rq.authorization.size() > kBearer && scheme == "bearer ";
+  std::optional<storage::PrincipalRecord> by_cert;
+  if (rq.client_cert) {
+    // The certificate chains to the client CA (the TLS layer or the trusted proxy checked that);
+    // the policy says whom it stands for.
+    std::optional<std::string> name =
+        CurrentPolicy()->PrincipalForCertificate(rq.client_cert->sha256, rq.client_cert->sans);
+    if (name) {
+      StatusOr<storage::PrincipalRecord> p = vault_.store().FindPrincipal(*name);
+      if (!p.ok() && p.status().code() != StatusCode::kNotFound) return fail(p.status());
+      if (p.ok() && !p->deleted_at_ms) by_cert = *std::move(p);
+    }
+    if (!by_cert && !has_key) {
+      return fail(UnauthenticatedError("unknown_client_certificate",
+                                       "the client certificate does not name a principal"));
+    }
+  }
+  if (!has_key && by_cert) {
+    ctx.principal = policy::Principal{
+        by_cert->name, by_cert->roles,
+        by_cert->all_merchants
+            ? policy::MerchantScope::All()
+            : policy::MerchantScope::Only({by_cert->merchants.begin(), by_cert->merchants.end()})};
+    ctx.auth = "mtls";
+  }
+  if (!has_key && !by_cert) {
     return fail(UnauthenticatedError("missing_api_key", "an API key is required (Authorization: Bearer)"));
   }
   // A key was presented: a malformed or wrong one counts towards the source's lockout.
@@ -508,23 +533,30 @@ HttpResponse Service::Dispatch(Context& ctx) {
     }
     return fail(status);
   };
-  StatusOr<policy::ApiKey> key = policy::ParseApiKey(std::string_view(rq.authorization).substr(kBearer));
-  if (!key.ok()) return bad_key(key.status());
-  StatusOr<storage::PrincipalRecord> stored = PrincipalByKeyId(key->key_id);
-  if (!stored.ok() && stored.status().code() != StatusCode::kNotFound) return fail(stored.status());
-  // Compare even when the key id is unknown, so both failures take the same time.
-  static const Bytes kNoHash(32, 0);
-  const bool matches =
-      policy::ApiKeySecretMatches(key->secret, stored.ok() ? ByteView(stored->key_hash) : kNoHash);
-  if (!stored.ok() || !matches) {
-    return bad_key(UnauthenticatedError("bad_api_key", "the API key is not valid"));
+  if (has_key) {
+    StatusOr<policy::ApiKey> key = policy::ParseApiKey(std::string_view(rq.authorization).substr(kBearer));
+    if (!key.ok()) return bad_key(key.status());
+    StatusOr<storage::PrincipalRecord> stored = PrincipalByKeyId(key->key_id);
+    if (!stored.ok() && stored.status().code() != StatusCode::kNotFound) return fail(stored.status());
+    // Compare even when the key id is unknown, so both failures take the same time.
+    static const Bytes kNoHash(32, 0);
+    const bool matches =
+        policy::ApiKeySecretMatches(key->secret, stored.ok() ? ByteView(stored->key_hash) : kNoHash);
+    if (!stored.ok() || !matches) {
+      return bad_key(UnauthenticatedError("bad_api_key", "the API key is not valid"));
+    }
+    // Both presented: they must be the same principal, or neither counts.
+    if (by_cert && by_cert->name != stored->name) {
+      return bad_key(UnauthenticatedError("identity_mismatch",
+                                          "the API key and the client certificate name different principals"));
+    }
+    ctx.principal = policy::Principal{
+        stored->name, stored->roles,
+        stored->all_merchants
+            ? policy::MerchantScope::All()
+            : policy::MerchantScope::Only({stored->merchants.begin(), stored->merchants.end()})};
+    ctx.auth = by_cert ? "mtls" : "api_key";
   }
-  ctx.principal = policy::Principal{
-      stored->name, stored->roles,
-      stored->all_merchants
-          ? policy::MerchantScope::All()
-          : policy::MerchantScope::Only({stored->merchants.begin(), stored->merchants.end()})};
-  ctx.auth = "api_key";
 
   if (rq.route == "not_found") return fail(NotFoundError("no_route", "no such endpoint"));
   if (rq.route == "method_not_allowed") {

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "api/auth_lockout.h"
+#include "api/client_cert.h"
 #include "api/reveal_budget.h"
 #include "policy/policy.h"
 #include "vault/vault.h"
@@ -34,6 +35,8 @@ struct HttpRequest {
   std::optional<std::string> idempotency_key;  // the Idempotency-Key header, if sent
   std::string source_ip;
   std::string request_id;
+  // The client certificate the TLS layer (or a trusted proxy) verified against the client CA.
+  std::optional<ClientCertificate> client_cert;
 };
 
 struct HttpResponse {

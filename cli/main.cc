@@ -49,6 +49,8 @@ struct Settings {
   long long auth_lockout_failures = 10;    // bad API keys from one address before it is locked out
   long long auth_lockout_minutes = 30;     // how long (PCI DSS 8.3.4: at least 30)
   std::string policy_file;
+  std::string tls_client_ca;                 // mTLS: client certificates chain to this CA file
+  std::string tls_client_auth = "required";  // or "optional": API-key-only clients may connect too
   long long audit_checkpoint_records = 1000;  // a signed audit checkpoint at least every N records
   long long audit_checkpoint_seconds = 10;    // and at least this often
 };
@@ -124,6 +126,8 @@ bool ReadConfigFile(const std::string& path, Settings* s) {
       else if (key == "hsm_outage") s->hsm_outage = value.get<std::string>();
       else if (key == "auth_lockout_failures") s->auth_lockout_failures = value.get<long long>();
       else if (key == "auth_lockout_minutes") s->auth_lockout_minutes = value.get<long long>();
+      else if (key == "tls_client_ca") s->tls_client_ca = value.get<std::string>();
+      else if (key == "tls_client_auth") s->tls_client_auth = value.get<std::string>();
       else if (key == "audit_checkpoint_records") s->audit_checkpoint_records = value.get<long long>();
       else if (key == "audit_checkpoint_seconds") s->audit_checkpoint_seconds = value.get<long long>();
       else if (key == "policy_file") s->policy_file = value.get<std::string>();
@@ -312,6 +316,8 @@ int Serve(const Settings& s) {
   config.io_threads = s.io_threads;
   config.worker_threads = static_cast<size_t>(s.worker_threads);
   config.max_body_bytes = static_cast<size_t>(s.max_body_bytes);
+  config.client_ca_file = s.tls_client_ca;
+  config.client_cert_required = s.tls_client_auth == "required";
   if (config.tls) {
     Status tls = api::EnsureDevCertificate(s.data_dir + "/tls", &config.cert_file, &config.key_file);
     if (!tls.ok()) {
@@ -648,6 +654,14 @@ int main(int argc, char** argv) {
   }
   if (settings.hsm_outage != "fail_closed" && settings.hsm_outage != "serve_cached") {
     spdlog::error("hsm_outage is fail_closed or serve_cached");
+    return 2;
+  }
+  if (settings.tls_client_auth != "required" && settings.tls_client_auth != "optional") {
+    spdlog::error("tls_client_auth is required or optional");
+    return 2;
+  }
+  if (!settings.tls_client_ca.empty() && settings.plain_http) {
+    spdlog::error("tls_client_ca needs TLS: it cannot be used with plain_http");
     return 2;
   }
   if (settings.audit_checkpoint_records < 1 || settings.audit_checkpoint_records > 10000 ||

@@ -115,9 +115,32 @@ StatusOr<Policy> Policy::WithCustomRoles(const std::vector<Role>& custom) {
   return policy;
 }
 
-StatusOr<Policy> Policy::WithCustomRolesAndBudgets(const std::vector<Role>& custom,
-                                                   std::vector<RevealBudget> budgets) {
+StatusOr<Policy> Policy::WithCustomRolesAndBudgets(
+    const std::vector<Role>& custom, std::vector<RevealBudget> budgets,
+    std::vector<ClientCertificateIdentity> certificates) {
   TV_ASSIGN_OR_RETURN(Policy policy, WithCustomRoles(custom));
+  for (const ClientCertificateIdentity& c : certificates) {
+    auto invalid = [](const std::string& why) { return InvalidArgumentError("invalid_client_certificate", why); };
+    if (!IsValidName(c.principal)) return invalid("a client certificate maps to a principal name");
+    if (c.sha256.empty() == c.san.empty()) return invalid("a client certificate is named by sha256 or by san");
+    if (!c.sha256.empty()) {
+      if (c.sha256.size() != 64 || c.sha256.find_first_not_of("0123456789abcdef") != std::string::npos) {
+        return invalid("sha256 is 64 hex digits");
+      }
+      if (!policy.principal_by_sha256_.emplace(c.sha256, c.principal).second) {
+        return invalid("a certificate fingerprint is mapped twice");
+      }
+    } else {
+      const bool known_kind = c.san.rfind("DNS:", 0) == 0 || c.san.rfind("URI:", 0) == 0 ||
+                              c.san.rfind("email:", 0) == 0 || c.san.rfind("IP:", 0) == 0;
+      if (!known_kind || c.san.size() > 512 || c.san.find(':') + 1 == c.san.size()) {
+        return invalid("san is DNS:, URI:, email: or IP: followed by the name");
+      }
+      if (!policy.principal_by_san_.emplace(c.san, c.principal).second) {
+        return invalid("a subject alternative name is mapped twice");
+      }
+    }
+  }
   auto invalid = [](const std::string& why) { return InvalidArgumentError("invalid_budget", why); };
   for (const RevealBudget& b : budgets) {
     if (b.principal.empty() == b.role.empty()) return invalid("a budget names a principal or a role");
@@ -138,6 +161,15 @@ StatusOr<Policy> Policy::WithCustomRolesAndBudgets(const std::vector<Role>& cust
   }
   policy.budgets_ = std::move(budgets);
   return policy;
+}
+
+std::optional<std::string> Policy::PrincipalForCertificate(std::string_view sha256_hex,
+                                                           const std::vector<std::string>& sans) const {
+  if (auto it = principal_by_sha256_.find(sha256_hex); it != principal_by_sha256_.end()) return it->second;
+  for (const std::string& san : sans) {
+    if (auto it = principal_by_san_.find(san); it != principal_by_san_.end()) return it->second;
+  }
+  return std::nullopt;
 }
 
 std::vector<RevealBudget> Policy::BudgetsFor(const Principal& principal, bool plain) const {

@@ -114,6 +114,16 @@ struct RevealBudget {
   int64_t burst = 0;
 };
 
+// A client certificate that authenticates as a principal (mTLS; policy file "client_certificates"):
+// by the SHA-256 of the certificate (DER), or by one of its subject alternative names, written
+// "DNS:name", "URI:spiffe://...", "email:addr" or "IP:addr". The certificate must also chain to
+// the configured client CA: a mapping never makes an untrusted certificate acceptable.
+struct ClientCertificateIdentity {
+  std::string principal;
+  std::string sha256;  // 64 lower-case hex digits, or empty
+  std::string san;     // or empty; exactly one of the two is set
+};
+
 // The roles in force: the built-in ones of API.md plus custom roles from a policy file.
 // Immutable once built; share it by const reference or shared_ptr<const Policy>.
 class Policy {
@@ -126,12 +136,17 @@ class Policy {
   static StatusOr<Policy> WithCustomRoles(const std::vector<Role>& custom);
   // The same, with detokenize budgets. kInvalidArgument (invalid_budget) for a budget naming an
   // unknown role, a bad principal name, or limits out of range.
-  static StatusOr<Policy> WithCustomRolesAndBudgets(const std::vector<Role>& custom,
-                                                    std::vector<RevealBudget> budgets);
+  static StatusOr<Policy> WithCustomRolesAndBudgets(
+      const std::vector<Role>& custom, std::vector<RevealBudget> budgets,
+      std::vector<ClientCertificateIdentity> certificates = {});
 
   const Role* FindRole(std::string_view name) const;
   const std::map<std::string, Role, std::less<>>& roles() const { return roles_; }
   const std::vector<RevealBudget>& budgets() const { return budgets_; }
+  // The principal a client certificate authenticates as: by its fingerprint first, then by the
+  // first of its SANs that is mapped. nullopt if none is.
+  std::optional<std::string> PrincipalForCertificate(std::string_view sha256_hex,
+                                                     const std::vector<std::string>& sans) const;
   // The budgets that apply to the principal's plain (or masked) reveals.
   std::vector<RevealBudget> BudgetsFor(const Principal& principal, bool plain) const;
 
@@ -157,6 +172,8 @@ class Policy {
  private:
   std::map<std::string, Role, std::less<>> roles_;
   std::vector<RevealBudget> budgets_;
+  std::map<std::string, std::string, std::less<>> principal_by_sha256_;
+  std::map<std::string, std::string, std::less<>> principal_by_san_;
 };
 
 // ^[a-z0-9][a-z0-9_.-]{0,63}$ for principal and role names.

@@ -20,7 +20,9 @@ StatusOr<Policy> ParsePolicy(std::string_view json_text) {
   }
   if (!doc.is_object()) return Invalid("the policy file must be a JSON object");
   for (const auto& [key, value] : doc.items()) {
-    if (key != "roles" && key != "budgets") return Invalid("unknown field '" + key + "'");
+    if (key != "roles" && key != "budgets" && key != "client_certificates") {
+      return Invalid("unknown field '" + key + "'");
+    }
   }
   std::vector<Role> roles;
   if (doc.contains("roles")) {
@@ -96,7 +98,35 @@ StatusOr<Policy> ParsePolicy(std::string_view json_text) {
       budgets.push_back(std::move(budget));
     }
   }
-  return Policy::WithCustomRolesAndBudgets(roles, std::move(budgets));
+  std::vector<ClientCertificateIdentity> certificates;
+  if (doc.contains("client_certificates")) {
+    const nlohmann::json& list = doc.at("client_certificates");
+    if (!list.is_array()) return Invalid("'client_certificates' must be an array");
+    for (const nlohmann::json& entry : list) {
+      if (!entry.is_object()) return Invalid("each client certificate must be an object");
+      ClientCertificateIdentity c;
+      for (const auto& [key, value] : entry.items()) {
+        if (!value.is_string()) return Invalid("a client certificate's '" + key + "' is a string");
+        std::string text = value.get<std::string>();
+        if (key == "principal") {
+          c.principal = text;
+        } else if (key == "sha256") {
+          // As openssl prints it (AB:CD:...) or plain hex, either case.
+          std::string hex;
+          for (char ch : text) {
+            if (ch != ':') hex.push_back(static_cast<char>(std::tolower(static_cast<unsigned char>(ch))));
+          }
+          c.sha256 = hex;
+        } else if (key == "san") {
+          c.san = text;
+        } else {
+          return Invalid("unknown client certificate field '" + key + "'");
+        }
+      }
+      certificates.push_back(std::move(c));
+    }
+  }
+  return Policy::WithCustomRolesAndBudgets(roles, std::move(budgets), std::move(certificates));
 }
 
 StatusOr<Policy> LoadPolicyFile(const std::string& path) {

@@ -43,6 +43,11 @@ Reply HttpClient::Send(const std::string& method, const std::string& path, const
   curl_easy_setopt(curl_, CURLOPT_CUSTOMREQUEST, method.c_str());
   curl_easy_setopt(curl_, CURLOPT_TIMEOUT, 30L);
   if (!source_address_.empty()) curl_easy_setopt(curl_, CURLOPT_INTERFACE, source_address_.c_str());
+  if (!client_cert_.empty()) {
+    curl_easy_setopt(curl_, CURLOPT_SSLCERT, client_cert_.c_str());
+    curl_easy_setopt(curl_, CURLOPT_SSLKEY, client_key_.c_str());
+  }
+  if (fresh_connections_) curl_easy_setopt(curl_, CURLOPT_FRESH_CONNECT, 1L);
   curl_easy_setopt(curl_, CURLOPT_WRITEFUNCTION, &OnBody);
   curl_easy_setopt(curl_, CURLOPT_WRITEDATA, &reply.body);
   curl_easy_setopt(curl_, CURLOPT_HEADERFUNCTION, &OnHeader);

@@ -37,10 +37,19 @@ class HttpClient {
   Reply Delete(const std::string& path, const std::string& key) { return Send("DELETE", path, key); }
   // Connects from this local address (e.g. "127.0.0.2": another client, as the server sees it).
   void set_source_address(std::string address) { source_address_ = std::move(address); }
+  // Presents this client certificate (PEM files) in every TLS handshake.
+  void set_client_certificate(std::string cert_file, std::string key_file) {
+    client_cert_ = std::move(cert_file);
+    client_key_ = std::move(key_file);
+  }
+  // Opens a new connection for every request (TLS sessions are still resumed: curl caches them).
+  void set_fresh_connections(bool fresh) { fresh_connections_ = fresh; }
 
  private:
   std::string base_url_, ca_file_;
   std::string source_address_;
+  std::string client_cert_, client_key_;
+  bool fresh_connections_ = false;
   CURL* curl_;
 };
 

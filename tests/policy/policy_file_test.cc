@@ -98,5 +98,29 @@ TEST(PolicyFileTest, BudgetsApplyByPrincipalOrRoleToTheirRevealMode) {
   }
 }
 
+TEST(PolicyFileTest, ClientCertificatesMapToPrincipalsByFingerprintOrSan) {
+  const std::string fp(64, 'a');
+  StatusOr<Policy> p = ParsePolicy(R"({"client_certificates":[
+      {"principal":"payments","sha256":")" + std::string("AA:") + std::string(62, 'A') + R"("},
+      {"principal":"reader","san":"URI:spiffe://prod/reader"}]})");
+  // "AA:" + 62 x "A" is 64 hex digits once the colon is dropped and the case folded.
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  EXPECT_EQ(p->PrincipalForCertificate(fp, {}), "payments");
+  EXPECT_EQ(p->PrincipalForCertificate(std::string(64, 'b'), {"DNS:x", "URI:spiffe://prod/reader"}), "reader");
+  EXPECT_EQ(p->PrincipalForCertificate(std::string(64, 'b'), {"URI:spiffe://prod/other"}), std::nullopt);
+  for (const char* bad : {
+           R"({"client_certificates":{}})",
+           R"({"client_certificates":[{"principal":"p"}]})",
+           R"({"client_certificates":[{"principal":"p","sha256":"abc"}]})",
+           R"({"client_certificates":[{"principal":"p","san":"spiffe://x"}]})",
+           R"({"client_certificates":[{"principal":"p","san":"DNS:"}]})",
+           R"({"client_certificates":[{"principal":"Bad Name","san":"DNS:x"}]})",
+           R"({"client_certificates":[{"principal":"p","san":"DNS:x","sha256":"aa"}]})",
+           R"({"client_certificates":[{"principal":"p","san":"DNS:x"},{"principal":"q","san":"DNS:x"}]})",
+           R"({"client_certificates":[{"principal":"p","san":"DNS:x","extra":"y"}]})"}) {
+    EXPECT_FALSE(ParsePolicy(bad).ok()) << bad;
+  }
+}
+
 }  // namespace
 }  // namespace tokenvault::policy
