@@ -23,6 +23,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "vault/base/random.h"
 #include "vault/token_id.h"
 
 #include "api/http_server.h"
@@ -49,6 +50,7 @@ struct Settings {
   long long auth_lockout_failures = 10;    // bad API keys from one address before it is locked out
   long long auth_lockout_minutes = 30;     // how long (PCI DSS 8.3.4: at least 30)
   std::string policy_file;
+  bool trust_proxy = false;  // behind deploy/nginx: trust its identity headers (with the secret)
   std::string tls_client_ca;                 // mTLS: client certificates chain to this CA file
   std::string tls_client_auth = "required";  // or "optional": API-key-only clients may connect too
   long long audit_checkpoint_records = 1000;  // a signed audit checkpoint at least every N records
@@ -127,6 +129,7 @@ bool ReadConfigFile(const std::string& path, Settings* s) {
       else if (key == "auth_lockout_failures") s->auth_lockout_failures = value.get<long long>();
       else if (key == "auth_lockout_minutes") s->auth_lockout_minutes = value.get<long long>();
       else if (key == "tls_client_ca") s->tls_client_ca = value.get<std::string>();
+      else if (key == "trust_proxy") s->trust_proxy = value.get<bool>();
       else if (key == "tls_client_auth") s->tls_client_auth = value.get<std::string>();
       else if (key == "audit_checkpoint_records") s->audit_checkpoint_records = value.get<long long>();
       else if (key == "audit_checkpoint_seconds") s->audit_checkpoint_seconds = value.get<long long>();
@@ -203,6 +206,27 @@ Status WriteAdminKey(const std::string& path, const SecretBytes& key) {
   return Status::Ok();
 }
 
+// The secret the nginx front (deploy/nginx) sends with the client identity it verified:
+// 32 random bytes in hex, in <data_dir>/proxy-secret (0600), made once.
+StatusOr<std::string> EnsureProxySecret(const std::string& data_dir) {
+  const std::string path = data_dir + "/proxy-secret";
+  std::ifstream in(path);
+  std::string secret;
+  if (in && std::getline(in, secret) && secret.size() == 64) return secret;
+  TV_ASSIGN_OR_RETURN(SecretBytes random, RandomSecret(32));
+  secret = HexEncode(random.view());
+  const std::string tmp = path + ".tmp";
+  const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) return FailedPreconditionError("proxy_secret", "cannot write " + tmp);
+  const std::string line = secret + "\n";
+  const bool ok = write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size()) && fsync(fd) == 0;
+  close(fd);
+  if (!ok || rename(tmp.c_str(), path.c_str()) != 0) {
+    return FailedPreconditionError("proxy_secret", "cannot write " + path);
+  }
+  return secret;
+}
+
 bool Bootstrap(api::Service& service, const Settings& s) {
   const std::string key_path = s.data_dir + "/admin.key";
   StatusOr<bool> created = service.EnsureBootstrapAdmin(
@@ -228,9 +252,14 @@ int Init(const Settings& s) {
     spdlog::error("{}", tls.ToString());
     return 1;
   }
+  if (StatusOr<std::string> secret = EnsureProxySecret(s.data_dir); !secret.ok()) {
+    spdlog::error("{}", secret.status().ToString());
+    return 1;
+  }
   std::cout << "data dir:    " << s.data_dir << "\n"
             << "admin key:   " << s.data_dir << "/admin.key\n"
-            << "CA cert:     " << cert << "\n";
+            << "CA cert:     " << cert << "\n"
+            << "proxy secret: " << s.data_dir << "/proxy-secret (for deploy/nginx)\n";
   return 0;
 }
 
@@ -317,6 +346,14 @@ int Serve(const Settings& s) {
   config.worker_threads = static_cast<size_t>(s.worker_threads);
   config.max_body_bytes = static_cast<size_t>(s.max_body_bytes);
   config.client_ca_file = s.tls_client_ca;
+  if (s.trust_proxy) {
+    StatusOr<std::string> secret = EnsureProxySecret(s.data_dir);
+    if (!secret.ok()) {
+      spdlog::error("{}", secret.status().ToString());
+      return 1;
+    }
+    config.trusted_proxy_secret = *secret;
+  }
   config.client_cert_required = s.tls_client_auth == "required";
   if (config.tls) {
     Status tls = api::EnsureDevCertificate(s.data_dir + "/tls", &config.cert_file, &config.key_file);

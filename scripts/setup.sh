@@ -14,6 +14,7 @@ PACKAGES=(
   libpistache-dev
   libcli11-dev
   curl ca-certificates libcurl4-openssl-dev wrk
+  nginx
 )
 
 missing=()

@@ -174,9 +174,8 @@ Status AuditCheckpointer::ReconcileLog() {
   if (!db_last.ok() && db_last.status().code() != StatusCode::kNotFound) return db_last.status();
   if (db_last.ok() &&
       (db_last->key_id != key_id_ || !public_key_.Verify(CheckpointMessage(*db_last), db_last->signature))) {
-    log_problem_ = "the database's last checkpoint (records " + std::to_string(db_last->first_seq) +
-                   " to " + std::to_string(db_last->last_seq) + ") is not signed by the checkpoint key";
-    spdlog::error("audit: {}; no checkpoint is signed until this is resolved", log_problem_);
+    HaltLocked("the database's last checkpoint (records " + std::to_string(db_last->first_seq) +
+                   " to " + std::to_string(db_last->last_seq) + ") is not signed by the checkpoint key");
     return Status::Ok();
   }
   if (options_.log_path.empty()) {
@@ -196,11 +195,10 @@ Status AuditCheckpointer::ReconcileLog() {
     StatusOr<storage::AuditCheckpoint> in_db = store_.LastAuditCheckpoint(tail.last->last_seq);
     if (!in_db.ok() && in_db.status().code() != StatusCode::kNotFound) return in_db.status();
     if (!in_db.ok() || in_db->last_seq != tail.last->last_seq || !SameCheckpoint(*in_db, *tail.last)) {
-      log_problem_ = "the checkpoint log holds a checkpoint of records " +
+      HaltLocked("the checkpoint log holds a checkpoint of records " +
                      std::to_string(tail.last->first_seq) + " to " +
                      std::to_string(tail.last->last_seq) +
-                     " that the database does not: the trail in the database was cut back or rewritten";
-      spdlog::error("audit: {}; no checkpoint is signed until this is resolved", log_problem_);
+                     " that the database does not: the trail in the database was cut back or rewritten");
       return Status::Ok();
     }
     last_logged_ = *tail.last;
@@ -210,6 +208,18 @@ Status AuditCheckpointer::ReconcileLog() {
                  options_.log_path);
   }
   return CatchUpLogLocked();
+}
+
+void AuditCheckpointer::HaltLocked(std::string problem) {
+  log_problem_ = std::move(problem);
+  spdlog::error("audit: {}; no checkpoint is signed until this is resolved", log_problem_);
+  // Audit logging goes on; its signing stops: that is itself an event of the trail (PCI DSS
+  // 10.2.1: stopping or pausing of audit logs).
+  storage::AuditRecord halted = SystemAuditRecord("audit.checkpoints_halted", "", log_problem_);
+  halted.outcome = "error";
+  halted.status = 500;
+  StatusOr<storage::AuditRecord> written = audit_.Append(std::move(halted));
+  if (!written.ok()) spdlog::error("audit: the halt cannot be recorded: {}", written.status().ToString());
 }
 
 Status AuditCheckpointer::CatchUpLogLocked() {
@@ -312,12 +322,11 @@ StatusOr<int64_t> AuditCheckpointer::CheckpointNow() {
   const bool same = last.has_value() == last_logged_.has_value() &&
                     (!last || SameCheckpoint(*last, *last_logged_));
   if (!same) {
-    log_problem_ = "the database's checkpoints no longer end with the last one signed (records " +
+    HaltLocked("the database's checkpoints no longer end with the last one signed (records " +
                    (last_logged_ ? std::to_string(last_logged_->first_seq) + " to " +
                                        std::to_string(last_logged_->last_seq)
                                  : std::string("none")) +
-                   "): they were deleted or replaced";
-    spdlog::error("audit: {}; no checkpoint is signed until this is resolved", log_problem_);
+                   "): they were deleted or replaced");
     return DataLossError("integrity_failure", log_problem_);
   }
   while ((last ? last->last_seq : 0) < head_seq) {

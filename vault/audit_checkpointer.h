@@ -78,6 +78,8 @@ class AuditCheckpointer {
   AuditCheckpointer(hsm::Hsm& hsm, storage::Store& store, AuditLog& audit,
                     AuditCheckpointOptions options, const Clock& clock, EcdsaP256PublicKey key);
   Status ReconcileLog();
+  // Stops all signing for 'problem', logged and recorded in the trail. Needs sign_mu_.
+  void HaltLocked(std::string problem);
   // Appends to the log every database checkpoint after last_logged_. Needs sign_mu_.
   Status CatchUpLogLocked();
   Status AppendToLog(const storage::AuditCheckpoint& checkpoint);

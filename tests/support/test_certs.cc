@@ -62,8 +62,10 @@ std::string Sha256Of(X509* cert) {
 }
 
 // A certificate for 'key' named 'cn', signed by 'issuer_key' (issuer_cert null: self-signed).
+enum class Kind { kCa, kClient, kServer };
+
 X509* NewCert(EVP_PKEY* key, const std::string& cn, X509* issuer_cert, EVP_PKEY* issuer_key,
-              long not_before_s, long not_after_s, bool ca, const std::vector<std::string>& sans) {
+              long not_before_s, long not_after_s, Kind kind, const std::vector<std::string>& sans) {
   X509* cert = X509_new();
   Check(cert != nullptr, "X509_new");
   X509_set_version(cert, 2);
@@ -75,13 +77,13 @@ X509* NewCert(EVP_PKEY* key, const std::string& cn, X509* issuer_cert, EVP_PKEY*
   X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0);
   X509_set_issuer_name(cert, issuer_cert != nullptr ? X509_get_subject_name(issuer_cert) : name);
   X509* issuer = issuer_cert != nullptr ? issuer_cert : cert;
-  if (ca) {
+  if (kind == Kind::kCa) {
     AddExt(cert, issuer, NID_basic_constraints, "critical,CA:TRUE");
     AddExt(cert, issuer, NID_key_usage, "critical,keyCertSign,cRLSign");
   } else {
     AddExt(cert, issuer, NID_basic_constraints, "critical,CA:FALSE");
     AddExt(cert, issuer, NID_key_usage, "critical,digitalSignature");
-    AddExt(cert, issuer, NID_ext_key_usage, "clientAuth");
+    AddExt(cert, issuer, NID_ext_key_usage, kind == Kind::kServer ? "serverAuth" : "clientAuth");
   }
   if (!sans.empty()) {
     std::string list;
@@ -103,7 +105,7 @@ void TestCert::Write(const std::string& prefix, std::string* cert_file, std::str
 
 TestCa::TestCa(const std::string& common_name) : key_(EVP_EC_gen("P-256")) {
   Check(key_ != nullptr, "CA key");
-  cert_ = NewCert(key_, common_name, nullptr, key_, -3600, 86400, /*ca=*/true, {});
+  cert_ = NewCert(key_, common_name, nullptr, key_, -3600, 86400, Kind::kCa, {});
   cert_pem_ = PemOf(cert_);
 }
 
@@ -116,7 +118,17 @@ TestCert TestCa::Issue(const std::string& common_name, const std::vector<std::st
                        long not_before_s, long not_after_s) const {
   EVP_PKEY* key = EVP_EC_gen("P-256");
   Check(key != nullptr, "key");
-  X509* cert = NewCert(key, common_name, cert_, key_, not_before_s, not_after_s, /*ca=*/false, sans);
+  X509* cert = NewCert(key, common_name, cert_, key_, not_before_s, not_after_s, Kind::kClient, sans);
+  TestCert out{PemOf(cert), PemOf(key), Sha256Of(cert)};
+  X509_free(cert);
+  EVP_PKEY_free(key);
+  return out;
+}
+
+TestCert TestCa::IssueServer(const std::string& common_name, const std::vector<std::string>& sans) const {
+  EVP_PKEY* key = EVP_EC_gen("P-256");
+  Check(key != nullptr, "key");
+  X509* cert = NewCert(key, common_name, cert_, key_, -60, 3600, Kind::kServer, sans);
   TestCert out{PemOf(cert), PemOf(key), Sha256Of(cert)};
   X509_free(cert);
   EVP_PKEY_free(key);
@@ -126,7 +138,7 @@ TestCert TestCa::Issue(const std::string& common_name, const std::vector<std::st
 TestCert SelfSignedCert(const std::string& common_name) {
   EVP_PKEY* key = EVP_EC_gen("P-256");
   Check(key != nullptr, "key");
-  X509* cert = NewCert(key, common_name, nullptr, key, -60, 3600, /*ca=*/false, {});
+  X509* cert = NewCert(key, common_name, nullptr, key, -60, 3600, Kind::kClient, {});
   TestCert out{PemOf(cert), PemOf(key), Sha256Of(cert)};
   X509_free(cert);
   EVP_PKEY_free(key);

@@ -31,6 +31,8 @@ class TestCa {
   // now + not_after_s seconds, with these SANs ("DNS:x", "URI:y", "email:z").
   TestCert Issue(const std::string& common_name, const std::vector<std::string>& sans = {},
                  long not_before_s = -60, long not_after_s = 3600) const;
+  // A server certificate (serverAuth) for these SANs ("IP:127.0.0.1"), valid for an hour.
+  TestCert IssueServer(const std::string& common_name, const std::vector<std::string>& sans) const;
 
  private:
   evp_pkey_st* key_;
