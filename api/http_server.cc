@@ -395,13 +395,24 @@ class HttpServer::Impl {
       request.source_ip = rq.address().host();
       request.body = rq.body();
       request.client_cert = PeerCertificate(writer);
-      if (FromTrustedProxy(rq)) {
-        // The proxy's own address says nothing: the client's is in X-Real-IP (it sets it).
-        if (auto real_ip = rq.headers().tryGetRaw(kRealIpHeader); real_ip && !real_ip->value().empty() &&
-                                                                  real_ip->value().size() <= 64) {
-          request.source_ip = real_ip->value();
+      if (!config_.trusted_proxy_secret.empty()) {
+        if (!FromTrustedProxy(rq)) {
+          // Behind the proxy every request comes through it. One that does not is a local
+          // process, or a proxy with another secret: refused (by the service, so it is audited),
+          // and never taken for the proxy's own address, which the lockout would then block.
+          request.proxy_problem = "untrusted";
+        } else {
+          // The proxy's own address says nothing: the client's is in X-Real-IP (it sets it).
+          if (auto real_ip = rq.headers().tryGetRaw(kRealIpHeader);
+              real_ip && !real_ip->value().empty() && real_ip->value().size() <= 64) {
+            request.source_ip = real_ip->value();
+          }
+          auto escaped = rq.headers().tryGetRaw(kClientCertHeader);
+          if (!request.client_cert && escaped && !escaped->value().empty()) {
+            request.client_cert = ProxiedCertificate(rq);
+            if (!request.client_cert) request.proxy_problem = "bad_client_cert";
+          }
         }
-        if (!request.client_cert) request.client_cert = ProxiedCertificate(rq);
       }
     } catch (...) {
       SendJson(writer, 400, ServerError("invalid_request", "malformed_request", "the request cannot be read", request.request_id),

@@ -89,6 +89,22 @@ std::variant<storage::RevealCharge, RevealBudgets::Refusal> RevealBudgets::Charg
   return charge;
 }
 
+void RevealBudgets::Refund(const storage::RevealCharge& charge) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = usage_.find(Key{charge.principal, charge.merchant, charge.plain});
+  if (it == usage_.end()) return;
+  Usage& u = it->second;
+  auto b = u.buckets.find(charge.bucket_ms);
+  if (b != u.buckets.end()) {
+    b->second -= std::min(b->second, charge.count);
+    if (b->second == 0) u.buckets.erase(b);
+  }
+  // Rate tokens come back too (capped at the burst when next refilled).
+  for (auto& [id, state] : u.rate) {
+    state.first = std::min(static_cast<double>(id.second), state.first + static_cast<double>(charge.count));
+  }
+}
+
 int64_t RevealBudgets::ForgetOld() {
   const int64_t cutoff = clock_.NowUnixMillis() - kLongestWindowMs - kBucket;
   std::lock_guard<std::mutex> lock(mu_);

@@ -45,6 +45,10 @@ class RevealBudgets {
                                                       int64_t count,
                                                       const std::vector<policy::RevealBudget>& budgets);
 
+  // Gives back a charge whose request did not reveal anything after all (an HSM or audit
+  // failure): the volume counted and the rate tokens taken.
+  void Refund(const storage::RevealCharge& charge);
+
   // Forgets buckets older than a day (the longest window). Returns the cut-off, for pruning the
   // persisted counters too.
   int64_t ForgetOld();

@@ -280,7 +280,11 @@ Status Service::ReplacePolicy(std::shared_ptr<const policy::Policy> policy,
   // The change is an administrative action: recorded before it takes effect (no record, no
   // change).
   TV_RETURN_IF_ERROR(AuditServiceEvent(
-      "policy.reload", "policy file re-read: " + std::to_string(policy->roles().size()) + " roles",
+      "policy.reload", "policy file re-read: " + std::to_string(policy->roles().size()) + " roles, " +
+                           std::to_string(policy->budgets().size()) + " budgets, " +
+                           std::to_string(policy->client_certificate_count()) +
+                           " client certificate mappings; sha256 " +
+                           (policy->source_sha256().empty() ? "unknown" : policy->source_sha256()),
       "policy:" + source));
   std::lock_guard<std::mutex> lock(policy_mu_);
   policy_ = std::move(policy);
@@ -350,10 +354,18 @@ void Service::Complete(const std::shared_ptr<Context>& ctx, HttpResponse respons
     // A reveal is counted against its budgets in the transaction of its record, so that it is
     // counted if and only if it happened. A refused or failed request charges nothing durable.
     std::vector<storage::RevealCharge> charges;
-    if (held->status >= 200 && held->status < 300) charges = std::move(ctx->charges);
+    if (held->status >= 200 && held->status < 300) {
+      charges = ctx->charges;
+    } else {
+      for (const storage::RevealCharge& c : ctx->charges) budgets_.Refund(c);  // nothing revealed
+    }
     vault_.audit().AppendAsync(
         record,
-        [this, ctx, held](const StatusOr<storage::AuditRecord>& written) {
+        [this, ctx, held, charged = !charges.empty()](const StatusOr<storage::AuditRecord>& written) {
+          // Not audited, so not revealed: the budget gets its values back.
+          if (!written.ok() && charged) {
+            for (const storage::RevealCharge& c : ctx->charges) budgets_.Refund(c);
+          }
           try {
             Respond(*ctx, Finish(*ctx, std::move(*held), written.status()));
           } catch (...) {
@@ -479,6 +491,19 @@ HttpResponse Service::Dispatch(Context& ctx) {
   // URL text reaches the audit record only once it has the shape of what it claims to be.
   const std::string url_merchant = rq.params.count("m") ? rq.params.at("m") : "";
   if (IsValidMerchantId(url_merchant)) ctx.merchant = url_merchant;
+
+  // 0. Behind the nginx front, only what came through it (docs/deployment.md).
+  if (rq.proxy_problem == "untrusted") {
+    spdlog::warn("request_id={} did not come through the trusted proxy (no or wrong proxy secret)",
+                 rq.request_id);
+    return fail(PermissionDeniedError("untrusted_proxy",
+                                      "requests must come through the configured proxy"));
+  }
+  if (rq.proxy_problem == "bad_client_cert") {
+    spdlog::error("request_id={} the proxy forwarded a client certificate that cannot be read",
+                  rq.request_id);
+    return fail(BadRequest("malformed_client_certificate", "the forwarded client certificate cannot be read"));
+  }
 
   // 0. A source locked out after repeated bad keys is refused whatever it sends (PCI DSS 8.3.4).
   if (const int64_t wait_ms = lockout_.LockedFor(rq.source_ip); wait_ms > 0) {

@@ -37,6 +37,9 @@ struct HttpRequest {
   std::string request_id;
   // The client certificate the TLS layer (or a trusted proxy) verified against the client CA.
   std::optional<ClientCertificate> client_cert;
+  // Behind a trusted proxy: "" (the request came through it, intact), "untrusted" (it did not
+  // carry the proxy's secret), or "bad_client_cert" (the proxy's X-Client-Cert cannot be read).
+  std::string proxy_problem;
 };
 
 struct HttpResponse {

@@ -208,13 +208,26 @@ Status WriteAdminKey(const std::string& path, const SecretBytes& key) {
 
 // The secret the nginx front (deploy/nginx) sends with the client identity it verified:
 // 32 random bytes in hex, in <data_dir>/proxy-secret (0600), made once.
+// An existing file is never replaced (nginx holds the same secret): a malformed one, or one that
+// others can read, stops the server instead.
 StatusOr<std::string> EnsureProxySecret(const std::string& data_dir) {
   const std::string path = data_dir + "/proxy-secret";
-  std::ifstream in(path);
-  std::string secret;
-  if (in && std::getline(in, secret) && secret.size() == 64) return secret;
+  struct stat st {};
+  if (stat(path.c_str(), &st) == 0) {
+    if ((st.st_mode & 077) != 0) {
+      return FailedPreconditionError("proxy_secret", path + " is readable by others: chmod 600 it");
+    }
+    std::ifstream in(path);
+    std::string secret;
+    std::getline(in, secret);
+    while (!secret.empty() && (secret.back() == '\r' || secret.back() == ' ')) secret.pop_back();
+    if (secret.size() != 64 || secret.find_first_not_of("0123456789abcdef") != std::string::npos) {
+      return FailedPreconditionError("proxy_secret", path + " is not 64 lower-case hex digits");
+    }
+    return secret;
+  }
   TV_ASSIGN_OR_RETURN(SecretBytes random, RandomSecret(32));
-  secret = HexEncode(random.view());
+  const std::string secret = HexEncode(random.view());
   const std::string tmp = path + ".tmp";
   const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd < 0) return FailedPreconditionError("proxy_secret", "cannot write " + tmp);

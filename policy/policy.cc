@@ -155,8 +155,8 @@ StatusOr<Policy> Policy::WithCustomRolesAndBudgets(
                    b.window_seconds > 86400)) {
       return invalid("max_values is 1 to 100000000 and window_seconds 1 to 86400, together");
     }
-    if (rate && !(b.per_second > 0 && b.per_second <= 1'000'000 && b.burst >= 1 && b.burst <= 1'000'000)) {
-      return invalid("per_second is above 0 (at most 1000000) and burst 1 to 1000000, together");
+    if (rate && !(b.per_second >= 0.001 && b.per_second <= 1'000'000 && b.burst >= 1 && b.burst <= 1'000'000)) {
+      return invalid("per_second is 0.001 to 1000000 and burst 1 to 1000000, together");
     }
   }
   policy.budgets_ = std::move(budgets);

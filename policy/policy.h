@@ -143,6 +143,11 @@ class Policy {
   const Role* FindRole(std::string_view name) const;
   const std::map<std::string, Role, std::less<>>& roles() const { return roles_; }
   const std::vector<RevealBudget>& budgets() const { return budgets_; }
+  size_t client_certificate_count() const { return principal_by_sha256_.size() + principal_by_san_.size(); }
+  // SHA-256 (hex) of the policy file's text, when it came from one: names exactly what was
+  // loaded in the audit record of a reload. Set once, before the policy is shared.
+  const std::string& source_sha256() const { return source_sha256_; }
+  void set_source_sha256(std::string digest) { source_sha256_ = std::move(digest); }
   // The principal a client certificate authenticates as: by its fingerprint first, then by the
   // first of its SANs that is mapped. nullopt if none is.
   std::optional<std::string> PrincipalForCertificate(std::string_view sha256_hex,
@@ -174,6 +179,7 @@ class Policy {
   std::vector<RevealBudget> budgets_;
   std::map<std::string, std::string, std::less<>> principal_by_sha256_;
   std::map<std::string, std::string, std::less<>> principal_by_san_;
+  std::string source_sha256_;
 };
 
 // ^[a-z0-9][a-z0-9_.-]{0,63}$ for principal and role names.

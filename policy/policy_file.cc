@@ -1,8 +1,12 @@
 #include "policy/policy_file.h"
 
+#include <openssl/evp.h>
+
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+
+#include "vault/base/bytes.h"
 
 namespace tokenvault::policy {
 namespace {
@@ -134,7 +138,14 @@ StatusOr<Policy> LoadPolicyFile(const std::string& path) {
   if (!in) return FailedPreconditionError("policy_unreadable", "cannot read policy file " + path);
   std::stringstream text;
   text << in.rdbuf();
-  return ParsePolicy(text.str());
+  const std::string contents = text.str();
+  TV_ASSIGN_OR_RETURN(Policy policy, ParsePolicy(contents));
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  if (EVP_Digest(contents.data(), contents.size(), md, &len, EVP_sha256(), nullptr) == 1) {
+    policy.set_source_sha256(HexEncode(ByteView(md, len)));
+  }
+  return policy;
 }
 
 }  // namespace tokenvault::policy

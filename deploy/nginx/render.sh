@@ -34,7 +34,7 @@ if ! [[ "$secret" =~ ^[0-9a-f]{64}$ ]]; then
 fi
 # Values go into nginx syntax: refuse characters that could end a directive.
 for v in "$listen" "$upstream" "$cert" "$key" "$client_ca" "$access_log"; do
-  if [[ "$v" =~ [\;\{\}\'\"[:space:]\|\&] ]]; then echo "render.sh: unsafe character in $v" >&2; exit 2; fi
+  if [[ "$v" =~ [\;\{\}\'\"[:space:]\|\&\\\$\#] ]]; then echo "render.sh: unsafe character in $v" >&2; exit 2; fi
 done
 umask 077
 sed -e "s|@LISTEN@|$listen|g" -e "s|@UPSTREAM@|$upstream|g" -e "s|@CERT@|$cert|g" \

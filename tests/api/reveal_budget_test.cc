@@ -91,6 +91,17 @@ TEST(RevealBudgetsTest, CountersLoadedAtStartStillCount) {
   EXPECT_TRUE(Allowed(budgets.Charge("p", "acme", true, 1, {Volume(100, 86400)})));
 }
 
+TEST(RevealBudgetsTest, AChargeWhoseRequestFailedIsGivenBack) {
+  FakeClock clock;
+  RevealBudgets budgets(clock);
+  const std::vector<policy::RevealBudget> limit = {Volume(10, 60), Rate(1, 10)};
+  auto charged = budgets.Charge("p", "acme", true, 10, limit);
+  ASSERT_TRUE(Allowed(charged));
+  EXPECT_FALSE(Allowed(budgets.Charge("p", "acme", true, 1, limit)));
+  budgets.Refund(std::get<storage::RevealCharge>(charged));  // say, the HSM failed: nothing revealed
+  EXPECT_TRUE(Allowed(budgets.Charge("p", "acme", true, 10, limit)));
+}
+
 TEST(RevealBudgetsTest, NoBudgetNoLimit) {
   FakeClock clock;
   RevealBudgets budgets(clock);

@@ -864,7 +864,13 @@ TEST_F(ApiTest, SighupReloadsThePolicyFileAndRefusesAnInvalidOne) {
   EXPECT_EQ(client_->Get("/v1/audit?limit=1", reconciler).status, 200);
   // The one reload that took effect is in the audit trail.
   json records = client_->Get("/v1/audit?action=policy.reload", admin_).Json()["records"];
-  EXPECT_EQ(records.size(), 1u);
+  ASSERT_EQ(records.size(), 1u);
+  // It names exactly what was loaded: the file's SHA-256.
+  const std::string reason = records[0]["reason"];
+  const size_t at = reason.find("sha256 ");
+  ASSERT_NE(at, std::string::npos) << reason;
+  EXPECT_EQ(reason.substr(at + 7).find_first_not_of("0123456789abcdef"), std::string::npos) << reason;
+  EXPECT_EQ(reason.size() - at - 7, 64u) << reason;
 }
 
 TEST_F(ApiTest, PurposeBoundRevealsNeedAnAllowedPurposeAndRecordIt) {
@@ -1550,13 +1556,21 @@ TEST_F(NginxFrontTest, ClientCertificatesPassThroughAndForgedIdentityHeadersAreI
                                       "application/json", forged);
   EXPECT_EQ(through_front.status, 401) << through_front.body;
   EXPECT_EQ(through_front.Json()["error"]["code"], "missing_api_key");
-  // Straight to tokenvault's loopback port with a wrong secret: ignored too.
+  // Straight to tokenvault's loopback port with a wrong secret: refused whole (not taken for
+  // nginx, whose address the lockout would then block), health checks excepted.
   HttpClient direct("http://127.0.0.1:" + std::to_string(server_->port()), dir_.Sub("client-ca.pem"));
   std::string wrong = secret;
   wrong[0] = wrong[0] == 'a' ? 'b' : 'a';
   Reply bypass = direct.Send("POST", "/v1/merchants/acme/tokens", "", "{\"value\":\"v\"}", "application/json",
                              {"X-Client-Cert: " + escaped, "X-Tokenvault-Proxy-Secret: " + wrong});
-  EXPECT_EQ(bypass.status, 401) << bypass.body;
+  EXPECT_EQ(bypass.status, 403) << bypass.body;
+  EXPECT_EQ(bypass.Json()["error"]["code"], "untrusted_proxy");
+  EXPECT_EQ(direct.Get("/v1/audit", admin_).status, 403) << "an API key does not make up for the secret";
+  EXPECT_EQ(direct.Get("/healthz", "").status, 200);
+  // The rendering script refuses a value that could smuggle nginx directives in.
+  EXPECT_NE(std::system((std::string(TOKENVAULT_SOURCE_DIR) + "/deploy/nginx/render.sh --data-dir " +
+                         server_->data_dir() + " --cert '/x\\x3b ssl_verify_client off' --key k --client-ca c --out " +
+                         dir_.Sub("evil.conf") + " 2>/dev/null").c_str()), 0);
   // A certificate nginx cannot verify is refused by nginx, in tokenvault's error shape.
   std::string cert, key;
   SelfSignedCert("payments").Write(dir_.Sub("self"), &cert, &key);
@@ -1567,7 +1581,7 @@ TEST_F(NginxFrontTest, ClientCertificatesPassThroughAndForgedIdentityHeadersAreI
   EXPECT_EQ(refused.Json()["error"]["code"], "bad_client_certificate");
   // None of the refused attempts made a token: only the one made with the real certificate.
   json denied = client_->Get("/v1/audit?action=tokens.create&outcome=denied", admin_).Json()["records"];
-  ASSERT_EQ(denied.size(), 2u) << denied.dump();
+  ASSERT_EQ(denied.size(), 2u) << denied.dump();  // the forged headers, the bypass
   EXPECT_EQ(denied[0]["source_ip"], "127.0.0.1");  // nginx's X-Real-IP, not the forged one
 }
 
