@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "policy/api_key.h"
+#include "vault/base/metrics.h"
 #include "vault/token_format.h"
 #include "vault/token_id.h"
 
@@ -209,6 +210,7 @@ std::optional<int64_t> ParseRfc3339(const std::string& text) {
 const std::vector<RouteSpec>& Routes() {
   static const auto* routes = new std::vector<RouteSpec>{
       {"GET", "/healthz", "healthz"},
+      {"GET", "/metrics", "metrics"},
       {"GET", "/readyz", "readyz"},
       {"POST", "/v1/principals", "principals.create"},
       {"DELETE", "/v1/principals/:name", "principals.delete"},
@@ -246,6 +248,9 @@ struct Service::Context : std::enable_shared_from_this<Service::Context> {
   bool audited = false;  // the handler already wrote the audit record with its data
   std::optional<Idempotency> idempotency;  // the request carried an Idempotency-Key
   std::vector<storage::RevealCharge> charges;  // budget counters, committed with a 2xx's record
+  std::string reveal;  // a detokenize's "plain" or "masked" (metrics)
+  int64_t tokenized_values = 0;  // a batch's items that got a token (metrics)
+  const std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   HttpResponse answer;  // a tokenize's answer, when rendered inside its commit
 
   // Whatever way the request ended (refused, replayed, answered), the values in its parsed
@@ -316,6 +321,15 @@ void Service::HandleAsync(HttpRequest request, Responder respond) {
   ctx->respond = std::move(respond);
   HttpResponse response;
   try {
+    if (ctx->request.route == "metrics") {
+      // Unauthenticated and unaudited like the health checks (API.md: bind to a private port in
+      // production; behind deploy/nginx it is not exposed). Never a value or a secret in it.
+      response.status = 200;
+      response.body = metrics::Registry::Global().Render();
+      response.headers.emplace_back("Content-Type", "text/plain; version=0.0.4");
+      Respond(*ctx, std::move(response));
+      return;
+    }
     if (ctx->request.route == "healthz" || ctx->request.route == "readyz") {
       response = ctx->request.route == "healthz" ? Json(200, {{"status", "ok"}}) : Ready();
       Respond(*ctx, std::move(response));
@@ -388,7 +402,33 @@ void Service::Respond(Context& ctx, HttpResponse response) {
   // The Idempotency-Key is free again: its record (if any) is committed by now.
   if (ctx.idempotency) ctx.idempotency->hold.reset();
   StampRequestId(ctx, response);
+  CountRequest(ctx, response.status);
   ctx.respond(std::move(response));
+}
+
+void Service::CountRequest(const Context& ctx, int status) {
+  metrics::Registry& r = metrics::Registry::Global();
+  static metrics::Family& requests = r.Counter("tokenvault_http_requests_total", "Requests answered, by route and status.");
+  static metrics::Family& latency = r.Histogram("tokenvault_http_request_duration_seconds",
+                                                "Time from a request's arrival at the service to its answer, by route.",
+                                                metrics::LatencyBuckets());
+  static metrics::Family& tokenized = r.Counter("tokenvault_tokenize_values_total",
+                                                "Values tokenized (tokens created or found), by merchant.");
+  static metrics::Family& revealed = r.Counter("tokenvault_detokenize_values_total",
+                                               "Tokens asked for in answered detokenize requests, by merchant and reveal.");
+  const std::string& route = ctx.request.route;  // one of Routes(), not_found or method_not_allowed
+  requests.Add({{"route", route}, {"status", std::to_string(status)}});
+  latency.Observe({{"route", route}},
+                  std::chrono::duration<double>(std::chrono::steady_clock::now() - ctx.started).count());
+  if (status < 200 || status >= 300 || ctx.merchant.empty()) return;
+  // Merchant ids are bounded per family (metrics::kMaxLabelSets; beyond, "_other").
+  if (route == "tokens.create") {
+    tokenized.Add({{"merchant", ctx.merchant}});
+  } else if (route == "tokens.batch") {
+    tokenized.Add({{"merchant", ctx.merchant}}, static_cast<double>(ctx.tokenized_values));
+  } else if (route == "tokens.detokenize") {
+    revealed.Add({{"merchant", ctx.merchant}, {"reveal", ctx.reveal}}, static_cast<double>(ctx.resources.size()));
+  }
 }
 
 // Every answer carries Request-Id, and every error body its request_id (API.md), whichever path
@@ -1225,6 +1265,7 @@ HttpResponse Service::CreateTokenBatch(Context& ctx) {
           try {
             if (outcomes.ok()) {
               self->audited = true;  // committed with the tokens
+              for (const TokenizeOutcome& o : *outcomes) self->tokenized_values += o.token.ok() ? 1 : 0;
               response = self->idempotency ? std::move(self->answer) : batch->Render(*outcomes);
             } else {
               LogIfServerError(*self, outcomes.status());
@@ -1281,6 +1322,7 @@ HttpResponse Service::Detokenize(Context& ctx) {
     TV_OR_FAIL(BadRequest("invalid_reveal", "'reveal' is \"plain\" or \"masked\""));
   }
   const bool plain = b["reveal"] == "plain";
+  ctx.reveal = plain ? "plain" : "masked";
   if (!b.contains("tokens") || !b["tokens"].is_array() || b["tokens"].empty()) {
     TV_OR_FAIL(BadRequest("invalid_tokens", "'tokens' must be a non-empty array"));
   }
@@ -1351,6 +1393,9 @@ std::optional<HttpResponse> Service::ChargeBudgets(Context& ctx, bool plain, int
   auto charged = budgets_.Charge(ctx.principal->name, ctx.merchant, plain, values, budgets);
   if (const auto* refusal = std::get_if<RevealBudgets::Refusal>(&charged)) {
     ++budget_denials_;
+    static metrics::Family& denials = metrics::Registry::Global().Counter(
+        "tokenvault_budget_denials_total", "Detokenize requests refused by a budget, by reveal.");
+    denials.Add({{"reveal", plain ? "plain" : "masked"}});
     ctx.reason = refusal->reason + " (" + ctx.reason + ")";
     HttpResponse r = Json(429, ErrorJson("rate_limited", "budget_exceeded", refusal->reason));
     r.headers.emplace_back("Retry-After", std::to_string(refusal->retry_after_seconds));

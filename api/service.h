@@ -145,6 +145,8 @@ class Service {
   HttpResponse ReadAudit(Context& ctx);
   HttpResponse VerifyAudit(Context& ctx);
   HttpResponse ExportAudit(Context& ctx);
+  // Counts an answered request into the metrics registry (GET /metrics).
+  static void CountRequest(const Context& ctx, int status);
   // Charges 'values' reveals to the caller's detokenize budgets: nullopt if they allow it (the
   // charge then commits with the audit record), else the 429 to answer.
   std::optional<HttpResponse> ChargeBudgets(Context& ctx, bool plain, int64_t values);

@@ -19,6 +19,7 @@
 #include "storage/sqlite.h"
 #include "storage/token_row_cache.h"
 #include "vault/base/scope_guard.h"
+#include "vault/base/metrics.h"
 #include "vault/base/utf8.h"
 
 namespace tokenvault::storage {
@@ -424,7 +425,14 @@ class SqliteStore::Impl {
                                       "the transaction was rolled back by SQLite");
           }
         }
-        if (commit.ok()) commit = txn->Commit();
+        if (commit.ok()) {
+          const auto commit_started = std::chrono::steady_clock::now();
+          commit = txn->Commit();  // the fsync of the group commit
+          static metrics::Family& fsync = metrics::Registry::Global().Histogram(
+              "tokenvault_store_commit_seconds", "Time to commit (and fsync) one group commit.",
+              metrics::LatencyBuckets());
+          fsync.Observe({}, std::chrono::duration<double>(std::chrono::steady_clock::now() - commit_started).count());
+        }
       }  // an uncommitted transaction rolls back here
     } catch (...) {
       commit = InternalError("storage_error", "the batch could not be committed");
@@ -434,6 +442,10 @@ class SqliteStore::Impl {
       ++stats_.transactions;
       stats_.operations += batch.size();
     }
+    static metrics::Family& batch_sizes = metrics::Registry::Global().Histogram(
+        "tokenvault_store_group_commit_operations", "Write operations per group commit.",
+        {1, 2, 4, 8, 16, 32, 64, 128, 256, 512});
+    batch_sizes.Observe({}, static_cast<double>(batch.size()));
     bool queued_completions = false;
     for (size_t i = 0; i < batch.size(); ++i) {
       // An operation is only OK if its transaction was durably committed; when the transaction

@@ -7,6 +7,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "vault/base/metrics.h"
+
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
@@ -300,6 +302,9 @@ StatusOr<storage::AuditCheckpoint> AuditCheckpointer::SignNext(
     return logged;
   }
   last_logged_ = c;
+  static metrics::Family& signed_count = metrics::Registry::Global().Counter(
+      "tokenvault_audit_checkpoints_total", "Audit checkpoints signed.");
+  signed_count.Add({});
   return c;
 }
 
@@ -349,6 +354,12 @@ void AuditCheckpointer::Loop() {
     StatusOr<storage::AuditCheckpoint> last = store_.LastAuditCheckpoint();
     const int64_t head_seq = head.ok() ? head->seq : 0;
     const int64_t covered = last.ok() ? last->last_seq : 0;
+    static metrics::Family& records = metrics::Registry::Global().Counter(
+        "tokenvault_audit_records_total", "Audit records written (the sequence number of the newest).");
+    static metrics::Family& lag = metrics::Registry::Global().Gauge(
+        "tokenvault_audit_checkpoint_lag_records", "Audit records not yet covered by a signed checkpoint.");
+    if (head.ok()) records.Set({}, static_cast<double>(head_seq));
+    lag.Set({}, static_cast<double>(head_seq - covered));
     const bool due = head_seq > covered &&
                      (static_cast<size_t>(head_seq - covered) >= options_.records ||
                       clock_.SteadyNow() - last_checkpoint >= options_.interval);

@@ -1,5 +1,7 @@
 #include "vault/dek_cache.h"
 
+#include "vault/base/metrics.h"
+
 #include <vector>
 
 namespace tokenvault {
@@ -26,18 +28,25 @@ void DekCache::EvictExpiredLocked(std::chrono::steady_clock::time_point now) {
 
 std::shared_ptr<const AesGcm256> DekCache::Get(std::string_view merchant, uint32_t version) {
   if (!enabled()) return nullptr;
+  static metrics::Family& lookups = metrics::Registry::Global().Counter(
+      "tokenvault_dek_cache_lookups_total", "DEK cache lookups, by result (hit or miss).");
   std::shared_ptr<const AesGcm256> found;
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = index_.find(KeyOf(merchant, version));
-    if (it == index_.end()) return nullptr;
+    if (it == index_.end()) {
+      lookups.Add({{"result", "miss"}});
+      return nullptr;
+    }
     if (it->second->expires <= clock_.SteadyNow()) {
       found = std::move(it->second->aead);  // released outside the lock
       lru_.erase(it->second);
       index_.erase(it);
+      lookups.Add({{"result", "miss"}});
       return nullptr;
     }
     lru_.splice(lru_.begin(), lru_, it->second);
+    lookups.Add({{"result", "hit"}});
     return it->second->aead;
   }
 }

@@ -1,5 +1,7 @@
 #include "vault/vault.h"
 
+#include "vault/counting_hsm.h"
+
 #include <pthread.h>
 #include <future>
 #include <spdlog/spdlog.h>
@@ -46,6 +48,7 @@ StatusOr<std::unique_ptr<Vault>> Vault::Create(std::shared_ptr<hsm::Hsm> hsm,
                                                std::shared_ptr<storage::Store> store,
                                                const VaultOptions& options, const Clock& clock) {
   if (!hsm || !store) return InvalidArgumentError("bad_config", "the vault needs an HSM and a store");
+  hsm = std::make_shared<CountingHsm>(std::move(hsm));  // every call counted (GET /metrics)
   // NIST SP 800-38D allows 2^32 random-nonce encryptions per key; stay at least 2x below.
   if (options.keys.max_encryptions_per_dek == 0 ||
       options.keys.max_encryptions_per_dek > kMaxEncryptionsPerDekLimit) {

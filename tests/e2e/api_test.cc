@@ -16,6 +16,7 @@
 
 #include "storage/sqlite.h"
 #include "tests/e2e/http_client.h"
+#include "tests/e2e/metrics_scrape.h"
 #include "tests/e2e/server_process.h"
 #include "tests/support/leak_scan.h"
 #include "tests/support/temp_dir.h"
@@ -996,6 +997,69 @@ TEST_F(ApiTest, EveryPciDssEventClassLandsInTheAuditTrail) {
   EXPECT_TRUE(client_->Get("/v1/audit/verify", admin_).Json()["ok"].get<bool>());
 }
 
+// GET /metrics is scraped and parsed; each family is present and moves when its event happens.
+// (HSM errors move in HsmOutageTest, which can make the HSM fail.)
+TEST_F(ApiTest, MetricsAreScrapedParsedAndMoveWithTheirEvents) {
+  const std::string policy_file = dir_.Sub("budget.json");
+  std::ofstream(policy_file) << R"({"budgets":[{"principal":"bulk","reveal":"plain","max_values":1,"window_seconds":60}]})";
+  server_->Stop(SIGTERM);
+  server_ = std::make_unique<ServerProcess>(dir_.Sub("data"), dir_.Sub("server2.log"),
+                                            std::vector<std::string>{"--policy", policy_file});
+  ASSERT_TRUE(server_->Start());
+  client_ = std::make_unique<HttpClient>(server_->base_url(), server_->ca_file());
+  const MetricSeries before = ScrapeMetrics(*client_);
+  Merchant("acme");
+  const std::string maker = Principal("maker", {"tokenizer"}, "*");
+  const std::string bulk = Principal("bulk", {"detokenizer"}, "*");
+
+  const std::string token = client_->Post("/v1/merchants/acme/tokens", maker, {{"value", "one"}}).Json()["token"];
+  ASSERT_EQ(client_->Post("/v1/merchants/acme/tokens/batch", maker,
+                          {{"items", {{{"value", "a"}}, {{"value", "b"}}, {{"value", "c"}}}}}).status, 200);
+  ASSERT_EQ(client_->Post("/v1/merchants/acme/detokenize", bulk, {{"tokens", {token}}, {"reveal", "masked"}}).status, 200);
+  ASSERT_EQ(client_->Post("/v1/merchants/acme/detokenize", bulk, {{"tokens", {token}}, {"reveal", "plain"}}).status, 200);
+  ASSERT_EQ(client_->Post("/v1/merchants/acme/detokenize", bulk, {{"tokens", {token}}, {"reveal", "plain"}}).status, 429);
+  ASSERT_EQ(client_->Get("/v1/audit/export?limit=10", admin_).status, 200);  // forces a checkpoint
+
+  // The audit gauges are refreshed by the checkpoint thread (every 200 ms): poll, bounded.
+  MetricSeries after;
+  for (int i = 0; i < 100; ++i) {
+    after = ScrapeMetrics(*client_);
+    if (MetricValue(after, "tokenvault_audit_records_total") > MetricValue(before, "tokenvault_audit_records_total")) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  auto moved = [&](const std::string& series, double by_at_least) {
+    const double delta = MetricValue(after, series) - MetricValue(before, series);
+    EXPECT_GE(delta, by_at_least) << series << " moved by " << delta;
+  };
+  moved(R"(tokenvault_http_requests_total{route="tokens.create",status="201"})", 1);
+  moved(R"(tokenvault_http_requests_total{route="tokens.detokenize",status="429"})", 1);
+  moved(R"(tokenvault_http_request_duration_seconds_count{route="tokens.create"})", 1);
+  moved(R"(tokenvault_http_request_duration_seconds_bucket{route="tokens.create",le="+Inf"})", 1);
+  moved(R"(tokenvault_tokenize_values_total{merchant="acme"})", 4);
+  moved(R"(tokenvault_detokenize_values_total{merchant="acme",reveal="masked"})", 1);
+  moved(R"(tokenvault_detokenize_values_total{merchant="acme",reveal="plain"})", 1);
+  moved(R"(tokenvault_budget_denials_total{reveal="plain"})", 1);
+  moved(R"(tokenvault_hsm_calls_total{op="create_kek"})", 1);
+  moved(R"(tokenvault_hsm_calls_total{op="wrap"})", 1);
+  moved(R"(tokenvault_hsm_calls_total{op="sign"})", 1);
+  EXPECT_GE(MetricValue(after, R"(tokenvault_dek_cache_lookups_total{result="hit"})") +
+                MetricValue(after, R"(tokenvault_dek_cache_lookups_total{result="miss"})") -
+                MetricValue(before, R"(tokenvault_dek_cache_lookups_total{result="hit"})") -
+                MetricValue(before, R"(tokenvault_dek_cache_lookups_total{result="miss"})"),
+            2);
+  moved("tokenvault_store_group_commit_operations_count", 3);
+  moved("tokenvault_store_commit_seconds_count", 3);
+  moved("tokenvault_audit_records_total", 5);
+  moved("tokenvault_audit_checkpoints_total", 1);
+  EXPECT_TRUE(after.count("tokenvault_audit_checkpoint_lag_records")) << "no checkpoint lag gauge";
+  // Never a value, a key or a token in it.
+  const std::string text = client_->Get("/metrics", "").body;
+  for (const std::string& secret : {std::string("one"), token, admin_, maker}) {
+    EXPECT_EQ(text.find("\"" + secret + "\""), std::string::npos) << secret;
+  }
+  EXPECT_EQ(text.find(admin_), std::string::npos);
+}
+
 TEST_F(ApiTest, TokenMetadataIsKeptAndNeverHoldsValues) {
   Merchant("acme");
   const std::string maker = Principal("maker", {"tokenizer"}, "*");
@@ -1567,6 +1631,9 @@ TEST_F(NginxFrontTest, ClientCertificatesPassThroughAndForgedIdentityHeadersAreI
   EXPECT_EQ(bypass.Json()["error"]["code"], "untrusted_proxy");
   EXPECT_EQ(direct.Get("/v1/audit", admin_).status, 403) << "an API key does not make up for the secret";
   EXPECT_EQ(direct.Get("/healthz", "").status, 200);
+  // Metrics are for the loopback port, not the front.
+  EXPECT_EQ(direct.Get("/metrics", "").status, 200);
+  EXPECT_EQ(client_->Get("/metrics", "").status, 404);
   // The rendering script refuses a value that could smuggle nginx directives in.
   EXPECT_NE(std::system((std::string(TOKENVAULT_SOURCE_DIR) + "/deploy/nginx/render.sh --data-dir " +
                          server_->data_dir() + " --cert '/x\\x3b ssl_verify_client off' --key k --client-ca c --out " +

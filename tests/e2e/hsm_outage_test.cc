@@ -11,6 +11,7 @@
 
 #include "storage/sqlite.h"
 #include "tests/e2e/http_client.h"
+#include "tests/e2e/metrics_scrape.h"
 #include "tests/e2e/server_process.h"
 #include "tests/support/temp_dir.h"
 
@@ -92,6 +93,7 @@ class HsmOutageTest : public ::testing::Test {
 
 TEST_F(HsmOutageTest, EachDeviceFailureIs503UntilItClearsThenTheServiceReconnectsByItself) {
   StartServer();
+  const MetricSeries before = ScrapeMetrics(*client_);
   // CKR_DEVICE_ERROR, CKR_DEVICE_REMOVED, CKR_TOKEN_NOT_PRESENT, CKR_SESSION_HANDLE_INVALID, and
   // the module gone (it cannot even be initialised again until it is back).
   for (const char* fault : {"30", "32", "e0", "b3", "gone"}) {
@@ -124,6 +126,13 @@ TEST_F(HsmOutageTest, EachDeviceFailureIs503UntilItClearsThenTheServiceReconnect
     EXPECT_EQ(Reveal().Json()["items"][0]["value"], "before the outage");
     EXPECT_EQ(client_->Post("/v1/merchants/acme/tokens", maker_, {{"value", "after the outage"}}).status, 201);
   }
+  // The failures are counted (GET /metrics): HSM errors, and the 503s by route.
+  const MetricSeries after = ScrapeMetrics(*client_);
+  double errors_before = 0, errors_after = 0;
+  for (const auto& [series, v] : before) errors_before += series.rfind("tokenvault_hsm_errors_total{", 0) == 0 ? v : 0;
+  for (const auto& [series, v] : after) errors_after += series.rfind("tokenvault_hsm_errors_total{", 0) == 0 ? v : 0;
+  EXPECT_GT(errors_after, errors_before);
+  EXPECT_GE(MetricValue(after, R"(tokenvault_http_requests_total{route="tokens.create",status="503"})"), 5);
   // Every request above, refused or not, is in the audit trail, and the chain is intact.
   EXPECT_TRUE(client_->Get("/v1/audit/verify", admin_).Json()["ok"].get<bool>());
   EXPECT_EQ(server_->Stop(SIGTERM), 0);
