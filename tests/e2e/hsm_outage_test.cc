@@ -138,6 +138,21 @@ TEST_F(HsmOutageTest, EachDeviceFailureIs503UntilItClearsThenTheServiceReconnect
   EXPECT_EQ(server_->Stop(SIGTERM), 0);
 }
 
+// A reveal that failed on the HSM revealed nothing, so it costs the caller's budget nothing.
+TEST_F(HsmOutageTest, AReveal503DuringAnOutageDoesNotSpendTheBudget) {
+  const std::string policy_file = dir_.Sub("budget.json");
+  std::ofstream(policy_file) << R"({"budgets":[{"principal":"reader","reveal":"plain","max_values":2,"window_seconds":3600}]})";
+  StartServer({"--policy", policy_file});  // its last step reveals once: one of two left
+  SetFault("30");
+  ASSERT_TRUE(WaitForReady(503, std::chrono::seconds(10)));
+  EXPECT_EQ(Reveal().status, 503);
+  EXPECT_EQ(Reveal().status, 503);
+  ClearFault();
+  ASSERT_TRUE(WaitForReady(200, std::chrono::seconds(10)));
+  EXPECT_EQ(Reveal().status, 200) << "the failed reveals were charged";
+  EXPECT_EQ(Reveal().status, 429) << "the budget no longer holds";
+}
+
 TEST_F(HsmOutageTest, ServeCachedKeepsServingCachedKeysWhileTheHsmIsDown) {
   StartServer({"--hsm-outage", "serve_cached"});
   SetFault("30");
