@@ -27,6 +27,7 @@
 #include "vault/token_id.h"
 
 #include "api/http_server.h"
+#include "cli/json_log.h"
 #include "api/service.h"
 #include "policy/policy_file.h"
 #include "vault/embedded.h"
@@ -50,6 +51,8 @@ struct Settings {
   long long auth_lockout_failures = 10;    // bad API keys from one address before it is locked out
   long long auth_lockout_minutes = 30;     // how long (PCI DSS 8.3.4: at least 30)
   std::string policy_file;
+  std::string log_format = "text";  // or "json": JSON lines (cli/json_log.h)
+  std::string log_level;            // trace, debug, info, warn, error, critical, off ("": SPDLOG_LEVEL or info)
   bool trust_proxy = false;  // behind deploy/nginx: trust its identity headers (with the secret)
   std::string tls_client_ca;                 // mTLS: client certificates chain to this CA file
   std::string tls_client_auth = "required";  // or "optional": API-key-only clients may connect too
@@ -130,6 +133,8 @@ bool ReadConfigFile(const std::string& path, Settings* s) {
       else if (key == "auth_lockout_minutes") s->auth_lockout_minutes = value.get<long long>();
       else if (key == "tls_client_ca") s->tls_client_ca = value.get<std::string>();
       else if (key == "trust_proxy") s->trust_proxy = value.get<bool>();
+      else if (key == "log_format") s->log_format = value.get<std::string>();
+      else if (key == "log_level") s->log_level = value.get<std::string>();
       else if (key == "tls_client_auth") s->tls_client_auth = value.get<std::string>();
       else if (key == "audit_checkpoint_records") s->audit_checkpoint_records = value.get<long long>();
       else if (key == "audit_checkpoint_seconds") s->audit_checkpoint_seconds = value.get<long long>();
@@ -706,6 +711,20 @@ int main(int argc, char** argv) {
     spdlog::error("hsm_outage is fail_closed or serve_cached");
     return 2;
   }
+  if (settings.log_format != "text" && settings.log_format != "json") {
+    spdlog::error("log_format is text or json");
+    return 2;
+  }
+  if (!settings.log_level.empty()) {
+    const spdlog::level::level_enum level = spdlog::level::from_str(settings.log_level);
+    // from_str answers "off" for anything it does not know: only "off" itself may mean off.
+    if (level == spdlog::level::off && settings.log_level != "off") {
+      spdlog::error("log_level is trace, debug, info, warn, error, critical or off");
+      return 2;
+    }
+    spdlog::set_level(level);
+  }
+  if (settings.log_format == "json") spdlog::set_formatter(std::make_unique<cli::JsonLineFormatter>());
   if (settings.tls_client_auth != "required" && settings.tls_client_auth != "optional") {
     spdlog::error("tls_client_auth is required or optional");
     return 2;

@@ -1060,6 +1060,51 @@ TEST_F(ApiTest, MetricsAreScrapedParsedAndMoveWithTheirEvents) {
   EXPECT_EQ(text.find(admin_), std::string::npos);
 }
 
+// log_format json: one JSON object per line, the request lines with their fields; never a value
+// or a secret in any line.
+TEST_F(ApiTest, JsonLogsHaveOneObjectPerLineWithRequestFieldsAndNoSecrets) {
+  std::ofstream(dir_.Sub("json-log.json")) << R"({"log_format": "json", "log_level": "info"})";
+  server_->Stop(SIGTERM);
+  server_ = std::make_unique<ServerProcess>(dir_.Sub("data"), dir_.Sub("server-json.log"),
+                                            std::vector<std::string>{"--config", dir_.Sub("json-log.json")});
+  ASSERT_TRUE(server_->Start());
+  client_ = std::make_unique<HttpClient>(server_->base_url(), server_->ca_file());
+  Merchant("acme");
+  const std::string maker = Principal("maker", {"tokenizer"}, "*");
+  const std::string reader = Principal("reader", {"detokenizer"}, "*");
+  const std::string secret = "JSON-LOG-SECRET-4111111111111111";
+  const std::string token =
+      client_->Post("/v1/merchants/acme/tokens", maker, {{"value", secret}}).Json()["token"];
+  ASSERT_EQ(client_->Post("/v1/merchants/acme/detokenize", reader, {{"tokens", {token}}, {"reveal", "plain"}})
+                .Json()["items"][0]["value"], secret);
+  EXPECT_EQ(client_->Get("/v1/audit", "tvk_00000000000000000000_" + std::string(64, '0')).status, 401);
+  server_->Stop(SIGTERM);  // flushes the log
+
+  std::ifstream log(server_->log_file());
+  int objects = 0, request_lines = 0;
+  bool saw_tokenize = false;
+  for (std::string line; std::getline(log, line);) {
+    EXPECT_EQ(line.find(secret), std::string::npos) << "a value in the log";
+    for (const std::string& key : {admin_, maker, reader}) {
+      EXPECT_EQ(line.find(key.substr(25)), std::string::npos) << "an API key secret in the log";
+    }
+    if (line.rfind("listening ", 0) == 0) continue;  // the readiness line on stdout, for supervisors
+    json j = json::parse(line, nullptr, false);
+    ASSERT_TRUE(j.is_object()) << "not a JSON line: " << line;
+    EXPECT_TRUE(j["time"].is_string() && j["level"].is_string() && j["msg"].is_string()) << line;
+    ++objects;
+    if (j.contains("request_id")) {
+      ++request_lines;
+      EXPECT_TRUE(j["route"].is_string() && j["principal"].is_string()) << line;
+      EXPECT_TRUE(j["status"].is_number_integer() && j["latency_us"].is_number_integer()) << line;
+      saw_tokenize |= j["route"] == "tokens.create" && j["status"] == 201 && j["principal"] == "maker";
+    }
+  }
+  EXPECT_GT(objects, request_lines);  // start, stop and the like too
+  EXPECT_GE(request_lines, 6);
+  EXPECT_TRUE(saw_tokenize);
+}
+
 TEST_F(ApiTest, TokenMetadataIsKeptAndNeverHoldsValues) {
   Merchant("acme");
   const std::string maker = Principal("maker", {"tokenizer"}, "*");
