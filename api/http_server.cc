@@ -402,6 +402,7 @@ class HttpServer::Impl {
           // and never taken for the proxy's own address, which the lockout would then block.
           request.proxy_problem = "untrusted";
         } else {
+          request.via_proxy = true;
           // The proxy's own address says nothing: the client's is in X-Real-IP (it sets it).
           if (auto real_ip = rq.headers().tryGetRaw(kRealIpHeader);
               real_ip && !real_ip->value().empty() && real_ip->value().size() <= 64) {

@@ -321,6 +321,12 @@ void Service::HandleAsync(HttpRequest request, Responder respond) {
   ctx->respond = std::move(respond);
   HttpResponse response;
   try {
+    if (ctx->request.route == "metrics" && ctx->request.via_proxy) {
+      // Metrics name merchants and volumes: for the monitoring system on the loopback port, never
+      // for whoever reaches the front (whatever spelling of the path got past nginx).
+      Respond(*ctx, Json(404, ErrorJson("not_found", "no_route", "no such endpoint")));
+      return;
+    }
     if (ctx->request.route == "metrics") {
       // Unauthenticated and unaudited like the health checks (API.md: bind to a private port in
       // production; behind deploy/nginx it is not exposed). Never a value or a secret in it.
@@ -413,9 +419,11 @@ void Service::CountRequest(const Context& ctx, int status) {
                                                 "Time from a request's arrival at the service to its answer, by route.",
                                                 metrics::LatencyBuckets());
   static metrics::Family& tokenized = r.Counter("tokenvault_tokenize_values_total",
-                                                "Values tokenized (tokens created or found), by merchant.");
+                                                "Values tokenized (tokens created or found), by merchant.")
+                                           .BoundLabel("merchant");
   static metrics::Family& revealed = r.Counter("tokenvault_detokenize_values_total",
-                                               "Tokens asked for in answered detokenize requests, by merchant and reveal.");
+                                               "Tokens asked for in answered detokenize requests, by merchant and reveal.")
+                                          .BoundLabel("merchant");
   const std::string& route = ctx.request.route;  // one of Routes(), not_found or method_not_allowed
   requests.Add({{"route", route}, {"status", std::to_string(status)}});
   latency.Observe({{"route", route}},

@@ -40,6 +40,7 @@ struct HttpRequest {
   // Behind a trusted proxy: "" (the request came through it, intact), "untrusted" (it did not
   // carry the proxy's secret), or "bad_client_cert" (the proxy's X-Client-Cert cannot be read).
   std::string proxy_problem;
+  bool via_proxy = false;  // it came through the trusted proxy (with its secret)
 };
 
 struct HttpResponse {

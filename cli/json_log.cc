@@ -24,9 +24,12 @@ bool ParsePairs(std::string_view text, nlohmann::json& out) {
     if (key.find_first_not_of("abcdefghijklmnopqrstuvwxyz_") != std::string::npos) return false;
     if (key == "time" || key == "level" || key == "msg") return false;
     const std::string value(word.substr(eq + 1));
+    // Only fields that are numbers by nature become numbers: a principal named "007" stays a
+    // string, so a field never changes type between lines.
     char* num_end = nullptr;
     const long long n = std::strtoll(value.c_str(), &num_end, 10);
-    if (!value.empty() && num_end != nullptr && *num_end == '\0' && value.size() < 19) {
+    const bool numeric_field = key == "status" || key == "latency_us";
+    if (numeric_field && !value.empty() && num_end != nullptr && *num_end == '\0' && value.size() < 19) {
       fields[key] = n;
     } else {
       fields[key] = value;

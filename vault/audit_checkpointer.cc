@@ -359,7 +359,8 @@ void AuditCheckpointer::Loop() {
     static metrics::Family& lag = metrics::Registry::Global().Gauge(
         "tokenvault_audit_checkpoint_lag_records", "Audit records not yet covered by a signed checkpoint.");
     if (head.ok()) records.Set({}, static_cast<double>(head_seq));
-    lag.Set({}, static_cast<double>(head_seq - covered));
+    const bool covered_known = last.ok() || last.status().code() == StatusCode::kNotFound;
+    if (head.ok() && covered_known) lag.Set({}, static_cast<double>(head_seq - covered));
     const bool due = head_seq > covered &&
                      (static_cast<size_t>(head_seq - covered) >= options_.records ||
                       clock_.SteadyNow() - last_checkpoint >= options_.interval);
@@ -416,9 +417,11 @@ Status AuditCheckpointer::Verify(AuditVerification& v) {
   // there was appended after its checkpoint committed, so the database read below sees it. A
   // checkpoint signed while this runs would otherwise look like one missing from the database.
   off_t log_bytes = 0;
+  std::ifstream log;  // opened now, so the length and the contents are of the same file
   if (!options_.log_path.empty()) {
+    log.open(options_.log_path, std::ios::binary);
     struct stat st {};
-    if (::stat(options_.log_path.c_str(), &st) == 0) log_bytes = st.st_size;
+    if (log && ::stat(options_.log_path.c_str(), &st) == 0) log_bytes = st.st_size;
   }
 
   // The database's checkpoints: signed, chained, and matching the records.
@@ -447,8 +450,7 @@ Status AuditCheckpointer::Verify(AuditVerification& v) {
   // The checkpoint log, kept apart: each of its checkpoints must be in the database, unchanged.
   // One the database lacks still vouches for the records it covers, which are checked against it:
   // that names a record rewritten by someone who also deleted the checkpoints.
-  if (!options_.log_path.empty()) {
-    std::ifstream log(options_.log_path, std::ios::binary);
+  if (log.is_open()) {
     std::string line;
     int64_t line_no = 0;
     off_t read_bytes = 0;

@@ -31,24 +31,24 @@ std::shared_ptr<const AesGcm256> DekCache::Get(std::string_view merchant, uint32
   static metrics::Family& lookups = metrics::Registry::Global().Counter(
       "tokenvault_dek_cache_lookups_total", "DEK cache lookups, by result (hit or miss).");
   std::shared_ptr<const AesGcm256> found;
+  std::shared_ptr<const AesGcm256> expired;  // released outside the lock
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = index_.find(KeyOf(merchant, version));
-    if (it == index_.end()) {
-      lookups.Add({{"result", "miss"}});
-      return nullptr;
+    if (it != index_.end()) {
+      if (it->second->expires <= clock_.SteadyNow()) {
+        expired = std::move(it->second->aead);
+        lru_.erase(it->second);
+        index_.erase(it);
+      } else {
+        lru_.splice(lru_.begin(), lru_, it->second);
+        found = it->second->aead;
+      }
     }
-    if (it->second->expires <= clock_.SteadyNow()) {
-      found = std::move(it->second->aead);  // released outside the lock
-      lru_.erase(it->second);
-      index_.erase(it);
-      lookups.Add({{"result", "miss"}});
-      return nullptr;
-    }
-    lru_.splice(lru_.begin(), lru_, it->second);
-    lookups.Add({{"result", "hit"}});
-    return it->second->aead;
   }
+  // Counted outside the cache's lock: the metrics lock is not taken inside it.
+  lookups.Add({{"result", found ? "hit" : "miss"}});
+  return found;
 }
 
 void DekCache::Put(std::string_view merchant, uint32_t version,

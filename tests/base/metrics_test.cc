@@ -31,13 +31,23 @@ TEST(MetricsTest, RendersCountersGaugesAndCumulativeHistograms) {
 
 TEST(MetricsTest, LabelSetsAreBoundedSoDataCannotGrowTheRegistry) {
   Family f("t_values_total", "Values.", Family::Type::kCounter);
-  for (size_t i = 0; i < kMaxLabelSets + 50; ++i) f.Add({{"merchant", "m" + std::to_string(i)}});
+  f.BoundLabel("merchant");
+  for (size_t i = 0; i < kMaxLabelSets + 50; ++i) f.Add({{"merchant", "m" + std::to_string(i)}, {"reveal", "plain"}});
   std::string out;
   f.Render(out);
   size_t series = 0;
   for (size_t at = out.find("t_values_total{"); at != std::string::npos; at = out.find("t_values_total{", at + 1)) ++series;
   EXPECT_EQ(series, kMaxLabelSets + 1);
-  EXPECT_EQ(f.Value({{"merchant", "_other"}}), 50);
+  // Only the data-driven label is folded: the others keep their values.
+  EXPECT_EQ(f.Value({{"merchant", "_other"}, {"reveal", "plain"}}), 50);
+}
+
+TEST(MetricsTest, FamiliesWithoutADataLabelAreNeverFolded) {
+  // Route x status is bounded by the code; filling it with 4xx must not hide a later 503.
+  Family f("t_requests_total", "Requests.", Family::Type::kCounter);
+  for (size_t i = 0; i < kMaxLabelSets + 10; ++i) f.Add({{"route", "r" + std::to_string(i % 30)}, {"status", std::to_string(400 + i)}});
+  f.Add({{"route", "tokens.create"}, {"status", "503"}});
+  EXPECT_EQ(f.Value({{"route", "tokens.create"}, {"status", "503"}}), 1);
 }
 
 }  // namespace

@@ -1679,6 +1679,9 @@ TEST_F(NginxFrontTest, ClientCertificatesPassThroughAndForgedIdentityHeadersAreI
   // Metrics are for the loopback port, not the front.
   EXPECT_EQ(direct.Get("/metrics", "").status, 200);
   EXPECT_EQ(client_->Get("/metrics", "").status, 404);
+  for (const char* spelling : {"/metrics/", "//metrics", "/metrics//", "//metrics/"}) {
+    EXPECT_EQ(client_->Get(spelling, "").status, 404) << spelling;  // nginx, or tokenvault behind it
+  }
   // The rendering script refuses a value that could smuggle nginx directives in.
   EXPECT_NE(std::system((std::string(TOKENVAULT_SOURCE_DIR) + "/deploy/nginx/render.sh --data-dir " +
                          server_->data_dir() + " --cert '/x\\x3b ssl_verify_client off' --key k --client-ca c --out " +

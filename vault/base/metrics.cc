@@ -7,6 +7,7 @@ namespace tokenvault::metrics {
 namespace {
 
 std::string Number(double v) {
+  if (std::isnan(v)) return "NaN";
   if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
   char buf[64];
   if (v == std::floor(v) && std::fabs(v) < 1e15) {
@@ -52,10 +53,12 @@ Family::Family(std::string name, std::string help, Type type, std::vector<double
 Family::Series& Family::SeriesFor(const Labels& labels) {
   auto it = series_.find(labels);
   if (it != series_.end()) return it->second;
-  if (series_.size() >= kMaxLabelSets) {
-    // Bounded: further label sets share one series, every value replaced by "_other".
+  if (!bounded_label_.empty() && series_.size() >= kMaxLabelSets) {
+    // Bounded: a new value of the data-driven label shares the "_other" series.
     Labels other = labels;
-    for (auto& [k, v] : other) v = "_other";
+    for (auto& [k, v] : other) {
+      if (k == bounded_label_) v = "_other";
+    }
     Series& s = series_[other];
     if (type_ == Type::kHistogram && s.counts.empty()) s.counts.assign(buckets_.size() + 1, 0);
     return s;

@@ -27,6 +27,15 @@ class Family {
   enum class Type { kCounter, kGauge, kHistogram };
   Family(std::string name, std::string help, Type type, std::vector<double> buckets = {});
 
+  // Names the one label whose values come from data (merchant ids): once kMaxLabelSets series
+  // exist, new values of that label are counted under "_other". Other labels are bounded by the
+  // code that sets them and never folded, so an alert on, say, a route's 5xx cannot be hidden.
+  Family& BoundLabel(std::string label) {
+    std::lock_guard<std::mutex> lock(mu_);
+    bounded_label_ = std::move(label);
+    return *this;
+  }
+
   // Counter: adds 'v' (>= 0). Gauge: adds 'v' (any sign).
   void Add(const Labels& labels, double v = 1);
   // Gauge: sets the value.
@@ -52,6 +61,7 @@ class Family {
   const std::vector<double> buckets_;
   mutable std::mutex mu_;
   std::map<Labels, Series> series_;  // GUARDED_BY(mu_)
+  std::string bounded_label_;        // GUARDED_BY(mu_)
 };
 
 // The registry every component reports to.
