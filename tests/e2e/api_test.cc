@@ -37,6 +37,15 @@ class ApiTest : public ::testing::Test {
     ASSERT_EQ(admin_.size(), 89u);
   }
 
+  // Restarts the server on the same data dir with 'args' (a policy or config file), logging to
+  // 'log' in the test's dir.
+  void RestartWith(std::vector<std::string> args, const std::string& log = "server2.log") {
+    server_->Stop(SIGTERM);
+    server_ = std::make_unique<ServerProcess>(dir_.Sub("data"), dir_.Sub(log), std::move(args));
+    ASSERT_TRUE(server_->Start()) << "see " << server_->log_file();
+    client_ = std::make_unique<HttpClient>(server_->base_url(), server_->ca_file());
+  }
+
   void Restart(int sig = SIGTERM) {
     server_->Stop(sig);
     ASSERT_TRUE(server_->Start());
@@ -756,11 +765,7 @@ TEST_F(ApiTest, ABudgetOf100PlainRevealsPerMinuteRefusesTheRestAuditsThemAndSurv
   const std::string policy_file = dir_.Sub("budgets.json");
   std::ofstream(policy_file) << R"({"budgets":[
       {"principal":"bulk","reveal":"plain","max_values":100,"window_seconds":60}]})";
-  server_->Stop(SIGTERM);
-  server_ = std::make_unique<ServerProcess>(dir_.Sub("data"), dir_.Sub("server2.log"),
-                                            std::vector<std::string>{"--policy", policy_file});
-  ASSERT_TRUE(server_->Start());
-  client_ = std::make_unique<HttpClient>(server_->base_url(), server_->ca_file());
+  RestartWith({"--policy", policy_file}, "server2.log");
   Merchant("acme");
   const std::string maker = Principal("maker", {"tokenizer"}, "*");
   const std::string bulk = Principal("bulk", {"detokenizer"}, json::array({"acme"}));
@@ -817,11 +822,7 @@ TEST_F(ApiTest, SighupReloadsThePolicyFileAndRefusesAnInvalidOne) {
   const std::string policy_file = dir_.Sub("policy.json");
   auto write_policy = [&](const std::string& text) { std::ofstream(policy_file) << text; };
   write_policy(R"({"roles":[{"name":"reconciler","permissions":["tokens:read"]}]})");
-  server_->Stop(SIGTERM);
-  server_ = std::make_unique<ServerProcess>(dir_.Sub("data"), dir_.Sub("server2.log"),
-                                            std::vector<std::string>{"--policy", policy_file});
-  ASSERT_TRUE(server_->Start());
-  client_ = std::make_unique<HttpClient>(server_->base_url(), server_->ca_file());
+  RestartWith({"--policy", policy_file}, "server2.log");
   Merchant("acme");
   const std::string maker = Principal("maker", {"tokenizer"}, "*");
   const std::string reconciler = Principal("recon", {"reconciler"}, "*");
@@ -878,11 +879,7 @@ TEST_F(ApiTest, PurposeBoundRevealsNeedAnAllowedPurposeAndRecordIt) {
   const std::string policy_file = dir_.Sub("policy.json");
   std::ofstream(policy_file) << R"({"roles":[{"name":"chargebacks",)"
                                 R"("permissions":["tokens:detokenize:plain"],"purposes":["chargeback","refund"]}]})";
-  server_->Stop(SIGTERM);
-  server_ = std::make_unique<ServerProcess>(dir_.Sub("data"), dir_.Sub("server2.log"),
-                                            std::vector<std::string>{"--policy", policy_file});
-  ASSERT_TRUE(server_->Start());
-  client_ = std::make_unique<HttpClient>(server_->base_url(), server_->ca_file());
+  RestartWith({"--policy", policy_file}, "server2.log");
   Merchant("acme");
   const std::string maker = Principal("maker", {"tokenizer"}, "*");
   const std::string agent = Principal("agent", {"chargebacks"}, {"acme"});
@@ -1002,11 +999,7 @@ TEST_F(ApiTest, EveryPciDssEventClassLandsInTheAuditTrail) {
 TEST_F(ApiTest, MetricsAreScrapedParsedAndMoveWithTheirEvents) {
   const std::string policy_file = dir_.Sub("budget.json");
   std::ofstream(policy_file) << R"({"budgets":[{"principal":"bulk","reveal":"plain","max_values":1,"window_seconds":60}]})";
-  server_->Stop(SIGTERM);
-  server_ = std::make_unique<ServerProcess>(dir_.Sub("data"), dir_.Sub("server2.log"),
-                                            std::vector<std::string>{"--policy", policy_file});
-  ASSERT_TRUE(server_->Start());
-  client_ = std::make_unique<HttpClient>(server_->base_url(), server_->ca_file());
+  RestartWith({"--policy", policy_file}, "server2.log");
   const MetricSeries before = ScrapeMetrics(*client_);
   Merchant("acme");
   const std::string maker = Principal("maker", {"tokenizer"}, "*");
@@ -1064,11 +1057,7 @@ TEST_F(ApiTest, MetricsAreScrapedParsedAndMoveWithTheirEvents) {
 // or a secret in any line.
 TEST_F(ApiTest, JsonLogsHaveOneObjectPerLineWithRequestFieldsAndNoSecrets) {
   std::ofstream(dir_.Sub("json-log.json")) << R"({"log_format": "json", "log_level": "info"})";
-  server_->Stop(SIGTERM);
-  server_ = std::make_unique<ServerProcess>(dir_.Sub("data"), dir_.Sub("server-json.log"),
-                                            std::vector<std::string>{"--config", dir_.Sub("json-log.json")});
-  ASSERT_TRUE(server_->Start());
-  client_ = std::make_unique<HttpClient>(server_->base_url(), server_->ca_file());
+  RestartWith({"--config", dir_.Sub("json-log.json")}, "server-json.log");
   Merchant("acme");
   const std::string maker = Principal("maker", {"tokenizer"}, "*");
   const std::string reader = Principal("reader", {"detokenizer"}, "*");

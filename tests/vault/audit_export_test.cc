@@ -349,6 +349,22 @@ TEST_F(AuditExportTest, TextThatIsNotUtf8IsStoredAsUtf8AndStillVerifies) {
   EXPECT_NE(lines[1].find("tok_\xef\xbf\xbd\xef\xbf\xbd"), std::string::npos) << lines[1];
 }
 
+TEST(AuditRecordDigestTest, IsTakenOverTheTextAsExportedAndBindsTheMacs) {
+  // A record kept with raw bytes (written before text was made UTF-8 on append) digests like
+  // its exported, U+FFFD rendering; a valid one is digested as it is.
+  AuditRecord raw = Event(3);
+  raw.resources = {std::string("tok_\xff")};
+  AuditRecord text = raw;
+  text.resources = {"tok_\xef\xbf\xbd"};
+  EXPECT_EQ(RecordDigest(raw), RecordDigest(text));
+  AuditRecord other = text;
+  other.resources = {"tok_x"};
+  EXPECT_NE(RecordDigest(other), RecordDigest(text));
+  AuditRecord remac = text;
+  remac.mac = Bytes(32, 7);
+  EXPECT_NE(RecordDigest(remac), RecordDigest(text));
+}
+
 TEST_F(AuditExportTest, RecordsAppendedWhileAnExportIsBuiltWaitForTheNextOne) {
   AppendN(1, 25);
   Lines lines;
