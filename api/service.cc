@@ -102,20 +102,7 @@ json TokenObject(const TokenInfo& t) {
 }
 
 json AuditJson(const storage::AuditRecord& r) {
-  json o = {{"seq", r.seq},
-            {"time", Rfc3339(r.time_ms)},
-            {"request_id", r.request_id},
-            {"principal", r.principal},
-            {"auth", r.auth},
-            {"source_ip", r.source_ip},
-            {"action", r.action},
-            {"merchant", r.merchant},
-            {"resource", r.resource},
-            {"outcome", r.outcome},
-            {"status", r.status},
-            {"reason", r.reason},
-            {"prev_hash", HexEncode(r.prev_mac)},
-            {"hash", HexEncode(r.mac)}};
+  json o = AuditRecordJson(r);  // the same rendering the export's lines use
   if (!r.resources.empty()) o["resources"] = r.resources;
   return o;
 }
@@ -265,17 +252,8 @@ std::shared_ptr<const policy::Policy> Service::CurrentPolicy() const {
 
 Status Service::AuditServiceEvent(const std::string& action, const std::string& reason,
                                   const std::string& resource) {
-  storage::AuditRecord record;
-  record.time_ms = Clock::Real().NowUnixMillis();
-  record.request_id = "system";
-  record.principal = "system";
-  record.auth = "none";
-  record.source_ip = "local";
-  record.action = action;
+  storage::AuditRecord record = SystemAuditRecord(action, "", reason);
   record.resource = resource;
-  record.outcome = "allowed";
-  record.status = 200;
-  record.reason = reason;
   return vault_.audit().Append(std::move(record)).status();
 }
 

@@ -518,7 +518,7 @@ Status AuditCheckpointer::Export(const storage::AuditQuery& filter, size_t max_r
   TV_RETURN_IF_ERROR(emit(ExportHeaderLine(full, end.first_seq)));
   auto emit_record = [&](const storage::AuditRecord& r) -> Status {
     end.last_seq = r.seq;
-    return emit(AuditRecordLine(r, Rfc3339(r.time_ms)));
+    return emit(AuditRecordLine(r));
   };
 
   if (full) {

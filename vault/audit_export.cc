@@ -12,11 +12,6 @@ namespace {
 
 using json = nlohmann::json;
 
-void AppendLp32(Bytes& out, std::string_view s) {
-  AppendU32BE(out, static_cast<uint32_t>(s.size()));
-  AppendBytes(out, AsBytes(s));
-}
-
 // Fields are read strictly: a line missing one, or holding the wrong type, is not an export line.
 struct Reader {
   const json& j;
@@ -184,7 +179,21 @@ Bytes ExportEndMessage(const AuditExportEnd& e) {
 
 Sha256Digest RecordDigest(const storage::AuditRecord& record) {
   // Over the text as exported: records written before text was made UTF-8 on append were MAC'd
-  // over their raw bytes, but render (and so verify) with U+FFFD in place of the bad bytes.
+  // over their raw bytes, but render (and so verify) with U+FFFD in place of the bad bytes. Only
+  // such a record is copied (the signer digests every record: no copy in the common case).
+  auto digest = [](const storage::AuditRecord& r) {
+    // The MAC fields are bound too: a record's hash and the next one's prev_hash cannot be
+    // rewritten together unnoticed.
+    return Sha256({CanonicalAuditEncoding(r), r.prev_mac, r.mac});
+  };
+  bool valid = true;
+  for (const std::string* field : {&record.request_id, &record.principal, &record.auth,
+                                   &record.source_ip, &record.action, &record.merchant,
+                                   &record.resource, &record.outcome, &record.reason}) {
+    valid = valid && IsValidUtf8(*field);
+  }
+  for (const std::string& r : record.resources) valid = valid && IsValidUtf8(r);
+  if (valid) return digest(record);
   storage::AuditRecord text = record;
   for (std::string* field : {&text.request_id, &text.principal, &text.auth, &text.source_ip,
                              &text.action, &text.merchant, &text.resource, &text.outcome,
@@ -192,29 +201,31 @@ Sha256Digest RecordDigest(const storage::AuditRecord& record) {
     MakeValidUtf8(*field);
   }
   for (std::string& r : text.resources) MakeValidUtf8(r);
-  // The MAC fields are bound too: a record's hash and the next one's prev_hash cannot be
-  // rewritten together unnoticed.
-  return Sha256({CanonicalAuditEncoding(text), record.prev_mac, record.mac});
+  return digest(text);
 }
 
-std::string AuditRecordLine(const storage::AuditRecord& r, std::string_view time_rfc3339) {
-  json o = {{"type", "record"},
-            {"seq", r.seq},
-            {"time", time_rfc3339},
-            {"time_ms", r.time_ms},
-            {"request_id", r.request_id},
-            {"principal", r.principal},
-            {"auth", r.auth},
-            {"source_ip", r.source_ip},
-            {"action", r.action},
-            {"merchant", r.merchant},
-            {"resource", r.resource},
-            {"resources", r.resources},
-            {"outcome", r.outcome},
-            {"status", r.status},
-            {"reason", r.reason},
-            {"prev_hash", HexEncode(r.prev_mac)},
-            {"hash", HexEncode(r.mac)}};
+nlohmann::json AuditRecordJson(const storage::AuditRecord& r) {
+  return json{{"seq", r.seq},
+              {"time", Rfc3339(r.time_ms)},
+              {"request_id", r.request_id},
+              {"principal", r.principal},
+              {"auth", r.auth},
+              {"source_ip", r.source_ip},
+              {"action", r.action},
+              {"merchant", r.merchant},
+              {"resource", r.resource},
+              {"outcome", r.outcome},
+              {"status", r.status},
+              {"reason", r.reason},
+              {"prev_hash", HexEncode(r.prev_mac)},
+              {"hash", HexEncode(r.mac)}};
+}
+
+std::string AuditRecordLine(const storage::AuditRecord& r) {
+  json o = AuditRecordJson(r);
+  o["type"] = "record";
+  o["time_ms"] = r.time_ms;       // the exact time that was MAC'd and signed
+  o["resources"] = r.resources;   // always present, so the canonical encoding can be rebuilt
   return Dump(o);
 }
 
@@ -320,7 +331,7 @@ bool AuditExportVerifier::Feed(std::string_view line) {
   // field, or an edit of a field nothing signs (the time as text), is tampering too.
   if (type == "record") {
     std::optional<storage::AuditRecord> r = RecordFromJson(*j);
-    if (!r || AuditRecordLine(*r, Rfc3339(r->time_ms)) != line) {
+    if (!r || AuditRecordLine(*r) != line) {
       return Bad(r ? r->seq : next_seq_,
                  "line " + std::to_string(result_.line) + " is not a record as the vault writes it");
     }

@@ -23,6 +23,7 @@
 
 #include <cstdint>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -54,8 +55,11 @@ Sha256Digest CheckpointHash(const storage::AuditCheckpoint& checkpoint);
 Bytes ExportEndMessage(const AuditExportEnd& end);
 Sha256Digest RecordDigest(const storage::AuditRecord& record);
 
+// The audit record of API.md as JSON (no "resources": callers add them as they need).
+nlohmann::json AuditRecordJson(const storage::AuditRecord& record);
+
 // One line each (no trailing newline).
-std::string AuditRecordLine(const storage::AuditRecord& record, std::string_view time_rfc3339);
+std::string AuditRecordLine(const storage::AuditRecord& record);
 std::string CheckpointLine(const storage::AuditCheckpoint& checkpoint);
 std::string ExportEndLine(const AuditExportEnd& end);
 std::string ExportHeaderLine(bool complete, int64_t first_seq);

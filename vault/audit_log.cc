@@ -17,11 +17,6 @@ constexpr uint32_t kAuditKeyVersion = 1;
 constexpr size_t kMacSize = 32;
 constexpr size_t kVerifyChunk = 1000;
 
-void AppendLp32(Bytes& out, std::string_view s) {
-  AppendU32BE(out, static_cast<uint32_t>(s.size()));
-  AppendBytes(out, AsBytes(s));
-}
-
 }  // namespace
 
 Bytes CanonicalAuditEncoding(const storage::AuditRecord& r) {

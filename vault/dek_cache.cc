@@ -30,6 +30,8 @@ std::shared_ptr<const AesGcm256> DekCache::Get(std::string_view merchant, uint32
   if (!enabled()) return nullptr;
   static metrics::Family& lookups = metrics::Registry::Global().Counter(
       "tokenvault_dek_cache_lookups_total", "DEK cache lookups, by result (hit or miss).");
+  static metrics::Family::Cell hits = lookups.CellFor({{"result", "hit"}});
+  static metrics::Family::Cell misses = lookups.CellFor({{"result", "miss"}});
   std::shared_ptr<const AesGcm256> found;
   std::shared_ptr<const AesGcm256> expired;  // released outside the lock
   {
@@ -47,7 +49,7 @@ std::shared_ptr<const AesGcm256> DekCache::Get(std::string_view merchant, uint32
     }
   }
   // Counted outside the cache's lock: the metrics lock is not taken inside it.
-  lookups.Add({{"result", found ? "hit" : "miss"}});
+  (found ? hits : misses).Add();
   return found;
 }
 

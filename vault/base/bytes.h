@@ -32,6 +32,11 @@ inline void AppendU32BE(Bytes& out, uint32_t v) {
   for (int shift = 24; shift >= 0; shift -= 8) out.push_back(static_cast<uint8_t>(v >> shift));
 }
 inline void AppendBytes(Bytes& out, ByteView b) { out.insert(out.end(), b.begin(), b.end()); }
+// u32 big-endian length, then the bytes: the length-prefixed fields of frozen encodings.
+inline void AppendLp32(Bytes& out, std::string_view s) {
+  AppendU32BE(out, static_cast<uint32_t>(s.size()));
+  AppendBytes(out, AsBytes(s));
+}
 inline void AppendU64BE(Bytes& out, uint64_t v) {
   for (int shift = 56; shift >= 0; shift -= 8) out.push_back(static_cast<uint8_t>(v >> shift));
 }

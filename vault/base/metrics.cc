@@ -68,6 +68,16 @@ Family::Series& Family::SeriesFor(const Labels& labels) {
   return s;
 }
 
+Family::Cell Family::CellFor(const Labels& labels) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return Cell(this, &SeriesFor(labels));
+}
+
+void Family::Cell::Add(double v) {
+  std::lock_guard<std::mutex> lock(family_->mu_);
+  series_->value += v;
+}
+
 void Family::Add(const Labels& labels, double v) {
   std::lock_guard<std::mutex> lock(mu_);
   SeriesFor(labels).value += v;

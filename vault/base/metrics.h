@@ -36,6 +36,20 @@ class Family {
     return *this;
   }
 
+  struct Series;
+  // One series found once, for a hot path whose labels are fixed: adding to it costs no
+  // allocation and no lookup. Valid for the life of the family (series are never removed).
+  class Cell {
+   public:
+    void Add(double v = 1);
+   private:
+    friend class Family;
+    Cell(Family* family, Series* series) : family_(family), series_(series) {}
+    Family* family_;
+    Series* series_;
+  };
+  Cell CellFor(const Labels& labels);
+
   // Counter: adds 'v' (>= 0). Gauge: adds 'v' (any sign).
   void Add(const Labels& labels, double v = 1);
   // Gauge: sets the value.
@@ -48,12 +62,16 @@ class Family {
   void Render(std::string& out) const;
 
  private:
+  friend class Cell;
+ public:
   struct Series {
     double value = 0;                  // counter, gauge
     std::vector<uint64_t> counts;      // histogram: per bucket (not cumulative), +Inf last
     double sum = 0;
     uint64_t count = 0;
   };
+
+ private:
   Series& SeriesFor(const Labels& labels);  // REQUIRES: mu_ held
 
   const std::string name_, help_;

@@ -29,6 +29,15 @@ size_t SequenceAt(const std::string& s, size_t i) {
 
 }  // namespace
 
+bool IsValidUtf8(const std::string& text) {
+  for (size_t i = 0; i < text.size();) {
+    const size_t n = SequenceAt(text, i);
+    if (n == 0) return false;
+    i += n;
+  }
+  return true;
+}
+
 bool MakeValidUtf8(std::string& text) {
   size_t i = 0;
   for (; i < text.size(); ) {  // the common case: nothing to replace, nothing copied

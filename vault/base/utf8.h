@@ -10,6 +10,8 @@ namespace tokenvault {
 // Replaces every byte that does not begin a well-formed UTF-8 sequence (RFC 3629: no overlong
 // forms, no surrogates, nothing above U+10FFFF) with U+FFFD. Returns whether anything changed.
 bool MakeValidUtf8(std::string& text);
+// Whether MakeValidUtf8 would leave 'text' unchanged.
+bool IsValidUtf8(const std::string& text);
 
 }  // namespace tokenvault
 
