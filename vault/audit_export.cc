@@ -327,6 +327,19 @@ bool AuditExportVerifier::Feed(std::string_view line) {
   if (line.empty()) return true;
   std::optional<json> j = ParseObject(line);
   const std::string type = TypeOf(j);
+  // After a signed end, only the next page may follow, header first: nothing is appended to a
+  // page after its end (even a copy of a checkpoint the export already holds).
+  if (ended_) {
+    if (!more_pages_) {
+      return Bad(next_seq_, "line " + std::to_string(result_.line) +
+                                " follows the export's last signed end");
+    }
+    if (type != "export") {
+      return Bad(next_seq_, "line " + std::to_string(result_.line) +
+                                " follows a page's signed end but is not the next page's header");
+    }
+    ended_ = false;
+  }
   // Each signed kind of line must be exactly what the vault writes for its content: an added
   // field, or an edit of a field nothing signs (the time as text), is tampering too.
   if (type == "record") {

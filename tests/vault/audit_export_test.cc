@@ -432,6 +432,43 @@ TEST_F(AuditExportTest, DroppingTheLastPagesIsCaughtByTheSignedMoreFlag) {
   ExpectBadAt(Verify(t), 1, "not signed by this key");
 }
 
+// Found by fuzz/audit_verifier_fuzzer: with the checkpoint log, a copy of the last checkpoint
+// moved after the end line verified. Nothing may follow a signed end but the next page's header.
+TEST_F(AuditExportTest, NothingButTheNextPagesHeaderFollowsASignedEnd) {
+  AppendN(1, 25);
+  const Lines lines = Export();
+  const std::string log = CheckpointLog();
+  ASSERT_TRUE(Verify(lines, log).ok);
+  size_t checkpoint = 0;
+  for (size_t i = 0; i < lines.size(); ++i) {
+    if (lines[i].find("\"type\":\"checkpoint\"") != std::string::npos) checkpoint = i;
+  }
+  ASSERT_GT(checkpoint, 0u);
+  {  // the last checkpoint swapped with the end line
+    Lines t = lines;
+    std::swap(t[checkpoint], t.back());
+    ExpectBadAt(Verify(t, log), 26, "follows the export's last signed end");
+    EXPECT_FALSE(Verify(t).ok);
+  }
+  {  // a record or a header appended after the last end
+    Lines t = lines;
+    t.push_back(lines[LineOf(lines, 3)]);
+    ExpectBadAt(Verify(t, log), 26, "follows the export's last signed end");
+    t.back() = lines.front();
+    ExpectBadAt(Verify(t, log), 26, "follows the export's last signed end");
+  }
+  {  // a page that says more follow, then a record without the next page's header
+    AppendN(26, 40);
+    Lines t = Export(15);
+    ASSERT_NE(t.back().find("\"next_cursor\":\"10\""), std::string::npos) << t.back();
+    const Lines second = Export(SIZE_MAX, 10);
+    t.insert(t.end(), second.begin() + 1, second.end());
+    ExpectBadAt(Verify(t), 11, "not the next page's header");
+    t.insert(t.begin() + static_cast<std::ptrdiff_t>(t.size() - (second.size() - 1)), second.front());
+    EXPECT_TRUE(Verify(t).ok) << Verify(t).reason;
+  }
+}
+
 TEST_F(AuditExportTest, TheVaultRefusesToSignASecondHistory) {
   AppendN(1, 20);
   ASSERT_TRUE(checkpointer_->CheckpointNow().ok());
