@@ -531,7 +531,7 @@ void Vault::Submit(std::shared_ptr<PendingWrite> pending) {
     write.audit = std::move(entry);
   }
   // Runs on the writer, inside the transaction: every item's outcome is known now.
-  write.complete = [this, pending](const std::vector<std::optional<storage::TokenRecord>>& existing,
+  write.complete = [pending](const std::vector<std::optional<storage::TokenRecord>>& existing,
                                    storage::AuditRecord* audit,
                                    std::optional<storage::IdempotencyRecord>* idempotency) -> Status {
     for (size_t k = 0; k < pending->written.size(); ++k) {
@@ -748,5 +748,17 @@ StatusOr<std::vector<storage::DataKeyUsage>> Vault::DataKeys(std::string_view me
 }
 
 Status Vault::CheckHsm() { return hsm_->Ping(); }
+
+StatusOr<int64_t> Vault::CheckMerchantKeys(std::string_view merchant) {
+  TV_ASSIGN_OR_RETURN(std::vector<storage::DataKeyRecord> keys, store_->GetDataKeys(merchant));
+  int64_t unwrapped = 0;
+  for (const storage::DataKeyRecord& k : keys) {
+    if (k.state == storage::DataKeyState::kDestroyed) continue;
+    TV_RETURN_IF_ERROR(keyring_->ForDecrypt(merchant, k.version).status());
+    ++unwrapped;
+  }
+  TV_RETURN_IF_ERROR(keyring_->FingerprintKey(merchant).status());
+  return unwrapped;
+}
 
 }  // namespace tokenvault
