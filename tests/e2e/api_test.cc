@@ -17,6 +17,7 @@
 #include "storage/sqlite.h"
 #include "tests/e2e/http_client.h"
 #include "tests/e2e/metrics_scrape.h"
+#include "tests/e2e/nginx_front.h"
 #include "tests/e2e/server_process.h"
 #include "tests/support/leak_scan.h"
 #include "tests/support/temp_dir.h"
@@ -1480,120 +1481,28 @@ class NginxFrontTest : public ApiTest {
         dir_.Sub("data"), dir_.Sub("server-behind.log"),
         std::vector<std::string>{"--config", dir_.Sub("behind.json"), "--policy", dir_.Sub("policy.json")});
     ASSERT_TRUE(server_->Start()) << "see " << server_->log_file();
-    StartNginx();
+    nginx_ = std::make_unique<NginxFront>(dir_, ca_, dir_.Sub("client-ca.pem"));
+    const std::string started = nginx_->Start(server_->data_dir(), server_->port());
+    ASSERT_EQ(started, "");
     client_ = std::make_unique<HttpClient>(FrontUrl(), dir_.Sub("client-ca.pem"));
     ASSERT_EQ(client_->Get("/healthz", "").status, 200) << "nginx does not reach tokenvault";
   }
 
-  void TearDown() override {
-    if (nginx_pid_ > 0) {
-      kill(nginx_pid_, SIGTERM);
-      int status = 0;
-      waitpid(nginx_pid_, &status, 0);
-    }
-  }
-
-  std::string FrontUrl() const { return "https://127.0.0.1:" + std::to_string(nginx_port_); }
-
-  static int FreePort() {
-    const int fd = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-    socklen_t len = sizeof(addr);
-    getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-    close(fd);
-    return ntohs(addr.sin_port);
-  }
-
-  static bool CanConnect(int port) {
-    const int fd = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(static_cast<uint16_t>(port));
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    const bool ok = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
-    close(fd);
-    return ok;
-  }
-
-  void StartNginx() {
-    ASSERT_EQ(access("/usr/sbin/nginx", X_OK), 0) << "nginx is missing: scripts/setup.sh installs it";
-    std::string nginx_cert, nginx_key;
-    ca_.IssueServer("nginx front", {"IP:127.0.0.1"}).Write(dir_.Sub("front"), &nginx_cert, &nginx_key);
-    nginx_port_ = FreePort();
-    const std::string render = std::string(TOKENVAULT_SOURCE_DIR) + "/deploy/nginx/render.sh" +
-                               " --data-dir " + server_->data_dir() + " --cert " + nginx_cert +
-                               " --key " + nginx_key + " --client-ca " + dir_.Sub("client-ca.pem") +
-                               " --listen 127.0.0.1:" + std::to_string(nginx_port_) +
-                               " --upstream 127.0.0.1:" + std::to_string(server_->port()) +
-                               " --verify-client optional --access-log " + dir_.Sub("nginx-access.log") +
-                               " --out " + dir_.Sub("site.conf");
-    ASSERT_EQ(std::system(render.c_str()), 0) << render;
-    const std::string tmp = dir_.Sub("nginx-tmp");
-    ASSERT_EQ(mkdir(tmp.c_str(), 0700), 0);
-    std::ofstream(dir_.Sub("nginx.conf"))
-        << "daemon off;\nworker_processes 1;\npid " << dir_.Sub("nginx.pid") << ";\n"
-        << "error_log " << dir_.Sub("nginx-error.log") << " info;\n"
-        << (geteuid() == 0 ? "user root;\n" : "") << "events { worker_connections 256; }\n"
-        << "http {\n  client_body_temp_path " << tmp << "/body;\n  proxy_temp_path " << tmp << "/proxy;\n"
-        << "  fastcgi_temp_path " << tmp << "/fastcgi;\n  uwsgi_temp_path " << tmp << "/uwsgi;\n"
-        << "  scgi_temp_path " << tmp << "/scgi;\n  include " << dir_.Sub("site.conf") << ";\n}\n";
-    nginx_pid_ = fork();
-    if (nginx_pid_ == 0) {
-      const std::string log = dir_.Sub("nginx-stderr.log");
-      freopen(log.c_str(), "w", stdout);
-      freopen(log.c_str(), "a", stderr);
-      execl("/usr/sbin/nginx", "nginx", "-p", dir_.path().c_str(), "-c", dir_.Sub("nginx.conf").c_str(),
-            "-e", dir_.Sub("nginx-error.log").c_str(), static_cast<char*>(nullptr));
-      _exit(127);
-    }
-    for (int i = 0; i < 200 && !CanConnect(nginx_port_); ++i) {  // bounded: up to 10 s
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    ASSERT_TRUE(CanConnect(nginx_port_)) << "nginx did not start; see " << dir_.Sub("nginx-error.log");
-  }
+  std::string FrontUrl() const { return nginx_->url(); }
 
   // Sends 'bytes' on one TLS connection to the front and returns everything it answers until it
   // closes (or 10 s pass).
   std::string RawExchange(const std::string& bytes) {
-    signal(SIGPIPE, SIG_IGN);  // the front may close while we still write
-    const int fd = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(static_cast<uint16_t>(nginx_port_));
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-    timeval timeout{10, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
-    SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
-    SSL* ssl = SSL_new(ctx);
-    SSL_set_fd(ssl, fd);
-    std::string answer;
-    if (SSL_connect(ssl) == 1) {
-      for (size_t off = 0; off < bytes.size();) {
-        const int n = SSL_write(ssl, bytes.data() + off, static_cast<int>(std::min<size_t>(16384, bytes.size() - off)));
-        if (n <= 0) break;
-        off += static_cast<size_t>(n);
-      }
-      char buf[16384];
-      for (int n; (n = SSL_read(ssl, buf, sizeof(buf))) > 0;) answer.append(buf, static_cast<size_t>(n));
-    } else {
-      ADD_FAILURE() << "TLS handshake with the front failed";
-    }
-    SSL_free(ssl);
-    SSL_CTX_free(ctx);
-    close(fd);
+    bool handshake_ok = false;
+    std::string answer = RawTlsExchange(nginx_->port(), bytes, &handshake_ok);
+    EXPECT_TRUE(handshake_ok) << "TLS handshake with the front failed";
     return answer;
   }
 
   TestCa ca_{"tokenvault test client CA"};
   TestCert payments_;
   std::string payments_cert_, payments_key_;
-  int nginx_port_ = 0;
-  pid_t nginx_pid_ = -1;
+  std::unique_ptr<NginxFront> nginx_;
 };
 
 TEST_F(NginxFrontTest, AuthorizationMatrixThroughNginx) { AuthorizationMatrixChecks(); }

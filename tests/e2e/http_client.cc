@@ -41,7 +41,7 @@ Reply HttpClient::Send(const std::string& method, const std::string& path, const
   curl_easy_setopt(curl_, CURLOPT_URL, url.c_str());
   curl_easy_setopt(curl_, CURLOPT_CAINFO, ca_file_.c_str());
   curl_easy_setopt(curl_, CURLOPT_CUSTOMREQUEST, method.c_str());
-  curl_easy_setopt(curl_, CURLOPT_TIMEOUT, 30L);
+  curl_easy_setopt(curl_, CURLOPT_TIMEOUT_MS, timeout_ms_);
   if (!source_address_.empty()) curl_easy_setopt(curl_, CURLOPT_INTERFACE, source_address_.c_str());
   if (!client_cert_.empty()) {
     curl_easy_setopt(curl_, CURLOPT_SSLCERT, client_cert_.c_str());

@@ -44,12 +44,16 @@ class HttpClient {
   }
   // Opens a new connection for every request (TLS sessions are still resumed: curl caches them).
   void set_fresh_connections(bool fresh) { fresh_connections_ = fresh; }
+  // The whole request, connection and TLS handshake included, must be answered within this
+  // (default 30 s); otherwise Reply.status is 0.
+  void set_timeout_ms(long timeout_ms) { timeout_ms_ = timeout_ms; }
 
  private:
   std::string base_url_, ca_file_;
   std::string source_address_;
   std::string client_cert_, client_key_;
   bool fresh_connections_ = false;
+  long timeout_ms_ = 30000;
   CURL* curl_;
 };
 
