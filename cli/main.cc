@@ -12,6 +12,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <fcntl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -19,6 +20,7 @@
 #include <cstring>
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -30,6 +32,7 @@
 #include "cli/json_log.h"
 #include "api/service.h"
 #include "policy/policy_file.h"
+#include "vault/backup.h"
 #include "vault/embedded.h"
 
 namespace {
@@ -165,7 +168,7 @@ void ReadEnvironment(Settings* s) {
 
 // Opens the vault (making the data dir, dev token and database on first use) and the bootstrap
 // admin key. Returns null on failure, having logged why.
-std::unique_ptr<Vault> OpenVault(const Settings& s) {
+EmbeddedConfig EmbeddedConfigFor(const Settings& s) {
   EmbeddedConfig config;
   config.data_dir = s.data_dir;
   config.token_cache_entries = static_cast<size_t>(s.token_cache_entries);
@@ -184,7 +187,11 @@ std::unique_ptr<Vault> OpenVault(const Settings& s) {
       return Status::Ok();
     };
   }
-  StatusOr<std::unique_ptr<Vault>> vault = OpenEmbeddedVault(config);
+  return config;
+}
+
+std::unique_ptr<Vault> OpenVault(const Settings& s) {
+  StatusOr<std::unique_ptr<Vault>> vault = OpenEmbeddedVault(EmbeddedConfigFor(s));
   if (!vault.ok()) {
     spdlog::error("cannot open the vault in {}: {}", s.data_dir, vault.status().ToString());
     return nullptr;
@@ -510,6 +517,144 @@ int KeysCommand(const Settings& s, const std::string& command, const std::string
   return 0;
 }
 
+void LogToStderr() {
+  spdlog::set_default_logger(spdlog::stderr_logger_mt("tokenvault-cli"));
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%eZ %l %v", spdlog::pattern_time_type::utc);
+}
+
+// VerifyBackup in a child process: each check initialises a PKCS#11 module of its own (the scratch
+// copy's token), which a process does once.
+StatusOr<BackupCheck> VerifyBackupInChild(const std::string& backup_dir, const EmbeddedConfig& config) {
+  int fds[2];
+  if (pipe(fds) != 0) return UnavailableError("backup_failed", "pipe failed");
+  const pid_t pid = fork();
+  if (pid < 0) return UnavailableError("backup_failed", "fork failed");
+  if (pid == 0) {
+    close(fds[0]);
+    StatusOr<BackupCheck> check = VerifyBackup(backup_dir, config);
+    nlohmann::json out;
+    if (check.ok()) {
+      out = {{"ok", true}, {"merchants", check->merchants}, {"data_keys", check->data_keys},
+             {"audit_records", check->audit_records}, {"audit_checkpoints", check->audit_checkpoints}};
+    } else {
+      out = {{"ok", false}, {"error", check.status().ToString()}};
+    }
+    const std::string text = out.dump();
+    const bool written = write(fds[1], text.data(), text.size()) == static_cast<ssize_t>(text.size());
+    _exit(written ? 0 : 1);
+  }
+  close(fds[1]);
+  std::string text;
+  char buf[4096];
+  for (ssize_t n; (n = read(fds[0], buf, sizeof(buf))) > 0;) text.append(buf, static_cast<size_t>(n));
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  const nlohmann::json out = nlohmann::json::parse(text, nullptr, false);
+  if (!out.is_object() || !out.contains("ok")) {
+    return DataLossError("backup_unusable", "the verification process failed (status " + std::to_string(status) + ")");
+  }
+  if (!out["ok"].get<bool>()) return DataLossError("backup_unusable", out.value("error", ""));
+  BackupCheck check;
+  check.merchants = out["merchants"].get<int64_t>();
+  check.data_keys = out["data_keys"].get<int64_t>();
+  check.audit_records = out["audit_records"].get<int64_t>();
+  check.audit_checkpoints = out["audit_checkpoints"].get<int64_t>();
+  return check;
+}
+
+nlohmann::json CheckJson(const BackupCheck& c) {
+  return {{"merchants", c.merchants}, {"data_keys_unwrapped", c.data_keys},
+          {"audit_records_verified", c.audit_records}, {"audit_checkpoints", c.audit_checkpoints}};
+}
+
+// `tokenvault backup --out DIR`: a copy of the data dir, taken while the server runs, then proved
+// to restore (VerifyBackup). A copy that does not verify - a KEK made while it was taken, by a
+// merchant created or a KEK rotated meanwhile - is taken again, at most three times. Prints JSON.
+int BackupCommand(const Settings& s, const std::string& out_dir) {
+  LogToStderr();
+  if (out_dir.empty()) {
+    spdlog::error("backup needs --out DIR (a directory that does not exist yet)");
+    return 2;
+  }
+  struct stat st {};
+  if (lstat(out_dir.c_str(), &st) == 0) {
+    spdlog::error("{} exists: a backup never writes into an existing directory", out_dir);
+    return 2;
+  }
+  for (int attempt = 1; attempt <= 3; ++attempt) {
+    StatusOr<BackupManifest> manifest = BackupDataDir(s.data_dir, out_dir);
+    StatusOr<BackupCheck> check = manifest.ok() ? VerifyBackupInChild(out_dir, EmbeddedConfigFor(s))
+                                                : StatusOr<BackupCheck>(manifest.status());
+    if (check.ok()) {
+      nlohmann::json out = {{"backup", out_dir},
+                            {"created", Rfc3339(manifest->created_ms)},
+                            {"files", manifest->files.size()},
+                            {"includes_hsm_token", manifest->includes_hsm_token},
+                            {"verified", CheckJson(*check)}};
+      std::cout << out.dump(2) << std::endl;
+      if (manifest->includes_hsm_token) {
+        spdlog::warn("the backup holds the development HSM token and its PIN: it decrypts everything; "
+                     "keep it as you keep the data dir");
+      } else {
+        spdlog::warn("the KEKs stay in the HSM: back them up with the HSM's own tools");
+      }
+      return 0;
+    }
+    std::error_code ignored;
+    std::filesystem::remove_all(out_dir, ignored);  // ours: it did not exist before
+    if (!manifest.ok()) {
+      spdlog::error("backup failed: {}", manifest.status().ToString());
+      return 1;
+    }
+    spdlog::warn("backup attempt {} does not verify ({}); taking it again", attempt, check.status().ToString());
+  }
+  spdlog::error("no backup verified in three attempts");
+  return 1;
+}
+
+// `tokenvault restore --from DIR --data-dir D`: a new data dir from a backup (checked against its
+// manifest and proved to open first). The restore is itself an event of the restored trail: the
+// records after the backup are gone from it, and this record says so.
+int RestoreCommand(const Settings& s, const std::string& from) {
+  LogToStderr();
+  if (from.empty()) {
+    spdlog::error("restore needs --from DIR (a backup made by tokenvault backup)");
+    return 2;
+  }
+  StatusOr<BackupManifest> manifest = ReadBackupManifest(from);
+  if (!manifest.ok()) {
+    spdlog::error("{}", manifest.status().ToString());
+    return 1;
+  }
+  StatusOr<BackupCheck> check = VerifyBackupInChild(from, EmbeddedConfigFor(s));
+  if (!check.ok()) {
+    spdlog::error("the backup does not verify, nothing restored: {}", check.status().ToString());
+    return 1;
+  }
+  if (Status restored = RestoreDataDir(from, s.data_dir); !restored.ok()) {
+    spdlog::error("restore failed: {}", restored.ToString());
+    return 1;
+  }
+  std::unique_ptr<Vault> vault = OpenVault(s);
+  if (!vault) return 1;
+  storage::AuditRecord record = OperatorAudit("backup.restored", "");
+  record.resource = from;
+  record.reason = "restored from the backup taken at " + Rfc3339(manifest->created_ms) +
+                  ": records appended after it are not in this trail";
+  StatusOr<storage::AuditRecord> audited = vault->audit().Append(std::move(record));
+  if (!audited.ok()) {
+    spdlog::error("the restore cannot be audited: {}", audited.status().ToString());
+    return 1;
+  }
+  nlohmann::json out = {{"data_dir", s.data_dir},
+                        {"backup_created", Rfc3339(manifest->created_ms)},
+                        {"verified", CheckJson(*check)},
+                        {"audit_seq", audited->seq}};
+  std::cout << out.dump(2) << std::endl;
+  return 0;
+}
+
 // `tokenvault audit export --out F`: a full export of a stopped server's trail (the running server
 // serves the same at GET /v1/audit/export), read by this operator and so audited as such.
 int AuditExport(const Settings& s, const std::string& out_path) {
@@ -662,6 +807,13 @@ int main(int argc, char** argv) {
   audit_cmd->add_option("--public-key", audit_key, "verify: the checkpoint public key (PEM)");
   audit_cmd->add_option("--checkpoints", audit_checkpoints,
                         "verify: the checkpoint log (<data_dir>/audit-checkpoints.ndjson), to catch a trail cut back");
+  CLI::App* backup_cmd = app.add_subcommand("backup", "a verified copy of the data dir (the server may run)");
+  add_common(backup_cmd);
+  std::string backup_out, restore_from;
+  backup_cmd->add_option("--out", backup_out, "the backup directory to create")->required();
+  CLI::App* restore_cmd = app.add_subcommand("restore", "a new data dir from a backup (server stopped)");
+  add_common(restore_cmd);
+  restore_cmd->add_option("--from", restore_from, "the backup directory")->required();
   serve->add_option("--max-body-bytes", max_body_bytes,
                     "largest request body accepted, batches included (default 1 MiB)");
   serve->add_option("--expiry-sweep-seconds", expiry_sweep_seconds,
@@ -757,6 +909,8 @@ int main(int argc, char** argv) {
     }
     return AuditExport(settings, audit_out);
   }
+  if (backup_cmd->parsed()) return BackupCommand(settings, backup_out);
+  if (restore_cmd->parsed()) return RestoreCommand(settings, restore_from);
   if (keys->parsed()) return KeysCommand(settings, keys_command, merchant_arg);
   if (merchant_cmd->parsed()) return KeysCommand(settings, merchant_command, merchant_arg);
   return init->parsed() ? Init(settings) : Serve(settings);

@@ -103,6 +103,12 @@ class Database {
   // Maps the connection's last error to a Status.
   Status LastError(int rc, std::string_view what) const;
 
+  // Copies the whole database, as one consistent snapshot, into a new file at 'path' (mode 0600;
+  // it must not exist) with SQLite's online backup API: other connections, in this process or
+  // another, keep reading and writing meanwhile (in WAL mode the copy is one read transaction).
+  // The copy is fsync'd and its integrity checked before this returns.
+  Status BackupTo(const std::string& path);
+
   // Frames in the WAL after this connection's last commit (SQLite's WAL hook). Installing the
   // hook replaces SQLite's automatic checkpoints on this connection, which the store runs itself.
   void TrackWalSize();

@@ -783,6 +783,27 @@ StatusOr<size_t> SqliteStore::ReplaceSealedValues(const std::vector<TokenRecord>
   return moved;
 }
 
+StatusOr<std::vector<std::string>> SqliteStore::ActiveMerchants() {
+  TV_ASSIGN_OR_RETURN(ReadPool::Lease lease, impl_->Reader());
+  TV_ASSIGN_OR_RETURN(Statement stmt,
+                      lease.db().Prepare("SELECT id FROM merchants WHERE state = 'active' AND "
+                                         "shredded_at IS NULL ORDER BY id"));
+  std::vector<std::string> out;
+  for (;;) {
+    TV_ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) break;
+    out.push_back(stmt.ColumnText(0));
+  }
+  return out;
+}
+
+Status BackupDatabaseFile(const std::string& source, const std::string& dest) {
+  Database::Options options;
+  options.read_only = true;
+  TV_ASSIGN_OR_RETURN(std::unique_ptr<Database> db, Database::Open(source, options));
+  return db->BackupTo(dest);
+}
+
 StatusOr<std::vector<std::string>> SqliteStore::MerchantsToReencrypt() {
   TV_ASSIGN_OR_RETURN(ReadPool::Lease lease, impl_->Reader());
   TV_ASSIGN_OR_RETURN(

@@ -58,6 +58,7 @@ class SqliteStore final : public Store {
   StatusOr<size_t> ReplaceSealedValues(const std::vector<TokenRecord>& tokens,
                                        const std::vector<uint32_t>& from_versions) override;
   StatusOr<std::vector<std::string>> MerchantsToReencrypt() override;
+  StatusOr<std::vector<std::string>> ActiveMerchants() override;
   Status DestroyDataKey(std::string_view merchant, uint32_t version, int64_t at_ms,
                         AuditAttachment* audit = nullptr) override;
   Status MarkShredded(std::string_view merchant, int64_t at_ms) override;
@@ -122,6 +123,11 @@ class SqliteStore final : public Store {
   explicit SqliteStore(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
+
+// Copies the database at 'source' - live, in use by a running vault in another process - into a
+// new file 'dest' (mode 0600): one consistent snapshot taken with SQLite's online backup API while
+// the vault goes on writing, fsync'd and integrity-checked (docs/operations.md, Backup).
+Status BackupDatabaseFile(const std::string& source, const std::string& dest);
 
 }  // namespace tokenvault::storage
 

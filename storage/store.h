@@ -263,6 +263,8 @@ class Store {
   // Active merchants with a retired DEK version not destroyed yet: tokens to move off it, or
   // the version itself to destroy.
   virtual StatusOr<std::vector<std::string>> MerchantsToReencrypt() = 0;
+  // Every active merchant that is not shredded, by id (backup verification).
+  virtual StatusOr<std::vector<std::string>> ActiveMerchants() = 0;
   // Destroys a retired DEK version that no live token uses: erases its wrapped key and sets
   // destroyed_at, with 'audit', in one transaction. kFailedPrecondition (dek_in_use) if a live
   // token still uses it, or it is not retired.

@@ -250,6 +250,11 @@ class Vault {
   // OK when the HSM answers.
   Status CheckHsm();
 
+  // Unwraps, through the HSM, every DEK version of 'merchant' that is not destroyed, and its
+  // fingerprint key: proves that the wrapped keys in the store and the KEKs in the HSM belong
+  // together (backup verification). Returns how many DEK versions were unwrapped.
+  StatusOr<int64_t> CheckMerchantKeys(std::string_view merchant);
+
   const Keyring& keyring() const { return *keyring_; }
   // The audit trail (its key is unwrapped, or created, when the vault is created).
   AuditLog& audit() { return *audit_; }
