@@ -126,13 +126,18 @@ StatusOr<std::unique_ptr<Database>> Database::Open(const std::string& path,
                                                    const Options& options) {
   if (!options.read_only) {
     // Create the file ourselves so that it, and the -wal and -shm files SQLite derives from it,
-    // are private to the vault's user.
-    const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (fd < 0) {
+    // are private to the vault's user. Only a file that does not exist yet is opened here:
+    // closing a descriptor of a file this process has open in SQLite drops every POSIX lock the
+    // process holds on it (fcntl locks belong to the process), and another process - a backup,
+    // an operator's sqlite3 - would then take itself for the last connection and delete the WAL
+    // under the running vault ("How To Corrupt An SQLite Database File", 2.2).
+    const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd >= 0) {
+      close(fd);  // a new file: no connection of this process has it open yet
+    } else if (errno != EEXIST) {
       return UnavailableError(kReasonStorageUnavailable,
                               "cannot open database " + path + ": " + std::strerror(errno));
     }
-    close(fd);
   }
   sqlite3* raw = nullptr;
   const int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_NOFOLLOW;
