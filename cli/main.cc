@@ -26,6 +26,7 @@
 #include <nlohmann/json.hpp>
 
 #include "vault/base/random.h"
+#include "vault/base/sanitizers.h"
 #include "vault/token_id.h"
 
 #include "api/http_server.h"
@@ -63,7 +64,7 @@ struct Settings {
   long long audit_checkpoint_seconds = 10;    // and at least this often
 };
 
-#if !defined(__SANITIZE_ADDRESS__)
+#if !TOKENVAULT_ASAN
 // True if the process may lock memory without limit: CAP_IPC_LOCK in its effective set (bit 14
 // of CapEff in /proc/self/status), or an unlimited RLIMIT_MEMLOCK.
 bool MayLockAllMemory() {
@@ -90,7 +91,7 @@ std::string HardenProcess() {
   // may lock without limit; under a limit, locking everything would make allocations fail once
   // it is reached, so the vault runs unlocked and says so. AddressSanitizer's shadow memory is
   // not meant to be locked.
-#if defined(__SANITIZE_ADDRESS__)
+#if TOKENVAULT_ASAN
   return "";
 #else
   if (const char* off = std::getenv("TOKENVAULT_MLOCK"); off != nullptr && std::string(off) == "0") {

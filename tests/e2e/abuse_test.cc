@@ -32,23 +32,14 @@
 #include "tests/e2e/server_process.h"
 #include "tests/support/temp_dir.h"
 #include "tests/support/test_certs.h"
+#include "vault/base/sanitizers.h"
 
 namespace tokenvault::testing {
 namespace {
 
 using json = nlohmann::json;
 
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool kAddressSanitizer = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-constexpr bool kAddressSanitizer = true;
-#else
-constexpr bool kAddressSanitizer = false;
-#endif
-#else
-constexpr bool kAddressSanitizer = false;
-#endif
+constexpr bool kAddressSanitizer = TOKENVAULT_ASAN;
 
 constexpr int kIdleConnections = 1000;
 

@@ -15,6 +15,7 @@
 #include <unordered_set>
 
 #include "storage/sqlite.h"
+#include "vault/base/sanitizers.h"
 #include "tests/e2e/http_client.h"
 #include "tests/e2e/metrics_scrape.h"
 #include "tests/e2e/nginx_front.h"
@@ -719,7 +720,7 @@ TEST_F(ApiTest, TheServerCannotDumpCoreAndLocksItsMemory) {
   const std::string core = proc_line("limits", "Max core file size");
   ASSERT_FALSE(core.empty());
   EXPECT_NE(core.find(" 0 "), std::string::npos) << core;
-#if defined(__SANITIZE_ADDRESS__)
+#if TOKENVAULT_ASAN
   GTEST_SKIP() << "memory is not locked under AddressSanitizer";
 #else
   const std::string caps = proc_line("status", "CapEff:");
