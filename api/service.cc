@@ -587,13 +587,14 @@ HttpResponse Service::Dispatch(Context& ctx) {
   if (has_key) {
     StatusOr<policy::ApiKey> key = policy::ParseApiKey(std::string_view(rq.authorization).substr(kBearer));
     if (!key.ok()) return bad_key(key.status());
-    StatusOr<storage::PrincipalRecord> stored = PrincipalByKeyId(key->key_id);
-    if (!stored.ok() && stored.status().code() != StatusCode::kNotFound) return fail(stored.status());
+    StatusOr<std::shared_ptr<const storage::PrincipalRecord>> found = PrincipalByKeyId(key->key_id);
+    if (!found.ok()) return fail(found.status());
+    const storage::PrincipalRecord* stored = found->get();  // null: no such key id
     // Compare even when the key id is unknown, so both failures take the same time.
     static const Bytes kNoHash(32, 0);
     const bool matches =
-        policy::ApiKeySecretMatches(key->secret, stored.ok() ? ByteView(stored->key_hash) : kNoHash);
-    if (!stored.ok() || !matches) {
+        policy::ApiKeySecretMatches(key->secret, stored ? ByteView(stored->key_hash) : kNoHash);
+    if (stored == nullptr || !matches) {
       return bad_key(UnauthenticatedError("bad_api_key", "the API key is not valid"));
     }
     // Both presented: they must be the same principal, or neither counts.
@@ -757,6 +758,7 @@ HttpResponse Service::CreatePrincipal(Context& ctx) {
     TV_OR_FAIL(AlreadyExistsError("principal_exists", "a principal with that name exists"));
   }
   TV_OR_FAIL(inserted);
+  RememberPrincipal(record);
   ctx.audited = true;
   json out = {{"name", p.name},
               {"roles", p.roles},
@@ -786,10 +788,24 @@ HttpResponse Service::DeletePrincipal(Context& ctx) {
   }
   storage::AuditAttachment audit{AuditOf(ctx, 204), &vault_.audit()};
   Status deleted = vault_.store().DeletePrincipal(name, Clock::Real().NowUnixMillis(), &audit);
+  bool reload = false;
   {
-    // Whatever happened, forget every cached principal: the deleted one's key stops working now.
+    // The deleted one's key stops working now. A complete map loses just that key (and, if the
+    // deletion failed, is read again: the store says whether it happened); a cache is emptied.
+    std::lock_guard<std::mutex> lock(principals_mu_);
+    if (principals_complete_) {
+      principals_.erase(target->key_id);
+      reload = !deleted.ok();
+    } else {
+      principals_.clear();
+    }
+    ++principals_generation_;
+  }
+  if (reload && !LoadPrincipals().ok()) {
+    // Cannot tell: forget everything and fall back to the store for every key.
     std::lock_guard<std::mutex> lock(principals_mu_);
     principals_.clear();
+    principals_complete_ = false;
     ++principals_generation_;
   }
   TV_OR_FAIL(deleted);
@@ -1485,24 +1501,48 @@ HttpResponse Service::VerifyAudit(Context& ctx) {
   return Json(200, out);
 }
 
-StatusOr<storage::PrincipalRecord> Service::PrincipalByKeyId(const std::string& key_id) {
+Status Service::LoadPrincipals() {
+  TV_ASSIGN_OR_RETURN(std::vector<storage::PrincipalRecord> live, vault_.store().LivePrincipals());
+  std::lock_guard<std::mutex> lock(principals_mu_);
+  principals_.clear();
+  for (storage::PrincipalRecord& p : live) {
+    std::string key_id = p.key_id;
+    principals_.emplace(std::move(key_id), std::make_shared<const storage::PrincipalRecord>(std::move(p)));
+  }
+  principals_complete_ = true;
+  ++principals_generation_;
+  return Status::Ok();
+}
+
+void Service::RememberPrincipal(const storage::PrincipalRecord& record) {
+  std::lock_guard<std::mutex> lock(principals_mu_);
+  if (principals_complete_) principals_[record.key_id] = std::make_shared<const storage::PrincipalRecord>(record);
+}
+
+StatusOr<std::shared_ptr<const storage::PrincipalRecord>> Service::PrincipalByKeyId(const std::string& key_id) {
   uint64_t generation;
   {
+    // Found or not, the same work: one map lookup and a shared pointer copied (no allocation),
+    // so that a wrong secret takes as long for a key id that exists as for one that does not.
     std::lock_guard<std::mutex> lock(principals_mu_);
     auto it = principals_.find(key_id);
-    if (it != principals_.end()) return it->second;
+    std::shared_ptr<const storage::PrincipalRecord> found = it != principals_.end() ? it->second : nullptr;
+    if (found || principals_complete_) return found;
     generation = principals_generation_;
   }
   StatusOr<storage::PrincipalRecord> stored = vault_.store().FindPrincipalByKeyId(key_id);
-  if (stored.ok()) {
-    std::lock_guard<std::mutex> lock(principals_mu_);
-    // A deletion since our read may concern this very principal: then do not cache it.
-    if (generation == principals_generation_) {
-      if (principals_.size() >= 10000) principals_.clear();  // bounded: unknown ids never enter
-      principals_[key_id] = *stored;
-    }
+  if (!stored.ok()) {
+    if (stored.status().code() == StatusCode::kNotFound) return std::shared_ptr<const storage::PrincipalRecord>();
+    return stored.status();
   }
-  return stored;
+  auto record = std::make_shared<const storage::PrincipalRecord>(*std::move(stored));
+  std::lock_guard<std::mutex> lock(principals_mu_);
+  // A deletion since our read may concern this very principal: then do not cache it.
+  if (generation == principals_generation_ && !principals_complete_) {
+    if (principals_.size() >= 10000) principals_.clear();  // bounded: unknown ids never enter
+    principals_[key_id] = record;
+  }
+  return record;
 }
 
 StatusOr<bool> Service::EnsureBootstrapAdmin(
@@ -1532,6 +1572,7 @@ StatusOr<bool> Service::EnsureBootstrapAdmin(
   audit.time_ms = record.created_at_ms;
   storage::AuditAttachment attached{std::move(audit), &vault_.audit()};
   TV_RETURN_IF_ERROR(vault_.store().InsertPrincipal(record, &attached));
+  RememberPrincipal(record);
   return true;
 }
 

@@ -75,6 +75,13 @@ class Service {
   // must not serve, or every budget would be lifted.
   Status LoadBudgetCounters();
 
+  // Reads every live principal into memory: from then on an API key's id is looked up there only,
+  // found or not, so that the answer takes as long for a key id that exists as for one that does
+  // not (a store lookup for unknown ids only would tell them apart; TimingTest). The service keeps
+  // the map current as it creates and deletes principals - it is the only writer of its database.
+  // Call once before serving; without it, key ids are looked up in the store and cached.
+  Status LoadPrincipals();
+
   // Detokenize requests refused by a budget since start (metrics).
   uint64_t budget_denials() const { return budget_denials_.load(); }
 
@@ -160,7 +167,8 @@ class Service {
   // The principal holding 'key_id', from a small cache in front of the store. Deleting a
   // principal clears the cache, so its keys stop working at once: this process is the only
   // writer of its database.
-  StatusOr<storage::PrincipalRecord> PrincipalByKeyId(const std::string& key_id);
+  // Null (and OK) when no live principal holds it; an error only from the store.
+  StatusOr<std::shared_ptr<const storage::PrincipalRecord>> PrincipalByKeyId(const std::string& key_id);
 
   Vault& vault_;
   std::shared_ptr<const policy::Policy> CurrentPolicy() const;
@@ -168,9 +176,14 @@ class Service {
   std::shared_ptr<const policy::Policy> policy_;  // GUARDED_BY(policy_mu_)
   const ServiceOptions options_;
   std::mutex principals_mu_;
-  std::unordered_map<std::string, storage::PrincipalRecord> principals_;  // GUARDED_BY(principals_mu_)
+  // By key id.
+  std::unordered_map<std::string, std::shared_ptr<const storage::PrincipalRecord>> principals_;  // GUARDED_BY(principals_mu_)
   // Bumped by every deletion: a lookup that started before it must not refill the cache.
   uint64_t principals_generation_ = 0;  // GUARDED_BY(principals_mu_)
+  // principals_ holds every live principal (LoadPrincipals), not a cache of those seen.
+  bool principals_complete_ = false;  // GUARDED_BY(principals_mu_)
+  // Adds a principal just stored to a complete map.
+  void RememberPrincipal(const storage::PrincipalRecord& record);
   AuthLockout lockout_;
   RevealBudgets budgets_;  // detokenize budgets' counters (their limits are in the policy)
   std::atomic<uint64_t> budget_denials_{0};

@@ -363,6 +363,10 @@ int Serve(const Settings& s) {
     return 1;
   }
   if (!Bootstrap(service, s)) return 1;
+  if (Status loaded = service.LoadPrincipals(); !loaded.ok()) {
+    spdlog::error("cannot read the principals: {}", loaded.ToString());
+    return 1;
+  }
 
   api::ServerConfig config;
   config.bind_address = s.listen;

@@ -108,6 +108,7 @@ World* MakeWorld() {
     made->keys.push_back(CreatePrincipal(*made, "tok", "tokenizer"));
     made->keys.push_back(CreatePrincipal(*made, "det", "detokenizer"));
     made->keys.push_back(CreatePrincipal(*made, "aud", "auditor"));
+    if (!made->service->LoadPrincipals().ok()) Die("load principals");  // as the server does
     for (const char* body : {R"({"type":"card","value":"4111111111111111"})",
                              R"({"type":"card","value":"4111111111111111","format":"preserving"})",
                              R"({"type":"ssn","value":"123-45-6789","format":"preserving"})",

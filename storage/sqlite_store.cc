@@ -1339,6 +1339,19 @@ StatusOr<PrincipalRecord> SqliteStore::FindPrincipalByKeyId(std::string_view key
   return ReadPrincipal(stmt);
 }
 
+StatusOr<std::vector<PrincipalRecord>> SqliteStore::LivePrincipals() {
+  TV_ASSIGN_OR_RETURN(ReadPool::Lease lease, impl_->Reader());
+  TV_ASSIGN_OR_RETURN(Statement stmt, lease.db().Prepare(std::string(kPrincipalColumns) +
+                                                         "WHERE deleted_at IS NULL ORDER BY name"));
+  std::vector<PrincipalRecord> out;
+  for (;;) {
+    TV_ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) break;
+    out.push_back(ReadPrincipal(stmt));
+  }
+  return out;
+}
+
 StatusOr<PrincipalRecord> SqliteStore::FindPrincipal(std::string_view name) {
   TV_ASSIGN_OR_RETURN(ReadPool::Lease lease, impl_->Reader());
   TV_ASSIGN_OR_RETURN(Statement stmt,

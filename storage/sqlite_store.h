@@ -85,6 +85,7 @@ class SqliteStore final : public Store {
                          AuditAttachment* audit = nullptr) override;
   StatusOr<PrincipalRecord> FindPrincipalByKeyId(std::string_view key_id) override;
   StatusOr<PrincipalRecord> FindPrincipal(std::string_view name) override;
+  StatusOr<std::vector<PrincipalRecord>> LivePrincipals() override;
   StatusOr<DataKeyRecord> GetFingerprintKey(std::string_view merchant) override;
   Status InsertFingerprintKey(const DataKeyRecord& key, AuditAttachment* audit = nullptr) override;
   StatusOr<DataKeyRecord> GetSystemKey(std::string_view name) override;

@@ -333,6 +333,8 @@ class Store {
   // The live principal holding 'key_id'. kNotFound otherwise.
   virtual StatusOr<PrincipalRecord> FindPrincipalByKeyId(std::string_view key_id) = 0;
   virtual StatusOr<PrincipalRecord> FindPrincipal(std::string_view name) = 0;
+  // Every principal that is not deleted.
+  virtual StatusOr<std::vector<PrincipalRecord>> LivePrincipals() = 0;
 
   // The merchant's wrapped fingerprint key (version 1), or kNotFound.
   virtual StatusOr<DataKeyRecord> GetFingerprintKey(std::string_view merchant) = 0;
