@@ -15,6 +15,7 @@ PACKAGES=(
   libcli11-dev
   curl ca-certificates libcurl4-openssl-dev wrk
   nginx
+  clang libclang-rt-14-dev
 )
 
 missing=()
