@@ -752,6 +752,7 @@ HttpResponse Service::CreatePrincipal(Context& ctx) {
   // The principal exists if and only if its audit record does (one transaction).
   ctx.resource = "principal:" + p.name + " key:" + key->key_id;
   storage::AuditAttachment audit{AuditOf(ctx, 201), &vault_.audit()};
+  std::unique_lock<std::mutex> writes(principal_writes_mu_);
   Status inserted = vault_.store().InsertPrincipal(record, &audit);
   if (inserted.code() == StatusCode::kAlreadyExists) {
     ctx.resource = "principal:" + p.name;
@@ -759,6 +760,7 @@ HttpResponse Service::CreatePrincipal(Context& ctx) {
   }
   TV_OR_FAIL(inserted);
   RememberPrincipal(record);
+  writes.unlock();
   ctx.audited = true;
   json out = {{"name", p.name},
               {"roles", p.roles},
@@ -787,6 +789,7 @@ HttpResponse Service::DeletePrincipal(Context& ctx) {
     return Json(403, ErrorJson("permission_denied", "permission_denied", "the API key may not do this"));
   }
   storage::AuditAttachment audit{AuditOf(ctx, 204), &vault_.audit()};
+  std::unique_lock<std::mutex> writes(principal_writes_mu_);
   Status deleted = vault_.store().DeletePrincipal(name, Clock::Real().NowUnixMillis(), &audit);
   bool reload = false;
   {
@@ -801,13 +804,14 @@ HttpResponse Service::DeletePrincipal(Context& ctx) {
     }
     ++principals_generation_;
   }
-  if (reload && !LoadPrincipals().ok()) {
+  if (reload && !LoadPrincipalsLocked().ok()) {
     // Cannot tell: forget everything and fall back to the store for every key.
     std::lock_guard<std::mutex> lock(principals_mu_);
     principals_.clear();
     principals_complete_ = false;
     ++principals_generation_;
   }
+  writes.unlock();
   TV_OR_FAIL(deleted);
   ctx.audited = true;
   return NoContent();
@@ -1502,6 +1506,11 @@ HttpResponse Service::VerifyAudit(Context& ctx) {
 }
 
 Status Service::LoadPrincipals() {
+  std::lock_guard<std::mutex> writes(principal_writes_mu_);
+  return LoadPrincipalsLocked();
+}
+
+Status Service::LoadPrincipalsLocked() {
   TV_ASSIGN_OR_RETURN(std::vector<storage::PrincipalRecord> live, vault_.store().LivePrincipals());
   std::lock_guard<std::mutex> lock(principals_mu_);
   principals_.clear();
@@ -1571,6 +1580,7 @@ StatusOr<bool> Service::EnsureBootstrapAdmin(
   audit.reason = "first start: bootstrap administrator";
   audit.time_ms = record.created_at_ms;
   storage::AuditAttachment attached{std::move(audit), &vault_.audit()};
+  std::lock_guard<std::mutex> writes(principal_writes_mu_);
   TV_RETURN_IF_ERROR(vault_.store().InsertPrincipal(record, &attached));
   RememberPrincipal(record);
   return true;

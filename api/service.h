@@ -164,10 +164,10 @@ class Service {
                          storage::AuditQuery& q);
   HttpResponse Ready();
 
-  // The principal holding 'key_id', from a small cache in front of the store. Deleting a
-  // principal clears the cache, so its keys stop working at once: this process is the only
-  // writer of its database.
-  // Null (and OK) when no live principal holds it; an error only from the store.
+  // The live principal holding 'key_id': from the map of every live principal once
+  // LoadPrincipals ran (found or not, one map lookup), else from the store through a small cache.
+  // Deleting a principal takes its key out at once: this process is the only writer of its
+  // database. Null (and OK) when no live principal holds it; an error only from the store.
   StatusOr<std::shared_ptr<const storage::PrincipalRecord>> PrincipalByKeyId(const std::string& key_id);
 
   Vault& vault_;
@@ -175,6 +175,10 @@ class Service {
   mutable std::mutex policy_mu_;
   std::shared_ptr<const policy::Policy> policy_;  // GUARDED_BY(policy_mu_)
   const ServiceOptions options_;
+  // Held across a principal's store change and the map update that follows it (create, delete,
+  // LoadPrincipals), so that the map never misses or revives a change: lookups take only
+  // principals_mu_. Taken before principals_mu_, never after.
+  std::mutex principal_writes_mu_;
   std::mutex principals_mu_;
   // By key id.
   std::unordered_map<std::string, std::shared_ptr<const storage::PrincipalRecord>> principals_;  // GUARDED_BY(principals_mu_)
@@ -182,8 +186,10 @@ class Service {
   uint64_t principals_generation_ = 0;  // GUARDED_BY(principals_mu_)
   // principals_ holds every live principal (LoadPrincipals), not a cache of those seen.
   bool principals_complete_ = false;  // GUARDED_BY(principals_mu_)
-  // Adds a principal just stored to a complete map.
+  // Adds a principal just stored to a complete map. REQUIRES: principal_writes_mu_ held.
   void RememberPrincipal(const storage::PrincipalRecord& record);
+  // LoadPrincipals with principal_writes_mu_ held.
+  Status LoadPrincipalsLocked();
   AuthLockout lockout_;
   RevealBudgets budgets_;  // detokenize budgets' counters (their limits are in the policy)
   std::atomic<uint64_t> budget_denials_{0};

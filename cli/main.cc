@@ -589,6 +589,10 @@ int BackupCommand(const Settings& s, const std::string& out_dir) {
   }
   for (int attempt = 1; attempt <= 3; ++attempt) {
     StatusOr<BackupManifest> manifest = BackupDataDir(s.data_dir, out_dir);
+    if (!manifest.ok() && manifest.status().reason() == kReasonBackupTargetExists) {
+      spdlog::error("{}", manifest.status().ToString());  // not ours: nothing to clean up
+      return 2;
+    }
     StatusOr<BackupCheck> check = manifest.ok() ? VerifyBackupInChild(out_dir, EmbeddedConfigFor(s))
                                                 : StatusOr<BackupCheck>(manifest.status());
     if (check.ok()) {
@@ -608,11 +612,9 @@ int BackupCommand(const Settings& s, const std::string& out_dir) {
     }
     std::error_code ignored;
     std::filesystem::remove_all(out_dir, ignored);  // ours: it did not exist before
-    if (!manifest.ok()) {
-      spdlog::error("backup failed: {}", manifest.status().ToString());
-      return 1;
-    }
-    spdlog::warn("backup attempt {} does not verify ({}); taking it again", attempt, check.status().ToString());
+    // A copy that failed, or that does not verify (a file removed or a KEK made while it was
+    // taken), is taken again.
+    spdlog::warn("backup attempt {} failed ({}); taking it again", attempt, check.status().ToString());
   }
   spdlog::error("no backup verified in three attempts");
   return 1;
@@ -638,20 +640,27 @@ int RestoreCommand(const Settings& s, const std::string& from) {
     return 1;
   }
   if (Status restored = RestoreDataDir(from, s.data_dir); !restored.ok()) {
-    spdlog::error("restore failed: {}", restored.ToString());
+    spdlog::error("restore failed, nothing restored: {}", restored.ToString());
     return 1;
   }
-  std::unique_ptr<Vault> vault = OpenVault(s);
-  if (!vault) return 1;
-  storage::AuditRecord record = OperatorAudit("backup.restored", "");
-  record.resource = from;
-  record.reason = "restored from the backup taken at " + Rfc3339(manifest->created_ms) +
-                  ": records appended after it are not in this trail";
-  StatusOr<storage::AuditRecord> audited = vault->audit().Append(std::move(record));
-  if (!audited.ok()) {
-    spdlog::error("the restore cannot be audited: {}", audited.status().ToString());
+  // The data dir exists now, whole; it is the restore's until it holds the restore's audit record.
+  auto undo = [&](const std::string& why) {
+    std::error_code ignored;
+    std::filesystem::remove_all(s.data_dir, ignored);
+    spdlog::error("{}; nothing restored", why);
     return 1;
+  };
+  StatusOr<storage::AuditRecord> audited = InternalError("restore", "not audited");
+  {
+    std::unique_ptr<Vault> vault = OpenVault(s);
+    if (!vault) return undo("the restored data dir does not open");
+    storage::AuditRecord record = OperatorAudit("backup.restored", "");
+    record.resource = from;
+    record.reason = "restored from the backup taken at " + Rfc3339(manifest->created_ms) +
+                    ": records appended after it are not in this trail";
+    audited = vault->audit().Append(std::move(record));
   }
+  if (!audited.ok()) return undo("the restore cannot be audited: " + audited.status().ToString());
   nlohmann::json out = {{"data_dir", s.data_dir},
                         {"backup_created", Rfc3339(manifest->created_ms)},
                         {"verified", CheckJson(*check)},

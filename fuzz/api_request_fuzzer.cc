@@ -134,7 +134,17 @@ World& TheWorld() {
     delete w;
     w = nullptr;
   }
-  if (!w) w = MakeWorld();
+  if (!w) {
+    w = MakeWorld();
+    // libFuzzer ends with exit(): the last world's directory goes with it.
+    static const bool registered = [] {
+      std::atexit([] {
+        if (w) std::filesystem::remove_all(w->dir);
+      });
+      return true;
+    }();
+    (void)registered;
+  }
   return *w;
 }
 

@@ -23,5 +23,6 @@ if [ -e "${regressions[0]}" ]; then
   "$bin" "${dict[@]}" "$@" "${regressions[@]}"
 fi
 echo "fuzz: $name for ${seconds}s from $here/corpus/$name"
-exec "$bin" -max_total_time="$seconds" -print_final_stats=1 -artifact_prefix="$artifacts/$name-" \
+# Not exec: the EXIT trap removes the work dir afterwards. set -e passes a finding's exit on.
+"$bin" -max_total_time="$seconds" -print_final_stats=1 -artifact_prefix="$artifacts/$name-" \
   "${dict[@]}" "$@" "$work" "$here/corpus/$name"

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -29,6 +30,7 @@ namespace {
 using json = nlohmann::json;
 
 constexpr char kReasonBackup[] = "backup_failed";
+const char* const kReasonBackupExists = kReasonBackupTargetExists;
 constexpr char kReasonUnusable[] = "backup_unusable";
 
 Status IoError(const std::string& what, const std::string& path) {
@@ -60,8 +62,8 @@ Status FsyncPath(const std::string& path, int flags) {
 Status MakePrivateDir(const std::string& path) {
   if (::mkdir(path.c_str(), 0700) != 0) {
     if (errno == EEXIST) {
-      return FailedPreconditionError(kReasonBackup, path + " exists: a backup or restore never writes into "
-                                                    "an existing directory");
+      return FailedPreconditionError(kReasonBackupExists, path + " exists: a backup or restore never writes into "
+                                                          "an existing directory");
     }
     return IoError("cannot create", path);
   }
@@ -185,7 +187,14 @@ Status CopyTree(const std::string& from, const std::string& to, const std::strin
     if (S_ISDIR(st.st_mode)) {
       TV_RETURN_IF_ERROR(CopyTree(from + "/" + name, to + "/" + name, child_rel, skip, backup_dir, manifest));
     } else if (S_ISREG(st.st_mode)) {
-      TV_RETURN_IF_ERROR(CopyFileDurably(from + "/" + name, to + "/" + name));
+      Status copied = CopyFileDurably(from + "/" + name, to + "/" + name);
+      if (!copied.ok() && !Exists(from + "/" + name)) {
+        // Removed while we copied it (an old KEK destroyed by a rotation, say): not part of the
+        // state being saved; the verification decides whether the copy restores.
+        ::unlink((to + "/" + name).c_str());
+        continue;
+      }
+      TV_RETURN_IF_ERROR(copied);
       TV_RETURN_IF_ERROR(Record(backup_dir, child_rel.substr(1), manifest));
     }
   }
@@ -230,6 +239,13 @@ Status CopyListed(const std::string& from, const std::string& to, const BackupMa
       if (!Exists(dir) && ::mkdir(dir.c_str(), 0700) != 0) return IoError("cannot create", dir);
     }
     TV_RETURN_IF_ERROR(CopyFileDurably(from + "/" + f.path, target));
+    // The copy itself is what gets used: it must be what the manifest says, byte for byte.
+    std::string sha256;
+    uint64_t size = 0;
+    TV_RETURN_IF_ERROR(HashFile(target, &sha256, &size));
+    if (size != f.size || sha256 != f.sha256) {
+      return DataLossError(kReasonUnusable, f.path + " differs from the backup's manifest once copied");
+    }
   }
   // The directories' entries are durable too, deepest first.
   std::vector<std::string> dirs;
@@ -310,13 +326,28 @@ StatusOr<BackupManifest> ReadBackupManifest(const std::string& backup_dir) {
     return DataLossError(kReasonUnusable, "the manifest is not a " + std::string(kBackupFormat) + " manifest");
   }
   m.created_ms = j["created_ms"].get<int64_t>();
-  m.includes_hsm_token = j.value("includes_hsm_token", false);
+  if (j.contains("includes_hsm_token")) {
+    if (!j["includes_hsm_token"].is_boolean()) {
+      return DataLossError(kReasonUnusable, "the manifest's includes_hsm_token is not a boolean");
+    }
+    m.includes_hsm_token = j["includes_hsm_token"].get<bool>();
+  }
   for (const json& f : j["files"]) {
     if (!f.is_object() || !f.contains("path") || !f["path"].is_string() || !f.contains("size") ||
         !f["size"].is_number_unsigned() || !f.contains("sha256") || !f["sha256"].is_string()) {
       return DataLossError(kReasonUnusable, "the manifest has a malformed file entry");
     }
     m.files.push_back({f["path"].get<std::string>(), f["size"].get<uint64_t>(), f["sha256"].get<std::string>()});
+  }
+  // What a vault needs to open as the backup's state rather than as a new, empty vault (which
+  // is what opening would quietly make of a data dir without them).
+  auto listed = [&](const std::string& wanted) {
+    return std::any_of(m.files.begin(), m.files.end(), [&](const BackupFile& f) { return f.path == wanted; });
+  };
+  std::vector<std::string> required = {"tokenvault.db"};
+  if (m.includes_hsm_token) required.insert(required.end(), {"hsm/user.pin", "hsm/so.pin"});
+  for (const std::string& wanted : required) {
+    if (!listed(wanted)) return DataLossError(kReasonUnusable, "the manifest does not list " + wanted);
   }
   return m;
 }
@@ -383,7 +414,24 @@ StatusOr<BackupCheck> VerifyBackup(const std::string& backup_dir, const Embedded
 Status RestoreDataDir(const std::string& backup_dir, const std::string& data_dir) {
   TV_ASSIGN_OR_RETURN(BackupManifest manifest, ReadBackupManifest(backup_dir));
   TV_RETURN_IF_ERROR(CheckAgainstManifest(backup_dir, manifest));
-  return CopyListed(backup_dir, data_dir, manifest);
+  if (Exists(data_dir)) {
+    return FailedPreconditionError(kReasonBackupExists, data_dir + " exists: a restore never writes into an "
+                                                        "existing directory");
+  }
+  const std::string partial = data_dir + ".restoring";
+  Status copied = CopyListed(backup_dir, partial, manifest);
+  if (copied.ok() && ::renameat2(AT_FDCWD, partial.c_str(), AT_FDCWD, data_dir.c_str(), RENAME_NOREPLACE) != 0) {
+    copied = IoError("cannot rename into place", data_dir);
+  }
+  if (!copied.ok()) {
+    if (copied.reason() != kReasonBackupExists) {  // the partial dir is ours: it did not exist
+      std::error_code ignored;
+      std::filesystem::remove_all(partial, ignored);
+    }
+    return copied;
+  }
+  const std::string parent = std::filesystem::path(data_dir).parent_path().string();
+  return FsyncPath(parent.empty() ? "." : parent, O_RDONLY | O_DIRECTORY);
 }
 
 }  // namespace tokenvault

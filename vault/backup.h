@@ -27,6 +27,8 @@ namespace tokenvault {
 
 inline constexpr char kBackupFormat[] = "tokenvault-backup/1";
 inline constexpr char kBackupManifest[] = "MANIFEST.json";
+// The reason of the error when the directory to write exists already: nothing was written.
+inline constexpr char kReasonBackupTargetExists[] = "backup_target_exists";
 
 struct BackupFile {
   std::string path;    // relative to the backup dir
@@ -61,8 +63,9 @@ struct BackupCheck {
 // REQUIRES: no PKCS#11 module is initialised in this process.
 StatusOr<BackupCheck> VerifyBackup(const std::string& backup_dir, const EmbeddedConfig& config);
 
-// Checks the backup against its manifest and copies it into 'data_dir', which must not exist.
-// Run VerifyBackup on the result, or serve it: the data dir is the backup's state.
+// Checks the backup against its manifest and copies it into 'data_dir', which must not exist: into
+// a sibling directory first, each copy checked against the manifest, then renamed into place
+// (never over an existing directory), so that 'data_dir' appears whole or not at all.
 Status RestoreDataDir(const std::string& backup_dir, const std::string& data_dir);
 
 // The manifest of a backup. kDataLoss (backup_unusable) if it is missing or malformed.

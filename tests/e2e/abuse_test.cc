@@ -260,8 +260,8 @@ TEST_F(AbuseTest, GarbageBytesAreRefusedAndNothingElseNotices) {
         raw.CloseAll();
         // TLS, then garbage where HTTP belongs: nginx answers 400 in JSON.
         const std::string answer = RawTlsExchange(front_->port(), RandomBytes(local, 2048) + "\r\n\r\n");
-        EXPECT_TRUE(answer.empty() || answer.rfind("HTTP/1.1 400", 0) == 0)
-            << answer.substr(0, 200) << "\nnginx: " << NginxErrors();
+        EXPECT_EQ(answer.rfind("HTTP/1.1 400", 0), 0u) << answer.substr(0, 200) << "\nnginx: " << NginxErrors();
+        EXPECT_NE(answer.find("\"code\":\"malformed_request\""), std::string::npos) << answer.substr(0, 400);
         // Garbage to tokenvault's own port.
         for (int i = 0; i < 10; ++i) {
           const int fd = ConnectLoopback(server_->port());
@@ -396,7 +396,8 @@ TEST_F(AbuseTest, PipelinedRequestsAreAnsweredInOrder) {
     std::string pipelined;
     constexpr int kRequests = 20;
     for (int i = 0; i < kRequests; ++i) {
-      const std::string body = json{{"value", "pipelined-" + std::to_string(i)}}.dump();
+      const std::string body = json{{"value", "pipelined-" + std::to_string(i)},
+                                    {"metadata", {{"order", std::to_string(i)}}}}.dump();
       pipelined += "POST /v1/merchants/m1/tokens HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " +
                    app_key_ + "\r\nContent-Type: application/json\r\nContent-Length: " +
                    std::to_string(body.size()) + "\r\n" + (i + 1 == kRequests ? "Connection: close\r\n" : "") +
@@ -412,6 +413,13 @@ TEST_F(AbuseTest, PipelinedRequestsAreAnsweredInOrder) {
       tokens.insert(answer.substr(at + 9, 26));
     }
     EXPECT_EQ(tokens.size(), static_cast<size_t>(kRequests)) << "each request its own token";
+    // In the order they were sent: each answer carries its request's metadata back.
+    std::vector<std::string> order;
+    for (size_t at = answer.find("\"order\":\""); at != std::string::npos; at = answer.find("\"order\":\"", at + 1)) {
+      order.push_back(answer.substr(at + 9, answer.find('"', at + 9) - (at + 9)));
+    }
+    ASSERT_EQ(order.size(), static_cast<size_t>(kRequests)) << answer.substr(0, 500);
+    for (int i = 0; i < kRequests; ++i) EXPECT_EQ(order[static_cast<size_t>(i)], std::to_string(i));
   });
 }
 

@@ -125,7 +125,7 @@ TEST_F(BackupDrillTest, ABackupUnderLoadRestoresEveryTokenAcknowledgedBeforeIt) 
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   ASSERT_FALSE(ReadFileBytes(log).empty()) << "no audit checkpoint was signed";
-  // A DEK rotation under load too: the backup holds two versions of m1's key.
+  // A DEK rotation under load before the backup: it holds two versions of m1's key.
   {
     HttpClient admin(server_->base_url(), server_->ca_file());
     ASSERT_EQ(admin.Post("/v1/merchants/m1/keys/rotate", admin_, json::object()).status, 200);
@@ -223,15 +223,26 @@ TEST_F(BackupDrillTest, ATamperedOrIncompleteBackupIsRefusedAndNothingIsRestored
   EXPECT_NE(RunCli("backup --data-dir " + server_->data_dir() + " --out " + dir_.Sub("backup"), &out), 0);
   server_->Stop(SIGTERM);
   struct stat st {};
+  {  // an existing directory is never written into
+    ASSERT_EQ(mkdir(dir_.Sub("r0").c_str(), 0700), 0);
+    std::ofstream(dir_.Sub("r0") + "/mine") << "untouched";
+    out.clear();
+    EXPECT_NE(RunCli("restore --from " + dir_.Sub("backup") + " --data-dir " + dir_.Sub("r0"), &out), 0);
+    EXPECT_EQ(ReadFileBytes(dir_.Sub("r0") + "/mine").size(), 9u);
+    EXPECT_FALSE(FileExists(dir_.Sub("r0") + "/tokenvault.db")) << out;
+  }
   {  // one byte of the database changed
     std::fstream db(dir_.Sub("backup") + "/tokenvault.db", std::ios::in | std::ios::out | std::ios::binary);
+    db.seekg(5000);
+    const char was = static_cast<char>(db.get());
     db.seekp(5000);
-    db.put('\x5a');
+    db.put(static_cast<char>(was ^ 0x5a));
   }
   out.clear();
   EXPECT_NE(RunCli("restore --from " + dir_.Sub("backup") + " --data-dir " + dir_.Sub("r1"), &out), 0);
   EXPECT_NE(out.find("differs from the backup's manifest"), std::string::npos) << out;
   EXPECT_NE(stat(dir_.Sub("r1").c_str(), &st), 0) << "nothing is restored from a tampered backup";
+  EXPECT_NE(stat((dir_.Sub("r1") + ".restoring").c_str(), &st), 0) << "no partial copy is left";
   // No manifest: an incomplete backup.
   ASSERT_EQ(std::remove((dir_.Sub("backup") + "/MANIFEST.json").c_str()), 0);
   out.clear();

@@ -95,6 +95,7 @@ TEST_F(HsmOutageTest, EachDeviceFailureIs503UntilItClearsThenTheServiceReconnect
     SCOPED_TRACE(fault);
     // Rows, not times: the token made just before may carry this very millisecond.
     const int64_t rows_before = TokenRows();
+    ASSERT_GE(rows_before, 1) << "the database cannot be read";
     SetFault(fault);
     ASSERT_TRUE(WaitForReady(503, std::chrono::seconds(10))) << "/readyz never turned 503";
     Reply ready = client_->Get("/readyz", "");
