@@ -7,8 +7,8 @@
 //    arbitrary bytes inserted as a line): the verifier must refuse every one;
 //  - the genuine export with an edited checkpoint log: never a crash, and a log the verifier
 //    accepts must still verify the genuine export.
-// An edit that only moves or deletes genuine checkpoint lines leaves every record as it was and
-// is allowed either answer.
+// An edit that only moves or deletes genuine checkpoint lines before the end line leaves every
+// record as it was and is allowed either answer.
 // The header line is unsigned ("for readers", docs/audit.md) and so is left alone by the edits.
 #include <fuzzer/FuzzedDataProvider.h>
 
@@ -225,9 +225,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       break;
     }
   }
-  // Checkpoints confirm records already read: one moved later, or deleted while the checkpoint
-  // log supplies it, leaves every record as it was. Such an export may verify; any other may not.
-  if (WithoutCheckpoints(lines) == WithoutCheckpoints(g.lines)) return 0;
+  // Checkpoints confirm records already read: one moved later among the records, or deleted
+  // while the checkpoint log supplies it, leaves every record as it was. Such an export may
+  // verify; any other may not - nor one with anything after its signed end line.
+  if (WithoutCheckpoints(lines) == WithoutCheckpoints(g.lines) && lines.back() == g.lines.back()) {
+    return 0;
+  }
   const ExportVerification with_log = Verify(lines, &g.checkpoint_log, &log_ok);
   const ExportVerification without_log = Verify(lines, nullptr, &log_ok);
   if (with_log.ok || without_log.ok) {
