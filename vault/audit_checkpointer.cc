@@ -8,6 +8,7 @@
 #include <spdlog/spdlog.h>
 
 #include "vault/base/metrics.h"
+#include "vault/file_io.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -25,20 +26,10 @@ constexpr off_t kLogTailBytes = 4 << 20;
 constexpr std::chrono::milliseconds kPollInterval(200);
 constexpr size_t kExportChunk = 1000;
 
-Status FileError(const std::string& what, const std::string& path) {
-  return UnavailableError("audit_log_unavailable", what + " " + path + ": " + std::strerror(errno));
-}
+constexpr char kReasonLogUnavailable[] = "audit_log_unavailable";
 
-Status WriteAll(int fd, std::string_view data, const std::string& path) {
-  while (!data.empty()) {
-    const ssize_t n = ::write(fd, data.data(), data.size());
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return FileError("cannot write", path);
-    }
-    data.remove_prefix(static_cast<size_t>(n));
-  }
-  return Status::Ok();
+Status FileError(const std::string& what, const std::string& path) {
+  return FileSystemError(kReasonLogUnavailable, what, path);
 }
 
 // Writes 'contents' to 'path' through a temporary file and a rename, so readers never see half.
@@ -46,7 +37,7 @@ Status WriteFileAtomically(const std::string& path, const std::string& contents,
   const std::string tmp = path + ".tmp";
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
   if (fd < 0) return FileError("cannot create", tmp);
-  Status written = WriteAll(fd, contents, tmp);
+  Status written = WriteAll(fd, AsBytes(contents), tmp, kReasonLogUnavailable);
   if (written.ok() && ::fsync(fd) != 0) written = FileError("cannot fsync", tmp);
   ::close(fd);
   if (written.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) written = FileError("cannot rename", tmp);
@@ -244,7 +235,7 @@ Status AuditCheckpointer::AppendToLog(const storage::AuditCheckpoint& checkpoint
   if (fd < 0) return FileError("cannot open", options_.log_path);
   struct stat before {};
   const bool sized = ::fstat(fd, &before) == 0;
-  Status written = WriteAll(fd, CheckpointLine(checkpoint) + "\n", options_.log_path);
+  Status written = WriteAll(fd, AsBytes(CheckpointLine(checkpoint) + "\n"), options_.log_path, kReasonLogUnavailable);
   if (written.ok() && ::fsync(fd) != 0) written = FileError("cannot fsync", options_.log_path);
   // A partial line would break every later line: take it back, and the checkpoint is appended
   // again (CatchUpLogLocked) before anything new is signed.

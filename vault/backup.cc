@@ -22,6 +22,8 @@
 #include "vault/audit_log.h"
 #include "vault/base/bytes.h"
 #include "vault/base/clock.h"
+#include "vault/base/secret_bytes.h"
+#include "vault/file_io.h"
 #include "vault/vault.h"
 
 namespace tokenvault {
@@ -34,7 +36,7 @@ const char* const kReasonBackupExists = kReasonBackupTargetExists;
 constexpr char kReasonUnusable[] = "backup_unusable";
 
 Status IoError(const std::string& what, const std::string& path) {
-  return UnavailableError(kReasonBackup, what + " " + path + ": " + std::strerror(errno));
+  return FileSystemError(kReasonBackup, what, path);
 }
 
 // An open file descriptor, closed with the object.
@@ -78,7 +80,8 @@ Status HashFile(const std::string& path, std::string* hex, uint64_t* size) {
   if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) {
     return InternalError(kReasonBackup, "SHA-256 unavailable");
   }
-  std::vector<uint8_t> buf(1 << 16);
+  // The files include the dev token's PIN files: the buffer is wiped when freed.
+  SecretBytes buf(1 << 16);
   *size = 0;
   for (;;) {
     const ssize_t n = ::read(fd.get(), buf.data(), buf.size());
@@ -95,31 +98,21 @@ Status HashFile(const std::string& path, std::string* hex, uint64_t* size) {
   return Status::Ok();
 }
 
-Status WriteAllTo(int fd, const uint8_t* data, size_t size, const std::string& path) {
-  while (size > 0) {
-    const ssize_t n = ::write(fd, data, size);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return IoError("cannot write", path);
-    data += n;
-    size -= static_cast<size_t>(n);
-  }
-  return Status::Ok();
-}
-
 // Copies 'from' to a new file 'to' (mode 0600), at most 'limit' bytes, and fsyncs it.
 Status CopyFileDurably(const std::string& from, const std::string& to, uint64_t limit = UINT64_MAX) {
   Fd in(::open(from.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
   if (in.get() < 0) return IoError("cannot open", from);
   Fd out(::open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600));
   if (out.get() < 0) return IoError("cannot create", to);
-  std::vector<uint8_t> buf(1 << 16);
+  // The files include the dev token's PIN files: the buffer is wiped when freed.
+  SecretBytes buf(1 << 16);
   uint64_t copied = 0;
   while (copied < limit) {
     const ssize_t n = ::read(in.get(), buf.data(), static_cast<size_t>(std::min<uint64_t>(buf.size(), limit - copied)));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return IoError("cannot read", from);
     if (n == 0) break;
-    TV_RETURN_IF_ERROR(WriteAllTo(out.get(), buf.data(), static_cast<size_t>(n), to));
+    TV_RETURN_IF_ERROR(WriteAll(out.get(), ByteView(buf.data(), static_cast<size_t>(n)), to, kReasonBackup));
     copied += static_cast<uint64_t>(n);
   }
   if (::fsync(out.get()) != 0) return IoError("cannot fsync", to);
@@ -303,7 +296,7 @@ StatusOr<BackupManifest> BackupDataDir(const std::string& data_dir, const std::s
   {
     Fd fd(::open(manifest_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
     if (fd.get() < 0) return IoError("cannot create", manifest_path);
-    TV_RETURN_IF_ERROR(WriteAllTo(fd.get(), reinterpret_cast<const uint8_t*>(text.data()), text.size(), manifest_path));
+    TV_RETURN_IF_ERROR(WriteAll(fd.get(), AsBytes(text), manifest_path, kReasonBackup));
     if (::fsync(fd.get()) != 0) return IoError("cannot fsync", manifest_path);
   }
   TV_RETURN_IF_ERROR(FsyncPath(out_dir, O_RDONLY | O_DIRECTORY));
