@@ -783,11 +783,10 @@ StatusOr<size_t> SqliteStore::ReplaceSealedValues(const std::vector<TokenRecord>
   return moved;
 }
 
-StatusOr<std::vector<std::string>> SqliteStore::ActiveMerchants() {
-  TV_ASSIGN_OR_RETURN(ReadPool::Lease lease, impl_->Reader());
-  TV_ASSIGN_OR_RETURN(Statement stmt,
-                      lease.db().Prepare("SELECT id FROM merchants WHERE state = 'active' AND "
-                                         "shredded_at IS NULL ORDER BY id"));
+namespace {
+
+// Column 0 of every row 'stmt' yields, as text.
+StatusOr<std::vector<std::string>> FirstColumnText(Statement& stmt) {
   std::vector<std::string> out;
   for (;;) {
     TV_ASSIGN_OR_RETURN(bool row, stmt.Step());
@@ -795,6 +794,16 @@ StatusOr<std::vector<std::string>> SqliteStore::ActiveMerchants() {
     out.push_back(stmt.ColumnText(0));
   }
   return out;
+}
+
+}  // namespace
+
+StatusOr<std::vector<std::string>> SqliteStore::ActiveMerchants() {
+  TV_ASSIGN_OR_RETURN(ReadPool::Lease lease, impl_->Reader());
+  TV_ASSIGN_OR_RETURN(Statement stmt,
+                      lease.db().Prepare("SELECT id FROM merchants WHERE state = 'active' AND "
+                                         "shredded_at IS NULL ORDER BY id"));
+  return FirstColumnText(stmt);
 }
 
 Status BackupDatabaseFile(const std::string& source, const std::string& dest) {
@@ -812,13 +821,7 @@ StatusOr<std::vector<std::string>> SqliteStore::MerchantsToReencrypt() {
                          "m.shredded_at IS NULL AND EXISTS (SELECT 1 FROM data_keys k WHERE "
                          "k.merchant_id = m.id AND k.state = 'retired' AND k.destroyed_at IS NULL) "
                          "ORDER BY m.id"));
-  std::vector<std::string> out;
-  for (;;) {
-    TV_ASSIGN_OR_RETURN(bool row, stmt.Step());
-    if (!row) break;
-    out.push_back(stmt.ColumnText(0));
-  }
-  return out;
+  return FirstColumnText(stmt);
 }
 
 Status SqliteStore::DestroyDataKey(std::string_view merchant, uint32_t version, int64_t at_ms,
