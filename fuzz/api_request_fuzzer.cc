@@ -27,6 +27,7 @@
 #include "policy/policy.h"
 #include "storage/sqlite_store.h"
 #include "tests/fakes/fake_hsm.h"
+#include "tests/support/api_request.h"
 #include "vault/vault.h"
 
 using namespace tokenvault;
@@ -52,16 +53,7 @@ struct World {
 api::HttpResponse Call(World& w, const std::string& method, const std::string& route,
                        const std::string& key, const std::string& body,
                        std::map<std::string, std::string> params = {}) {
-  api::HttpRequest rq;
-  rq.method = method;
-  rq.route = route;
-  rq.params = std::move(params);
-  rq.authorization = "Bearer " + key;
-  rq.content_type = "application/json";
-  rq.body = body;
-  rq.source_ip = "127.0.0.1";
-  rq.request_id = "setup";
-  return w.service->Handle(rq);
+  return w.service->Handle(testing::ServiceRequest(method, route, key, body, std::move(params)));
 }
 
 std::string CreatePrincipal(World& w, const std::string& name, const std::string& role) {

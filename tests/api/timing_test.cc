@@ -30,6 +30,7 @@
 #include "api/service.h"
 #include "storage/sqlite_store.h"
 #include "tests/fakes/fake_hsm.h"
+#include "tests/support/api_request.h"
 #include "vault/vault.h"
 
 namespace tokenvault::api {
@@ -152,16 +153,7 @@ class TimingTest : public ::testing::Test {
 
   HttpResponse Call(const std::string& method, const std::string& route, const std::string& key,
                     const std::string& body, std::map<std::string, std::string> params = {}) {
-    HttpRequest rq;
-    rq.method = method;
-    rq.route = route;
-    rq.params = std::move(params);
-    rq.authorization = "Bearer " + key;
-    rq.content_type = "application/json";
-    rq.body = body;
-    rq.source_ip = "127.0.0.1";
-    rq.request_id = "timing";
-    return service_->Handle(std::move(rq));
+    return service_->Handle(testing::ServiceRequest(method, route, key, body, std::move(params)));
   }
 
   // Interleaves the two classes in random order ('a'/'b' make a request), timing each; checks
@@ -185,14 +177,7 @@ class TimingTest : public ::testing::Test {
   }
 
   HttpRequest Request(const std::string& route, const std::string& key, std::map<std::string, std::string> params) {
-    HttpRequest rq;
-    rq.method = "GET";
-    rq.route = route;
-    rq.params = std::move(params);
-    rq.authorization = "Bearer " + key;
-    rq.source_ip = "127.0.0.1";
-    rq.request_id = "timing";
-    return rq;
+    return testing::ServiceRequest("GET", route, key, "", std::move(params));
   }
 
   void Report(const std::string& what, const TimingResult& r) {
